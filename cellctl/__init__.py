@@ -1,0 +1,3 @@
+"""cellctl: an edge cell-controller daemon for modular microfactories."""
+
+__version__ = "0.1.0"

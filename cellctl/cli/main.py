@@ -1,0 +1,203 @@
+"""`cellctl`: the daemon and the commissioning tool, on the same drivers and models.
+
+Heavy imports happen inside commands so `cellctl --version` and start-up stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cellctl import __version__
+
+EXIT_CONFIG = 2
+
+config_arg = click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
+
+
+def _fail_config(problems: list[str]) -> None:
+    for line in problems:
+        click.echo(f"error: {line}", err=True)
+    click.echo(f"{len(problems)} problem(s); nothing was started.", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+def _load(config: Path) -> Any:
+    from cellctl.config.loader import load_cell
+    from cellctl.errors import ConfigError
+
+    try:
+        return load_cell(config)
+    except ConfigError as exc:
+        _fail_config(exc.problems)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cellctl")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default=None,
+    help="Log level (default: the config's log_level, else info).",
+)
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
+@click.pass_context
+def cli(ctx: click.Context, log_level: str | None, log_format: str) -> None:
+    """Edge cell controller: machines over Modbus, OPC UA and G-code, published to MQTT."""
+    ctx.ensure_object(dict)
+    ctx.obj["log_level"] = log_level
+    ctx.obj["log_json"] = None if log_format == "auto" else log_format == "json"
+
+
+def _configure_logs(ctx: click.Context, fallback: str = "info") -> None:
+    from cellctl import logs
+
+    logs.configure(ctx.obj.get("log_level") or fallback, json=ctx.obj.get("log_json"))  # type: ignore[arg-type]
+
+
+@cli.command()
+@config_arg
+@click.pass_context
+def run(ctx: click.Context, config: Path) -> None:
+    """Run the daemon for the cell described by CONFIG until SIGINT/SIGTERM."""
+    import asyncio
+
+    compiled = _load(config)
+    _configure_logs(ctx, compiled.config.log_level)
+    from cellctl.daemon import Daemon
+    from cellctl.errors import ConfigError
+
+    async def main() -> None:
+        await Daemon(compiled).run()
+
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:
+        _fail_config(exc.problems)
+
+
+@cli.command()
+@config_arg
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
+def check(config: Path, as_json: bool) -> None:
+    """Validate CONFIG and every profile it uses; print what would run. No device I/O."""
+    from cellctl.cli.summary import print_summary, summary
+
+    compiled = _load(config)
+    data = summary(compiled)
+    if as_json:
+        import orjson
+
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_summary(data)
+
+
+@cli.group()
+def profiles() -> None:
+    """List and show device-type profiles on the search path."""
+
+
+@profiles.command("list")
+@click.option("--profile-dir", "dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False))
+def profiles_list(dirs: tuple[Path, ...]) -> None:
+    """Every profile on the search path, with the file that wins."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cellctl.config.profiles import list_profiles, load_profile_file, search_path
+    from cellctl.errors import ConfigError
+
+    table = Table("name", "driver", "points", "description", "file")
+    for found in list_profiles(search_path(list(dirs))):
+        try:
+            p = load_profile_file(found.path)
+            table.add_row(p.name, p.driver, str(len(p.points)), p.description or "", str(found.path))
+        except ConfigError as exc:
+            table.add_row(found.name, "?", "?", f"[red]invalid: {exc.problems[0]}[/red]", str(found.path))
+    Console().print(table)
+
+
+@profiles.command("show")
+@click.argument("name")
+@click.option("--profile-dir", "dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False))
+def profiles_show(name: str, dirs: tuple[Path, ...]) -> None:
+    """Points, state map and alarms of profile NAME."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cellctl.config.profiles import load_profile, search_path
+    from cellctl.errors import ConfigError
+
+    try:
+        p = load_profile(name, search_path(list(dirs)))
+    except ConfigError as exc:
+        _fail_config(exc.problems)
+    console = Console()
+    console.print(f"[bold]{p.name}[/bold] ({p.driver}) {p.description or ''}")
+    table = Table("point", "type", "access", "unit", "scale", "deadband", "address")
+    for pt in p.points:
+        db = ""
+        if pt.deadband:
+            db = f"{pt.deadband.absolute}" if pt.deadband.absolute is not None else f"{pt.deadband.percent}%"
+        addr = " ".join(f"{k}={v}" for k, v in pt.address.items())
+        table.add_row(pt.id, pt.type, pt.access, pt.unit or "", "" if pt.scale is None else f"{pt.scale:g}", db, addr)
+    console.print(table)
+    if p.state:
+        console.print(f"state from [bold]{p.state.point}[/bold]:")
+        for raw, st in p.state.map.items():
+            ex = st.execution.value if st.execution else ""
+            console.print(f"  {raw} -> {st.item_state.value} / {st.operation_mode.value} {ex}")
+
+
+class _SimGroup(click.Group):
+    """Simulators live in the optional cellctl-sim distribution; import them only when
+    asked, so `cellctl run` never pays for them."""
+
+    SIMS = {"modbus": "cellctl_sim.modbus.cli:modbus"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(self.SIMS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.SIMS.get(cmd_name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        try:
+            import importlib
+
+            command: click.Command = getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            raise click.ClickException(
+                f"simulator {cmd_name!r} needs the cellctl-sim package (pip install ./sim_devices): {exc}"
+            ) from None
+        return command
+
+
+@cli.group(cls=_SimGroup)
+def sim() -> None:
+    """Simulated devices for tests, demos and commissioning practice."""
+
+
+@cli.command()
+@click.option("--broker", type=click.Choice(["auto", "mosquitto", "embedded"]), default="auto", show_default=True)
+@click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("--no-table", is_flag=True, help="Log instead of drawing the live table.")
+@click.pass_context
+def demo(ctx: click.Context, broker: str, duration: float | None, no_table: bool) -> None:
+    """Simulated cell + local broker + daemon, with a live table of what MQTT carries."""
+    from cellctl.cli.demo import run_demo
+
+    run_demo(broker=broker, duration=duration, table=not no_table, log_level=ctx.obj.get("log_level") or "warning")
+
+
+def main() -> None:
+    cli(prog_name="cellctl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Device-type profiles: a device type's points and how its raw state maps to the
+normalised machine state. Validated once at load time; frozen afterwards."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cellctl.model import Execution, ItemState, OperationMode
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_ID_RE = re.compile(ID_PATTERN)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Deadband(_Frozen):
+    """Report a new value only when it moved more than this from the last reported one.
+
+    `absolute` is in engineering units; `percent` is of the point's range (max - min)
+    when both limits are declared, otherwise of the last reported value's magnitude.
+    """
+
+    absolute: Annotated[float, Field(ge=0)] | None = None
+    percent: Annotated[float, Field(ge=0, le=100)] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Deadband:
+        if (self.absolute is None) == (self.percent is None):
+            raise ValueError("give exactly one of 'absolute' or 'percent'")
+        return self
+
+
+class PointDef(_Frozen):
+    """One named point of a device type."""
+
+    id: Annotated[str, Field(pattern=ID_PATTERN)]
+    type: Literal["bool", "int", "float", "string"]
+    access: Literal["r", "w", "rw"] = "r"
+    unit: str | None = None
+    description: str | None = None
+    scale: float | None = None
+    offset: float | None = None
+    min: float | None = None
+    max: float | None = None
+    deadband: Deadband | None = None
+    # Driver-specific address block, validated by the driver plugin named in the profile.
+    address: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> PointDef:
+        numeric = self.type in ("int", "float")
+        for name in ("scale", "offset", "min", "max", "deadband"):
+            if not numeric and getattr(self, name) is not None:
+                raise ValueError(f"a {self.type} point has no '{name}'")
+        if self.type == "int":
+            for name in ("scale", "offset"):
+                v = getattr(self, name)
+                if v is not None and v != int(v):
+                    raise ValueError(f"an int point cannot have a fractional {name}; use type: float")
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        if self.access != "r" and numeric and (self.min is None or self.max is None):
+            raise ValueError("a writable numeric point needs 'min' and 'max' limits")
+        return self
+
+
+class MachineStateValue(_Frozen):
+    item_state: ItemState
+    operation_mode: OperationMode = OperationMode.NONE
+    execution: Execution | None = None
+
+
+class StateMap(_Frozen):
+    """Raw state point value -> normalised machine state."""
+
+    point: str
+    map: dict[str, MachineStateValue]
+    default: MachineStateValue = MachineStateValue(
+        item_state=ItemState.NOT_EXECUTING, operation_mode=OperationMode.NONE
+    )
+
+
+class AlarmDef(_Frozen):
+    """An alarm source. A bool point is active when true (use `code`/`text`); a numeric
+    point is active when non-zero, and its value is the code (`texts` names them)."""
+
+    point: str
+    code: str | None = None
+    text: str | None = None
+    texts: dict[str, str] = {}
+    severity: Literal["info", "warning", "error", "fatal"] = "error"
+
+
+class Counters(_Frozen):
+    good: str | None = None
+    bad: str | None = None
+
+
+class Profile(_Frozen):
+    """A device type: its points, and how its raw state maps to the machine state."""
+
+    name: Annotated[str, Field(pattern=ID_PATTERN)]
+    driver: str
+    description: str | None = None
+    vendor: str | None = None
+    model: str | None = None
+    points: Annotated[list[PointDef], Field(min_length=1)]
+    state: StateMap | None = None
+    counters: Counters | None = None
+    alarms: list[AlarmDef] = []
+
+    @model_validator(mode="after")
+    def _references(self) -> Profile:
+        ids: set[str] = set()
+        for p in self.points:
+            if p.id in ids:
+                raise ValueError(f"duplicate point id {p.id!r}")
+            ids.add(p.id)
+        refs: list[tuple[str, str]] = []
+        if self.state:
+            refs.append(("state.point", self.state.point))
+        if self.counters:
+            refs += [(f"counters.{k}", v) for k, v in (("good", self.counters.good), ("bad", self.counters.bad)) if v]
+        refs += [(f"alarms[{i}].point", a.point) for i, a in enumerate(self.alarms)]
+        for where, ref in refs:
+            if ref not in ids:
+                raise ValueError(f"{where} names point {ref!r}, which the profile does not define")
+        return self
+
+    def point(self, point_id: str) -> PointDef:
+        for p in self.points:
+            if p.id == point_id:
+                return p
+        raise KeyError(point_id)

@@ -1,0 +1,136 @@
+"""The driver interface: what a protocol plugin implements, and nothing more.
+
+A driver speaks one protocol to one device. It knows addresses and wire types and
+nothing about MQTT, scaling or deadbands: it returns *raw* values aligned with the
+profile's point order, and the engine does the rest centrally.
+
+Capabilities are small Protocols so a driver implements only what its protocol can
+do: polling (Modbus), pushing (OPC UA subscriptions, G-code status streams), writing,
+browsing. Third-party drivers register a `DriverPlugin` object in the entry-point group
+``cellctl.drivers`` exactly as the built-in ones do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel
+
+ValueType = Literal["bool", "int", "float", "string"]
+Access = Literal["r", "w", "rw"]
+
+
+class DeviceUnavailable(Exception):
+    """The device (or the link to it) is gone: timeout, disconnect, refused connection.
+
+    The engine answers by marking every point bad, closing the connection and
+    reconnecting with backoff. A problem with a single point is *not* this: report it
+    in `Reading.errors` instead.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class PointSpec:
+    """One point as a driver sees it: its index in the profile, id, value type and the
+    driver-specific address model (already validated by the plugin's `address_model`)."""
+
+    index: int
+    id: str
+    type: ValueType
+    access: Access
+    address: BaseModel
+
+
+@dataclass(slots=True)
+class Reading:
+    """Raw values from one poll or one push notification.
+
+    `values[k]` belongs to point `indexes[k]`, or to point `k` when `indexes` is None
+    (a full poll). A point whose value could not be read has an entry in `errors`
+    (point index -> reason) and any placeholder in `values`.
+    """
+
+    values: list[Any]
+    indexes: Sequence[int] | None = None
+    errors: dict[int, str] | None = None
+    source_ts: float | None = None  # epoch seconds from the device, if it has a clock
+    # Per-value source timestamps (epoch seconds), aligned with `values`, when the
+    # protocol carries one per value (OPC UA). Overrides `source_ts`.
+    source_ts_each: list[float | None] | None = field(default=None)
+
+
+@runtime_checkable
+class Poller(Protocol):
+    """A device the engine reads on a schedule."""
+
+    async def poll(self) -> Reading:
+        """Read every point once. Raise `DeviceUnavailable` when the device is gone."""
+        ...
+
+
+@runtime_checkable
+class Subscriber(Protocol):
+    """A device that pushes changes (OPC UA monitored items, a serial status stream)."""
+
+    async def subscribe(self, on_reading: Callable[[Reading], None]) -> None:
+        """Deliver readings until the connection ends; raise `DeviceUnavailable` then."""
+        ...
+
+
+@runtime_checkable
+class Writer(Protocol):
+    """A device whose points can be written (the command router's way in)."""
+
+    async def write(self, index: int, raw_value: Any) -> None:
+        """Write one raw (already unscaled) value to point `index`."""
+        ...
+
+
+@runtime_checkable
+class Browser(Protocol):
+    """A device whose address space can be listed for commissioning."""
+
+    async def browse(self, depth: int) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceContext:
+    """Everything a plugin needs to open one configured device."""
+
+    device_id: str
+    connection: BaseModel  # validated by the plugin's `connection_model`
+    options: BaseModel  # validated by the plugin's `options_model`
+    points: Sequence[PointSpec]
+    timeout: float
+
+
+class DriverPlugin(Protocol):
+    """The object a driver registers under the ``cellctl.drivers`` entry point."""
+
+    name: str
+    connection_model: type[BaseModel]
+    options_model: type[BaseModel]
+    address_model: type[BaseModel]
+
+    def check_point(self, point: PointSpec) -> str | None:
+        """Cross-check a point's value type against its address; return an error or None."""
+        ...
+
+    def plan_summary(self, ctx: DeviceContext) -> list[str]:
+        """Describe the requests a device will issue (for `cellctl check`), no I/O."""
+        ...
+
+    def open(self, ctx: DeviceContext) -> AbstractAsyncContextManager[Any]:
+        """Connect to the device; the context value implements Poller and/or Subscriber,
+        and optionally Writer and Browser. Raise `DeviceUnavailable` if it cannot connect."""
+        ...
+
+
+DriverRegistry = Mapping[str, DriverPlugin]

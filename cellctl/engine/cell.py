@@ -1,0 +1,67 @@
+"""The cell: every device runner under one TaskGroup, plus the task that keeps the
+retained device states fresh."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cellctl.config.loader import CompiledCell
+from cellctl.engine.runner import DeviceRunner, DeviceSink
+
+
+class Cell:
+    def __init__(self, compiled: CompiledCell, sink: DeviceSink, *, clock: Callable[[], float] = time.monotonic):
+        self.compiled = compiled
+        self.sink = sink
+        self.clock = clock
+        backbone = compiled.config.backbone
+        self.runners = [
+            DeviceRunner(d, sink, backoff_min=backbone.reconnect_min, backoff_max=max(backbone.reconnect_min, 10.0))
+            for d in compiled.devices
+        ]
+        publish = compiled.config.publish
+        self.state_min_interval = publish.state_min_interval
+        self.full_refresh = publish.full_refresh
+
+    def republish_all(self) -> None:
+        """After a (re)connect: every retained state goes out again now."""
+        for r in self.runners:
+            self._publish_state(r)
+
+    def _publish_state(self, runner: DeviceRunner) -> None:
+        runner.state_dirty = False
+        runner.state_published_at = self.clock()
+        self.sink.device_state(runner.id, runner.snapshot())
+
+    def refresh_states(self) -> None:
+        now = self.clock()
+        for r in self.runners:
+            age = now - r.state_published_at
+            if (r.state_dirty and age >= self.state_min_interval) or age >= self.full_refresh:
+                self._publish_state(r)
+
+    async def _refresher(self) -> None:
+        tick = max(0.05, min(0.25, self.state_min_interval or 0.25))
+        while True:
+            await asyncio.sleep(tick)
+            self.refresh_states()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every device until `stop` is set, then cancel them all (bounded by the runners'
+        own cleanup)."""
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(r.run(), name=f"device:{r.id}") for r in self.runners]
+            tasks.append(tg.create_task(self._refresher(), name="state-refresher"))
+            await stop.wait()
+            for t in tasks:
+                t.cancel()
+        # Nothing is known about the machines once we stop: say so in the retained states.
+        for r in self.runners:
+            r.mark_stopped("cellctl stopped")
+        self.republish_all()
+
+    def status(self) -> list[dict[str, Any]]:
+        return [r.snapshot() for r in self.runners]

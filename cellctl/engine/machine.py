@@ -1,0 +1,92 @@
+"""Derive the normalised machine state from a device's current point values, as the
+profile's state map, counters and alarms say."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cellctl.config.profile import AlarmDef, MachineStateValue, Profile
+from cellctl.engine.points import GOOD, PointTable
+from cellctl.model import Alarm, Execution, ItemState, MachineState, OperationMode
+
+_DEFAULT_EXECUTION = {
+    ItemState.NOT_AVAILABLE: Execution.UNAVAILABLE,
+    ItemState.OUT_OF_SERVICE: Execution.STOPPED,
+    ItemState.NOT_EXECUTING: Execution.READY,
+    ItemState.EXECUTING: Execution.ACTIVE,
+}
+
+
+def _raw_key(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class MachineMapper:
+    """Knows which points feed the machine state, so it recomputes only when one changed."""
+
+    def __init__(self, profile: Profile, table: PointTable) -> None:
+        self.profile = profile
+        self.table = table
+        ids = set(table.ids)
+        self.state_index = table.index_of(profile.state.point) if profile.state and profile.state.point in ids else None
+        self.counter_index: dict[str, int] = {}
+        if profile.counters:
+            for name in ("good", "bad"):
+                ref = getattr(profile.counters, name)
+                if ref and ref in ids:
+                    self.counter_index[name] = table.index_of(ref)
+        self.alarms: list[tuple[int, AlarmDef]] = [
+            (table.index_of(a.point), a) for a in profile.alarms if a.point in ids
+        ]
+        self.watched = frozenset(
+            table.ids[i]
+            for i in [
+                *([self.state_index] if self.state_index is not None else []),
+                *self.counter_index.values(),
+                *(i for i, _ in self.alarms),
+            ]
+        )
+
+    def compute(self, available: bool) -> MachineState:
+        if not available:
+            return MachineState(ItemState.NOT_AVAILABLE, OperationMode.NONE, Execution.UNAVAILABLE)
+        table = self.table
+        raw: str | None = None
+        mapped: MachineStateValue | None = None
+        if self.profile.state is not None:
+            i = self.state_index
+            if i is not None and table.quality[i] == GOOD and table.value[i] is not None:
+                raw = _raw_key(table.value[i])
+                mapped = self.profile.state.map.get(raw, self.profile.state.default)
+            else:
+                mapped = self.profile.state.default
+        state = MachineState(raw_state=raw)
+        if mapped is None:
+            state.item_state, state.operation_mode, state.execution = (
+                ItemState.NOT_EXECUTING,
+                OperationMode.NONE,
+                Execution.READY,
+            )
+        else:
+            state.item_state = mapped.item_state
+            state.operation_mode = mapped.operation_mode
+            state.execution = mapped.execution or _DEFAULT_EXECUTION[mapped.item_state]
+        for name, i in self.counter_index.items():
+            if table.quality[i] == GOOD and table.value[i] is not None:
+                state.counters[name] = table.value[i]
+        for i, alarm in self.alarms:
+            value = table.value[i]
+            if table.quality[i] != GOOD or not value:
+                continue
+            if isinstance(value, bool):
+                code = alarm.code or alarm.point
+                text = alarm.text or alarm.point
+            else:
+                code = _raw_key(value)
+                text = alarm.texts.get(code, alarm.text or f"{alarm.point} {code}")
+            state.alarms.append(Alarm(code, text, alarm.severity))
+        return state

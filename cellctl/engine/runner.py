@@ -1,0 +1,177 @@
+"""One device's life: connect, poll on monotonic deadlines (or take pushed readings),
+apply the profile, publish changes, back off and reconnect when the device goes away.
+
+A runner is an error boundary: nothing a device does escapes into the daemon's task
+group, so one failing device never stops another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+from typing import Any, Protocol
+
+import structlog
+
+from cellctl.config.loader import CompiledDevice
+from cellctl.driver import DeviceUnavailable, Poller, Reading, Subscriber
+from cellctl.engine.backoff import Backoff
+from cellctl.engine.machine import MachineMapper
+from cellctl.engine.points import PointTable
+from cellctl.model import MachineState
+
+log = structlog.get_logger("cellctl.engine")
+
+
+class DeviceSink(Protocol):
+    """Where a runner's output goes (the publisher, or a test's collector)."""
+
+    def device_data(
+        self,
+        device_id: str,
+        ts_ms: int,
+        values: dict[str, Any],
+        quality: dict[str, dict[str, str]],
+        machine: dict[str, Any] | None,
+    ) -> None: ...
+
+    def device_state(self, device_id: str, state: dict[str, Any]) -> None: ...
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class DeviceRunner:
+    def __init__(
+        self,
+        device: CompiledDevice,
+        sink: DeviceSink,
+        *,
+        backoff_min: float = 0.5,
+        backoff_max: float = 30.0,
+    ) -> None:
+        self.device = device
+        self.id = device.config.id
+        self.sink = sink
+        self.table = PointTable(device.points)
+        self.mapper = MachineMapper(device.profile, self.table)
+        self.machine: MachineState = self.mapper.compute(False)
+        self.available = False
+        self.last_reason: str | None = "not connected yet"
+        self.failures = 0
+        self.successes = 0
+        self.polls = 0
+        self.overruns = 0
+        self.state_dirty = True
+        self.state_published_at = 0.0  # monotonic
+        self.backoff = Backoff(min(backoff_min, backoff_max), backoff_max)
+        self.log = log.bind(device=self.id)
+        cfg = device.config
+        self.interval = cfg.poll_interval
+        # Guard against a driver that never returns; drivers time out per request themselves.
+        self.poll_guard = max(10 * cfg.timeout + 1.0, cfg.timeout + 2 * cfg.poll_interval)
+        self.connect_guard = 3 * cfg.timeout + 2.0
+
+    # -- the task -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until cancelled. Never raises anything but CancelledError."""
+        while True:
+            try:
+                async with AsyncExitStack() as stack:
+                    try:
+                        async with asyncio.timeout(self.connect_guard):
+                            conn = await stack.enter_async_context(self.device.plugin.open(self.device.context))
+                    except TimeoutError:
+                        raise DeviceUnavailable(f"connect timed out after {self.connect_guard:g} s") from None
+                    if isinstance(conn, Poller):
+                        await self._poll_loop(conn)
+                    elif isinstance(conn, Subscriber):
+                        await conn.subscribe(self.on_reading)
+                        raise DeviceUnavailable("subscription ended")
+                    else:
+                        raise DeviceUnavailable("driver connection is neither a Poller nor a Subscriber")
+            except DeviceUnavailable as exc:
+                self._on_failure(exc.reason)
+            except Exception as exc:  # the error boundary: a driver bug must not kill the daemon
+                self.log.exception("device_error", error=repr(exc))
+                self._on_failure(f"internal error: {exc!r}")
+            await asyncio.sleep(self.backoff.next_delay())
+
+    async def _poll_loop(self, conn: Poller) -> None:
+        next_at = time.monotonic()
+        while True:
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(self.poll_guard):
+                    reading = await conn.poll()
+            except TimeoutError:
+                raise DeviceUnavailable(f"poll did not finish within {self.poll_guard:g} s") from None
+            self.on_reading(reading)
+            next_at += self.interval
+            now = time.monotonic()
+            if next_at < now:  # overran: skip the missed slots instead of bursting
+                self.overruns += 1
+                next_at = now
+
+    # -- state transitions ------------------------------------------------------------
+
+    def on_reading(self, reading: Reading) -> None:
+        self.polls += 1
+        self.failures = 0
+        if not self.available:
+            self.successes += 1
+            if self.successes < self.device.config.availability.online_after:
+                return
+            self.available = True
+            self.backoff.reset()
+            self.log.info("device_online", was=self.last_reason)
+            self.last_reason = None
+        values, quality = self.table.apply(reading)
+        machine = None
+        if quality or any(k in self.mapper.watched for k in values) or self.state_dirty:
+            new_state = self.mapper.compute(True)
+            if new_state != self.machine:
+                self.machine = new_state
+                machine = new_state.as_dict()
+        if values or quality or machine is not None:
+            self.state_dirty = True
+            self.sink.device_data(self.id, now_ms(), values, quality, machine)
+
+    def mark_stopped(self, reason: str) -> None:
+        self.failures = self.device.config.availability.offline_after
+        self._on_failure(reason)
+
+    def _on_failure(self, reason: str) -> None:
+        self.successes = 0
+        self.failures += 1
+        if reason != self.last_reason:
+            self.log.warning("device_unavailable", reason=reason, was_available=self.available)
+        self.last_reason = reason
+        if self.available and self.failures < self.device.config.availability.offline_after:
+            return
+        self.available = False
+        quality = self.table.mark_all_bad(reason)
+        machine = self.mapper.compute(False)
+        machine_changed = machine != self.machine
+        self.machine = machine
+        if quality or machine_changed:
+            self.state_dirty = True
+            self.sink.device_data(self.id, now_ms(), {}, quality, machine.as_dict() if machine_changed else None)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The retained per-device state message body."""
+        return {
+            "ts": now_ms(),
+            "device": self.id,
+            "profile": self.device.profile.name,
+            "driver": self.device.config.driver,
+            "available": self.available,
+            "reason": self.last_reason,
+            "machine": self.machine.as_dict(),
+            "points": self.table.snapshot(),
+        }

@@ -1,0 +1,118 @@
+"""A private mosquitto on a loopback port, for `cellctl demo`, the tests and the
+benchmarks. It binds 127.0.0.1 only, runs from its own config in a temporary directory,
+and is stopped by its PID; it never touches a broker that may already run on 1883."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def find_mosquitto() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if Path(candidate).is_file():
+            return candidate
+    return None
+
+
+class Mosquitto:
+    """Start/stop/restart one mosquitto process on a fixed loopback port."""
+
+    def __init__(self, port: int | None = None, *, host: str = "127.0.0.1", persistence: bool = False) -> None:
+        binary = find_mosquitto()
+        if binary is None:
+            raise BrokerError("mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto)")
+        self.binary = binary
+        self.host = host
+        self.port = port or free_port(host)
+        self.dir = Path(tempfile.mkdtemp(prefix="cellctl-mosquitto-"))
+        self.log_path = self.dir / "mosquitto.log"
+        lines = [
+            f"listener {self.port} {host}",
+            "allow_anonymous true",
+            "set_tcp_nodelay true",
+            "max_queued_messages 1000000",
+            "max_inflight_messages 1000",
+            f"persistence {'true' if persistence else 'false'}",
+            f"persistence_location {self.dir}/",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+        ]
+        self.config_path = self.dir / "mosquitto.conf"
+        self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BrokerError(f"mosquitto exited with {self.proc.returncode}: {self.log_tail()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise BrokerError(f"mosquitto did not accept connections on {self.host}:{self.port} within {timeout} s")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()

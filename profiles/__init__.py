@@ -1,0 +1,1 @@
+"""Device-type profiles shipped with cellctl (YAML files; see docs/profiles.md)."""

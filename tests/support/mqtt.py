@@ -1,0 +1,81 @@
+"""A real MQTT subscriber for tests: collects every message on a topic filter and lets
+the test wait for a condition with a deadline."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+@dataclass
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+    received: float  # time.time()
+
+    def json(self) -> Any:
+        return orjson.loads(self.payload)
+
+
+class Collector:
+    def __init__(self, port: int, topic: str, host: str = "127.0.0.1") -> None:
+        self.messages: list[Message] = []
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect(host, port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError(f"could not subscribe to {topic!r} on port {port}")
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._cond:
+            self.messages.append(Message(msg.topic, msg.payload, bool(msg.retain), msg.qos, time.time()))
+            self._cond.notify_all()
+
+    def on(self, suffix: str) -> list[Message]:
+        with self._cond:
+            return [m for m in self.messages if m.topic.endswith(suffix)]
+
+    def wait_for(self, predicate: Callable[[list[Message]], Any], timeout: float = 10.0, what: str = "") -> Any:
+        """Wait until predicate(messages) is truthy; return its value or fail with what was seen."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                result = predicate(list(self.messages))
+                if result:
+                    return result
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    tail = [(m.topic, m.payload[:200]) for m in self.messages[-5:]]
+                    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}; last: {tail}")
+                self._cond.wait(min(left, 0.1))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    """Poll a predicate until it holds or the deadline passes (then fail loudly)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(0.01)

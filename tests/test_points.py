@@ -1,0 +1,107 @@
+"""The hot path's arithmetic: scaling, deadbands, quality transitions."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from cellctl.config.profile import PointDef
+from cellctl.driver import Reading
+from cellctl.engine.points import BAD, GOOD, UNCERTAIN, PointTable
+
+ADDR = {"table": "holding", "start": 0, "type": "uint16"}
+
+
+def point(**kw: object) -> PointDef:
+    return PointDef.model_validate({"id": "p", "type": "float", "address": ADDR, **kw})
+
+
+def test_scale_and_offset_applied_once() -> None:
+    t = PointTable([point(scale=0.1, offset=-40)])
+    changed, quality = t.apply(Reading([650]))
+    assert changed == {"p": pytest.approx(25.0)}
+    assert quality == {"p": {"q": GOOD}}
+
+
+def test_int_point_with_integral_scale_stays_int() -> None:
+    t = PointTable([point(type="int", scale=10)])
+    changed, _ = t.apply(Reading([7]))
+    assert changed == {"p": 70}
+    assert isinstance(changed["p"], int)
+
+
+def test_unchanged_value_is_not_reported_again() -> None:
+    t = PointTable([point()])
+    t.apply(Reading([1.0]))
+    assert t.apply(Reading([1.0])) == ({}, {})
+    assert t.apply(Reading([2.0]))[0] == {"p": 2.0}
+
+
+def test_absolute_deadband_measures_from_last_reported_value() -> None:
+    t = PointTable([point(deadband={"absolute": 1.0})])
+    t.apply(Reading([10.0]))
+    assert t.apply(Reading([10.6]))[0] == {}
+    assert t.apply(Reading([10.9]))[0] == {}  # still within 1.0 of 10.0: no creeping
+    assert t.apply(Reading([11.2]))[0] == {"p": 11.2}
+
+
+def test_percent_deadband_uses_range_when_declared() -> None:
+    t = PointTable([point(deadband={"percent": 10}, min=0, max=200)])
+    t.apply(Reading([100.0]))
+    assert t.apply(Reading([119.0]))[0] == {}
+    assert t.apply(Reading([121.0]))[0] == {"p": 121.0}
+
+
+def test_percent_deadband_without_range_uses_last_value() -> None:
+    t = PointTable([point(deadband={"percent": 10})])
+    t.apply(Reading([100.0]))
+    assert t.apply(Reading([109.0]))[0] == {}
+    assert t.apply(Reading([111.0]))[0] == {"p": 111.0}
+
+
+def test_point_error_marks_only_that_point_bad_once() -> None:
+    t = PointTable([point(), PointDef.model_validate({"id": "q", "type": "int", "address": ADDR})])
+    t.apply(Reading([1.0, 2]))
+    changed, quality = t.apply(Reading([None, 3], errors={0: "modbus exception 2 (illegal data address)"}))
+    assert changed == {"q": 3}
+    assert quality == {"p": {"q": BAD, "reason": "modbus exception 2 (illegal data address)"}}
+    # the same error again is not news
+    assert t.apply(Reading([None, 3], errors={0: "modbus exception 2 (illegal data address)"})) == ({}, {})
+    # recovery reports the value even if it equals the last one reported
+    changed, quality = t.apply(Reading([1.0, 3]))
+    assert changed == {"p": 1.0}
+    assert quality == {"p": {"q": GOOD}}
+
+
+def test_nan_is_bad_and_limits_make_uncertain() -> None:
+    t = PointTable([point(min=0, max=10)])
+    assert t.apply(Reading([math.nan]))[1]["p"]["q"] == BAD
+    changed, quality = t.apply(Reading([11.0]))
+    assert changed == {"p": 11.0}
+    assert quality == {"p": {"q": UNCERTAIN, "reason": "above max 10.0"}}
+
+
+def test_partial_readings_by_index() -> None:
+    t = PointTable([point(), PointDef.model_validate({"id": "q", "type": "float", "address": ADDR})])
+    changed, _ = t.apply(Reading([5.0], indexes=[1], source_ts=1000.0))
+    assert changed == {"q": 5.0}
+    assert t.src_ts == [None, 1000.0]
+
+
+def test_mark_all_bad_reports_each_point_once() -> None:
+    t = PointTable([point()])
+    t.apply(Reading([1.0]))
+    assert t.mark_all_bad("timeout") == {"p": {"q": BAD, "reason": "timeout"}}
+    assert t.mark_all_bad("timeout") == {}
+
+
+@given(st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=50), st.floats(0, 100))
+def test_reported_values_never_differ_by_less_than_the_deadband(values: list[float], band: float) -> None:
+    t = PointTable([point(deadband={"absolute": band})])
+    reported = [c["p"] for v in values if (c := t.apply(Reading([v]))[0])]
+    assert reported[0] == values[0]
+    for a, b in zip(reported, reported[1:], strict=False):
+        assert abs(b - a) > band
