@@ -36,7 +36,9 @@ def find_mosquitto() -> str | None:
 class Mosquitto:
     """Start/stop/restart one mosquitto process on a fixed loopback port."""
 
-    def __init__(self, port: int | None = None, *, host: str = "127.0.0.1", persistence: bool = False) -> None:
+    def __init__(
+        self, port: int | None = None, *, host: str = "127.0.0.1", persistence: bool = False
+    ) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError("mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto)")
@@ -70,7 +72,10 @@ class Mosquitto:
             return
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            [self.binary, "-c", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -83,7 +88,9 @@ class Mosquitto:
             except OSError:
                 time.sleep(0.02)
         self.stop()
-        raise BrokerError(f"mosquitto did not accept connections on {self.host}:{self.port} within {timeout} s")
+        raise BrokerError(
+            f"mosquitto did not accept connections on {self.host}:{self.port} within {timeout} s"
+        )
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self.proc = self.proc, None

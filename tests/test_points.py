@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -103,5 +104,5 @@ def test_reported_values_never_differ_by_less_than_the_deadband(values: list[flo
     t = PointTable([point(deadband={"absolute": band})])
     reported = [c["p"] for v in values if (c := t.apply(Reading([v]))[0])]
     assert reported[0] == values[0]
-    for a, b in zip(reported, reported[1:], strict=False):
+    for a, b in itertools.pairwise(reported):
         assert abs(b - a) > band

@@ -43,7 +43,9 @@ def _load(config: Path) -> Any:
     default=None,
     help="Log level (default: the config's log_level, else info).",
 )
-@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True)
+@click.option(
+    "--log-format", type=click.Choice(["auto", "json", "console"]), default="auto", show_default=True
+)
 @click.pass_context
 def cli(ctx: click.Context, log_level: str | None, log_format: str) -> None:
     """Edge cell controller: machines over Modbus, OPC UA and G-code, published to MQTT."""
@@ -144,7 +146,9 @@ def profiles_show(name: str, dirs: tuple[Path, ...]) -> None:
         if pt.deadband:
             db = f"{pt.deadband.absolute}" if pt.deadband.absolute is not None else f"{pt.deadband.percent}%"
         addr = " ".join(f"{k}={v}" for k, v in pt.address.items())
-        table.add_row(pt.id, pt.type, pt.access, pt.unit or "", "" if pt.scale is None else f"{pt.scale:g}", db, addr)
+        table.add_row(
+            pt.id, pt.type, pt.access, pt.unit or "", "" if pt.scale is None else f"{pt.scale:g}", db, addr
+        )
     console.print(table)
     if p.state:
         console.print(f"state from [bold]{p.state.point}[/bold]:")
@@ -184,15 +188,21 @@ def sim() -> None:
 
 
 @cli.command()
-@click.option("--broker", type=click.Choice(["auto", "mosquitto", "embedded"]), default="auto", show_default=True)
-@click.option("--duration", type=float, default=None, help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option(
+    "--broker", type=click.Choice(["auto", "mosquitto", "embedded"]), default="auto", show_default=True
+)
+@click.option(
+    "--duration", type=float, default=None, help="Stop after this many seconds (default: until Ctrl-C)."
+)
 @click.option("--no-table", is_flag=True, help="Log instead of drawing the live table.")
 @click.pass_context
 def demo(ctx: click.Context, broker: str, duration: float | None, no_table: bool) -> None:
     """Simulated cell + local broker + daemon, with a live table of what MQTT carries."""
     from cellctl.cli.demo import run_demo
 
-    run_demo(broker=broker, duration=duration, table=not no_table, log_level=ctx.obj.get("log_level") or "warning")
+    run_demo(
+        broker=broker, duration=duration, table=not no_table, log_level=ctx.obj.get("log_level") or "warning"
+    )
 
 
 def main() -> None:

@@ -45,14 +45,21 @@ def print_summary(data: dict[str, Any]) -> None:
     cell = data["cell"]
     path = "/".join(cell[k] for k in ("enterprise", "site", "area", "line", "cell"))
     console.print(f"[green]ok[/green] {data['config']}: cell {path}")
-    console.print(f"backbone {data['backbone']}; status topic {data['status_topic']}; mode {data['publish_mode']}")
+    console.print(
+        f"backbone {data['backbone']}; status topic {data['status_topic']}; mode {data['publish_mode']}"
+    )
     table = Table("device", "driver", "profile", "points", "poll", "requests")
     total_points = total_requests = 0
     for d in data["devices"]:
         total_points += d["points"]
         total_requests += len(d["requests"])
         table.add_row(
-            d["id"], d["driver"], d["profile"], str(d["points"]), f"{d['poll_interval_s']:g} s", "\n".join(d["requests"])
+            d["id"],
+            d["driver"],
+            d["profile"],
+            str(d["points"]),
+            f"{d['poll_interval_s']:g} s",
+            "\n".join(d["requests"]),
         )
     console.print(table)
     disabled = f"; disabled: {', '.join(data['disabled_devices'])}" if data["disabled_devices"] else ""

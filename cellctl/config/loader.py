@@ -52,18 +52,19 @@ def _effective_points(dev: DeviceConfig, profile: Profile, where: str, problems:
         if name not in known:
             problems.append(f"{where}: point {name!r} is not in profile {profile.name!r}")
     out = []
-    for p in profile.points:
-        if p.id in dev.disabled_points:
+    for base in profile.points:
+        if base.id in dev.disabled_points:
             continue
-        override = dev.points.get(p.id)
-        if override is not None:
-            changes = override.model_dump(exclude_none=True)
-            try:
-                p = PointDef.model_validate({**p.model_dump(), **changes})
-            except ValidationError as exc:
-                problems.extend(f"{where}.points.{p.id}: {e['msg']}" for e in exc.errors(include_url=False))
-                continue
-        out.append(p)
+        override = dev.points.get(base.id)
+        if override is None:
+            out.append(base)
+            continue
+        try:
+            out.append(
+                PointDef.model_validate({**base.model_dump(), **override.model_dump(exclude_none=True)})
+            )
+        except ValidationError as exc:
+            problems.extend(f"{where}.points.{base.id}: {e['msg']}" for e in exc.errors(include_url=False))
     return out
 
 
@@ -79,7 +80,9 @@ def compile_device(
     profile_path = find_profile(dev.profile, dirs)
     if profile_path is None:
         searched = ", ".join(str(d) for d in dirs)
-        problems.append(f"{where}.profile: device {dev.id!r}: profile {dev.profile!r} not found (searched: {searched})")
+        problems.append(
+            f"{where}.profile: device {dev.id!r}: profile {dev.profile!r} not found (searched: {searched})"
+        )
         return None
     try:
         profile = load_profile_file(profile_path)
@@ -94,10 +97,12 @@ def compile_device(
         return None
     n = len(problems)
     loc: tuple[int | str, ...] = ("devices", index)
-    connection = _validate(plugin.connection_model, dev.connection, config_path, (*loc, "connection"), problems)
+    connection = _validate(
+        plugin.connection_model, dev.connection, config_path, (*loc, "connection"), problems
+    )
     options = _validate(plugin.options_model, dev.options, config_path, (*loc, "options"), problems)
     points = _effective_points(dev, profile, where, problems)
-    specs = []
+    specs: list[PointSpec] = []
     for p in points:
         j = next(i for i, q in enumerate(profile.points) if q.id == p.id)
         address = _validate(plugin.address_model, p.address, profile_path, ("points", j, "address"), problems)

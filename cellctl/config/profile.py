@@ -127,7 +127,11 @@ class Profile(_Frozen):
         if self.state:
             refs.append(("state.point", self.state.point))
         if self.counters:
-            refs += [(f"counters.{k}", v) for k, v in (("good", self.counters.good), ("bad", self.counters.bad)) if v]
+            refs += [
+                (f"counters.{k}", v)
+                for k, v in (("good", self.counters.good), ("bad", self.counters.bad))
+                if v
+            ]
         refs += [(f"alarms[{i}].point", a.point) for i, a in enumerate(self.alarms)]
         for where, ref in refs:
             if ref not in ids:

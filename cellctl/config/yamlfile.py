@@ -49,7 +49,9 @@ def format_validation_error(
     """One line per problem: `file: field.path: message (got value)`."""
     lines = []
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in (*prefix, *err["loc"]) if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(
+            p for p in (*prefix, *err["loc"]) if not (isinstance(p, str) and p.startswith("function-"))
+        )
         msg = err["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
@@ -59,7 +61,11 @@ def format_validation_error(
         elif kind == "missing":
             msg = "required field is missing"
         got = ""
-        if kind not in ("missing", "extra_forbidden") and "input" in err and not isinstance(err["input"], dict):
+        if (
+            kind not in ("missing", "extra_forbidden")
+            and "input" in err
+            and not isinstance(err["input"], dict)
+        ):
             got = f" (got {_describe(err['input'])})"
         lines.append(f"{path}: {field_path(loc)}: {msg[0].lower() + msg[1:] if msg else msg}{got}")
     return lines

@@ -13,7 +13,12 @@ from collections.abc import Callable
 
 class Backoff:
     def __init__(
-        self, minimum: float, maximum: float, *, factor: float = 2.0, rand: Callable[[], float] = random.random
+        self,
+        minimum: float,
+        maximum: float,
+        *,
+        factor: float = 2.0,
+        rand: Callable[[], float] = random.random,
     ) -> None:
         if not 0 < minimum <= maximum:
             raise ValueError("backoff needs 0 < minimum <= maximum")

@@ -13,13 +13,17 @@ from cellctl.engine.runner import DeviceRunner, DeviceSink
 
 
 class Cell:
-    def __init__(self, compiled: CompiledCell, sink: DeviceSink, *, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, compiled: CompiledCell, sink: DeviceSink, *, clock: Callable[[], float] = time.monotonic
+    ):
         self.compiled = compiled
         self.sink = sink
         self.clock = clock
         backbone = compiled.config.backbone
         self.runners = [
-            DeviceRunner(d, sink, backoff_min=backbone.reconnect_min, backoff_max=max(backbone.reconnect_min, 10.0))
+            DeviceRunner(
+                d, sink, backoff_min=backbone.reconnect_min, backoff_max=max(backbone.reconnect_min, 10.0)
+            )
             for d in compiled.devices
         ]
         publish = compiled.config.publish

@@ -32,7 +32,9 @@ class MachineMapper:
         self.profile = profile
         self.table = table
         ids = set(table.ids)
-        self.state_index = table.index_of(profile.state.point) if profile.state and profile.state.point in ids else None
+        self.state_index = (
+            table.index_of(profile.state.point) if profile.state and profile.state.point in ids else None
+        )
         self.counter_index: dict[str, int] = {}
         if profile.counters:
             for name in ("good", "bad"):

@@ -20,6 +20,7 @@ BAD = "bad"
 NOT_YET_READ = "not yet read"
 
 _PASS, _SCALE_FLOAT, _SCALE_INT = 0, 1, 2
+_DB_NONE, _DB_ABS, _DB_REL = 0, 1, 2
 
 
 class PointTable:
@@ -27,8 +28,10 @@ class PointTable:
     reported, so only changes beyond the deadband are published."""
 
     __slots__ = (
-        "abs_db",
+        "db_kind",
+        "db_value",
         "defs",
+        "has_limits",
         "high",
         "ids",
         "is_float",
@@ -36,8 +39,6 @@ class PointTable:
         "low",
         "mode",
         "offset",
-        "pct_db",
-        "pct_range",
         "quality",
         "reason",
         "scale",
@@ -60,13 +61,22 @@ class PointTable:
             for p in points
         ]
         self.is_float = [p.type == "float" for p in points]
-        self.low = [p.min for p in points]
-        self.high = [p.max for p in points]
-        self.abs_db: list[float | None] = [p.deadband.absolute if p.deadband else None for p in points]
-        self.pct_db: list[float | None] = [p.deadband.percent if p.deadband else None for p in points]
-        self.pct_range: list[float | None] = [
-            (p.max - p.min) if p.min is not None and p.max is not None else None for p in points
-        ]
+        self.has_limits = [p.min is not None or p.max is not None for p in points]
+        self.low = [p.min if p.min is not None else -math.inf for p in points]
+        self.high = [p.max if p.max is not None else math.inf for p in points]
+        # Deadband per point: kind and a precomputed threshold (see `apply`).
+        self.db_kind = [_DB_NONE] * n
+        self.db_value = [0.0] * n
+        for i, p in enumerate(points):
+            db = p.deadband
+            if db is None:
+                continue
+            if db.absolute is not None:
+                self.db_kind[i], self.db_value[i] = _DB_ABS, db.absolute
+            elif p.min is not None and p.max is not None:
+                self.db_kind[i], self.db_value[i] = _DB_ABS, (p.max - p.min) * (db.percent or 0.0) / 100.0
+            else:
+                self.db_kind[i], self.db_value[i] = _DB_REL, (db.percent or 0.0) / 100.0
         self.value: list[Any] = [None] * n  # current engineering value
         self.last: list[Any] = [None] * n  # last value reported (deadband reference)
         self.quality = [BAD] * n
@@ -85,13 +95,15 @@ class PointTable:
         indexes = reading.indexes if reading.indexes is not None else range(len(values))
         each_ts = reading.source_ts_each
         ts = reading.source_ts
-        quality, reason, last, mode = self.quality, self.reason, self.last, self.mode
+        ids, quality, reason, last, mode = self.ids, self.quality, self.reason, self.last, self.mode
+        current, src_ts, is_float, has_limits = self.value, self.src_ts, self.is_float, self.has_limits
+        db_kind, db_value = self.db_kind, self.db_value
         for k, i in enumerate(indexes):
             if errors is not None and i in errors:
-                why = errors[i]
-                if quality[i] != BAD or reason[i] != why:
-                    quality[i], reason[i] = BAD, why
-                    qchanged[self.ids[i]] = {"q": BAD, "reason": why}
+                problem = errors[i]
+                if quality[i] != BAD or reason[i] != problem:
+                    quality[i], reason[i] = BAD, problem
+                    qchanged[ids[i]] = {"q": BAD, "reason": problem}
                 continue
             v = values[k]
             m = mode[i]
@@ -99,37 +111,40 @@ class PointTable:
                 v = v * self.scale[i] + self.offset[i]
             elif m == _SCALE_INT:
                 v = int(v * self.scale[i] + self.offset[i])
-            q, why = GOOD, None
-            if self.is_float[i] and not math.isfinite(v):
+            q: str = GOOD
+            why: str | None = None
+            if is_float[i] and not math.isfinite(v):
                 q, why = BAD, f"not a finite number ({v})"
-            elif self.low[i] is not None and v < self.low[i]:  # type: ignore[operator]
-                q, why = UNCERTAIN, f"below min {self.low[i]}"
-            elif self.high[i] is not None and v > self.high[i]:  # type: ignore[operator]
-                q, why = UNCERTAIN, f"above max {self.high[i]}"
-            self.value[i] = v
-            self.src_ts[i] = each_ts[k] if each_ts is not None else ts
-            force = False
+            elif has_limits[i]:
+                if v < self.low[i]:
+                    q, why = UNCERTAIN, f"below min {self.low[i]}"
+                elif v > self.high[i]:
+                    q, why = UNCERTAIN, f"above max {self.high[i]}"
+            current[i] = v
+            src_ts[i] = each_ts[k] if each_ts is not None else ts
             if quality[i] != q or reason[i] != why:
                 quality[i], reason[i] = q, why
-                qchanged[self.ids[i]] = {"q": q, "reason": why} if why else {"q": q}
-                force = True
+                qchanged[ids[i]] = {"q": q, "reason": why} if why else {"q": q}
+                if q != BAD:
+                    last[i] = v
+                    changed[ids[i]] = v
+                continue
             if q == BAD:
                 continue
             prev = last[i]
-            if force or prev is None:
+            kind = db_kind[i]
+            if prev is None:
                 pass
-            elif self.abs_db[i] is not None:
-                if abs(v - prev) <= self.abs_db[i]:  # type: ignore[operator]
+            elif kind == _DB_NONE:
+                if v == prev:
                     continue
-            elif self.pct_db[i] is not None:
-                span = self.pct_range[i]
-                base = span if span is not None else abs(prev)
-                if abs(v - prev) <= base * self.pct_db[i] / 100.0:  # type: ignore[operator]
+            elif kind == _DB_ABS:
+                if abs(v - prev) <= db_value[i]:
                     continue
-            elif v == prev:
+            elif abs(v - prev) <= abs(prev) * db_value[i]:
                 continue
             last[i] = v
-            changed[self.ids[i]] = v
+            changed[ids[i]] = v
         return changed, qchanged
 
     def mark_all_bad(self, why: str) -> dict[str, dict[str, str]]:
@@ -150,7 +165,8 @@ class PointTable:
                 entry["reason"] = self.reason[i]
             if self.units[i]:
                 entry["unit"] = self.units[i]
-            if self.src_ts[i] is not None:
-                entry["src_ts"] = int(self.src_ts[i] * 1000)  # type: ignore[operator]
+            stamp = self.src_ts[i]
+            if stamp is not None:
+                entry["src_ts"] = int(stamp * 1000)
             out[point_id] = entry
         return out

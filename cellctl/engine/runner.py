@@ -83,7 +83,9 @@ class DeviceRunner:
                 async with AsyncExitStack() as stack:
                     try:
                         async with asyncio.timeout(self.connect_guard):
-                            conn = await stack.enter_async_context(self.device.plugin.open(self.device.context))
+                            conn = await stack.enter_async_context(
+                                self.device.plugin.open(self.device.context)
+                            )
                     except TimeoutError:
                         raise DeviceUnavailable(f"connect timed out after {self.connect_guard:g} s") from None
                     if isinstance(conn, Poller):
@@ -161,7 +163,9 @@ class DeviceRunner:
         self.machine = machine
         if quality or machine_changed:
             self.state_dirty = True
-            self.sink.device_data(self.id, now_ms(), {}, quality, machine.as_dict() if machine_changed else None)
+            self.sink.device_data(
+                self.id, now_ms(), {}, quality, machine.as_dict() if machine_changed else None
+            )
 
     def snapshot(self) -> dict[str, Any]:
         """The retained per-device state message body."""

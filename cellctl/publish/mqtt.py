@@ -60,7 +60,9 @@ class MqttSession:
         self.client.reconnect_delay_set(
             min_delay=max(1, round(backbone.reconnect_min)), max_delay=max(1, round(backbone.reconnect_max))
         )
-        self.client.will_set(status_topic, orjson.dumps({"status": "offline", "reason": "connection_lost"}), 1, True)
+        self.client.will_set(
+            status_topic, orjson.dumps({"status": "offline", "reason": "connection_lost"}), 1, True
+        )
         if backbone.username is not None:
             self.client.username_pw_set(backbone.username, self._read_password())
         if backbone.tls is not None:
@@ -83,13 +85,17 @@ class MqttSession:
         try:
             return path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
-            raise ConfigError([f"backbone.password_file: cannot read {str(path)!r}: {exc.strerror}"]) from None
+            raise ConfigError(
+                [f"backbone.password_file: cannot read {str(path)!r}: {exc.strerror}"]
+            ) from None
 
     # -- paho thread callbacks --------------------------------------------------------
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.warning("mqtt_connect_refused", reason=str(reason), host=self.backbone.host, port=self.backbone.port)
+            log.warning(
+                "mqtt_connect_refused", reason=str(reason), host=self.backbone.host, port=self.backbone.port
+            )
             return
         sock = client.socket()
         if isinstance(sock, socket.socket):
@@ -97,7 +103,9 @@ class MqttSession:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connects += 1
         self.connected.set()
-        log.info("mqtt_connected", host=self.backbone.host, port=self.backbone.port, reconnect=self._was_connected)
+        log.info(
+            "mqtt_connected", host=self.backbone.host, port=self.backbone.port, reconnect=self._was_connected
+        )
         self._was_connected = True
         self.publish(self.status_topic, orjson.dumps({"status": "online"}), qos=1, retain=True)
         if self.on_connected is not None and self._loop is not None:

@@ -1,9 +1,9 @@
 """UNS JSON: the topic layout and payloads of docs/topics.md.
 
-    <prefix>/<enterprise>/<site>/<area>/<line>/<cell>/status            retained, online/offline
-    <prefix>/<enterprise>/<site>/<area>/<line>/<cell>/<device>/state    retained, full snapshot
-    <prefix>/<enterprise>/<site>/<area>/<line>/<cell>/<device>/data     changes, one per scan
-    <prefix>/<enterprise>/<site>/<area>/<line>/<cell>/<device>/points/<point>   per_point mode
+<prefix>/<enterprise>/<site>/<area>/<line>/<cell>/status            retained, online/offline
+<prefix>/<enterprise>/<site>/<area>/<line>/<cell>/<device>/state    retained, full snapshot
+<prefix>/<enterprise>/<site>/<area>/<line>/<cell>/<device>/data     changes, one per scan
+<prefix>/<enterprise>/<site>/<area>/<line>/<cell>/<device>/points/<point>   per_point mode
 """
 
 from __future__ import annotations

@@ -50,7 +50,9 @@ class Collector:
         with self._cond:
             return [m for m in self.messages if m.topic.endswith(suffix)]
 
-    def wait_for(self, predicate: Callable[[list[Message]], Any], timeout: float = 10.0, what: str = "") -> Any:
+    def wait_for(
+        self, predicate: Callable[[list[Message]], Any], timeout: float = 10.0, what: str = ""
+    ) -> Any:
         """Wait until predicate(messages) is truthy; return its value or fail with what was seen."""
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -61,7 +63,9 @@ class Collector:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     tail = [(m.topic, m.payload[:200]) for m in self.messages[-5:]]
-                    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}; last: {tail}")
+                    raise AssertionError(
+                        f"timed out after {timeout} s waiting for {what or predicate}; last: {tail}"
+                    )
                 self._cond.wait(min(left, 0.1))
 
     def close(self) -> None:
