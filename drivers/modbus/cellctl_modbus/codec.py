@@ -93,7 +93,9 @@ def register_count(wire_type: str, length: int | None = None) -> int:
     try:
         return _NUMERIC[wire_type][1]
     except KeyError:
-        raise ValueError(f"unknown wire type {wire_type!r}; expected one of {', '.join(WIRE_TYPES)}") from None
+        raise ValueError(
+            f"unknown wire type {wire_type!r}; expected one of {', '.join(WIRE_TYPES)}"
+        ) from None
 
 
 def _order(order: str) -> tuple[bool, bool]:
@@ -119,17 +121,17 @@ def _decode_uint16(block: Sequence[Any], offset: int) -> int:
 
 
 def _decode_uint16_swapped(block: Sequence[Any], offset: int) -> int:
-    v = block[offset]
+    v: int = block[offset]
     return ((v & 0xFF) << 8) | ((v >> 8) & 0xFF)
 
 
 def _decode_int16(block: Sequence[Any], offset: int) -> int:
-    v = block[offset] & 0xFFFF
+    v: int = block[offset]
     return v - 0x10000 if v & 0x8000 else v
 
 
 def _decode_int16_swapped(block: Sequence[Any], offset: int) -> int:
-    v = block[offset]
+    v: int = block[offset]
     v = ((v & 0xFF) << 8) | ((v >> 8) & 0xFF)
     return v - 0x10000 if v & 0x8000 else v
 
@@ -147,7 +149,9 @@ def _string_decoder(length: int, big: bool) -> Decoder:
     return decode
 
 
-def make_decoder(wire_type: str, order: str = "ABCD", bit: int | None = None, length: int | None = None) -> Decoder:
+def make_decoder(
+    wire_type: str, order: str = "ABCD", bit: int | None = None, length: int | None = None
+) -> Decoder:
     """Build the decoder for one point; raises ValueError for an invalid combination."""
     high_first, big = _order(order)
     if wire_type == "bool":
@@ -214,7 +218,7 @@ def decode(
 
 
 def _as_int(value: Any, wire_type: str) -> int:
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, int):  # bool included: True is 1
         v = int(value)
     elif isinstance(value, float):
         if not math.isfinite(value):
@@ -222,8 +226,8 @@ def _as_int(value: Any, wire_type: str) -> int:
         v = round(value)
         if not math.isclose(value, v, rel_tol=1e-9, abs_tol=1e-9):
             raise ValueError(f"{value} is not a whole number; {wire_type} holds integers only")
-    else:
-        raise ValueError(f"cannot write {type(value).__name__} {value!r} as {wire_type}")
+    else:  # ValueError, not TypeError: the engine reports every bad write value alike
+        raise ValueError(f"cannot write {type(value).__name__} {value!r} as {wire_type}")  # noqa: TRY004
     lo, hi = _INT_RANGE[wire_type]
     if not lo <= v <= hi:
         raise ValueError(f"{v} is out of range for {wire_type} ({lo}..{hi})")
