@@ -31,7 +31,11 @@ def profile(**extra: Any) -> Profile:
                 "map": {
                     "1": {"item_state": "not_executing", "operation_mode": "processing"},
                     "2": {"item_state": "executing", "operation_mode": "processing", "execution": "active"},
-                    "3": {"item_state": "not_executing", "operation_mode": "processing", "execution": "feed_hold"},
+                    "3": {
+                        "item_state": "not_executing",
+                        "operation_mode": "processing",
+                        "execution": "feed_hold",
+                    },
                 },
             },
             "counters": {"good": "good"},

@@ -7,12 +7,31 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from cellctl.config.profile import ID_PATTERN, Deadband
 
 # Topic levels must not contain MQTT wildcards or separators.
-TOPIC_LEVEL = r"^[^/+#$\s][^/+#\s]{0,63}$"
+_TOPIC_LEVEL = re.compile(r"^[^/+#$\s][^/+#\s]{0,63}$")
+
+
+def _topic_level(value: str) -> str:
+    if not _TOPIC_LEVEL.match(value):
+        raise ValueError(
+            f"{value!r} cannot be an MQTT topic level: use 1-64 characters without / + # or spaces, not starting with $"
+        )
+    return value
+
+
+TopicLevel = Annotated[str, AfterValidator(_topic_level)]
 RESERVED_DEVICE_IDS = frozenset({"status", "cmd"})
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -40,11 +59,11 @@ class _Frozen(BaseModel):
 class Identity(_Frozen):
     """ISA-95 path of this cell; each level becomes one topic level."""
 
-    enterprise: Annotated[str, Field(pattern=TOPIC_LEVEL)]
-    site: Annotated[str, Field(pattern=TOPIC_LEVEL)]
-    area: Annotated[str, Field(pattern=TOPIC_LEVEL)]
-    line: Annotated[str, Field(pattern=TOPIC_LEVEL)]
-    cell: Annotated[str, Field(pattern=TOPIC_LEVEL)]
+    enterprise: TopicLevel
+    site: TopicLevel
+    area: TopicLevel
+    line: TopicLevel
+    cell: TopicLevel
 
 
 class Tls(_Frozen):
@@ -95,10 +114,8 @@ class Publish(_Frozen):
 
     @model_validator(mode="after")
     def _prefix(self) -> Publish:
-        levels = self.prefix.split("/") if self.prefix else []
-        for level in levels:
-            if not re.match(TOPIC_LEVEL, level):
-                raise ValueError(f"prefix level {level!r} is empty or contains / + # $ or spaces")
+        for level in self.prefix.split("/") if self.prefix else []:
+            _topic_level(level)
         return self
 
 
@@ -146,14 +163,15 @@ class CellConfig(_Frozen):
     devices: list[DeviceConfig] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @model_validator(mode="after")
-    def _unique_devices(self) -> CellConfig:
-        seen: set[str] = set()
-        for d in self.devices:
+    @field_validator("devices")
+    @classmethod
+    def _unique_devices(cls, devices: list[DeviceConfig]) -> list[DeviceConfig]:
+        seen: dict[str, int] = {}
+        for i, d in enumerate(devices):
             if d.id in seen:
-                raise ValueError(f"duplicate device id {d.id!r}")
-            seen.add(d.id)
-        return self
+                raise ValueError(f"device id {d.id!r} is used twice (devices[{seen[d.id]}] and devices[{i}])")
+            seen[d.id] = i
+        return devices
 
     @property
     def enabled_devices(self) -> list[DeviceConfig]:

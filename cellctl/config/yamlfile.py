@@ -44,7 +44,7 @@ def _describe(value: Any) -> str:
 
 
 def format_validation_error(
-    path: Path, exc: ValidationError, prefix: tuple[int | str, ...] = (), data: Any = None
+    path: Path, exc: ValidationError, prefix: tuple[int | str, ...] = ()
 ) -> list[str]:
     """One line per problem: `file: field.path: message (got value)`."""
     lines = []
@@ -61,12 +61,14 @@ def format_validation_error(
         elif kind == "missing":
             msg = "required field is missing"
         got = ""
+        value = err.get("input")
         if (
             kind not in ("missing", "extra_forbidden")
             and "input" in err
-            and not isinstance(err["input"], dict)
+            and not isinstance(value, dict | list)
+            and repr(value) not in msg  # a validator that already quoted the value
         ):
-            got = f" (got {_describe(err['input'])})"
+            got = f" (got {_describe(value)})"
         lines.append(f"{path}: {field_path(loc)}: {msg[0].lower() + msg[1:] if msg else msg}{got}")
     return lines
 

@@ -68,6 +68,31 @@ class Collector:
                     )
                 self._cond.wait(min(left, 0.1))
 
+    async def until(
+        self, predicate: Callable[[list[Message]], Any], timeout: float = 10.0, what: str = ""
+    ) -> Any:
+        """`wait_for` for async tests: checks between event-loop turns, never blocks the loop."""
+        import asyncio
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._cond:
+                snapshot = list(self.messages)
+            result = predicate(snapshot)
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                tail = [(m.topic, m.payload[:300]) for m in snapshot[-5:]]
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what or predicate}; last: {tail}"
+                )
+            await asyncio.sleep(0.01)
+
+    def latest(self, suffix: str) -> Any:
+        """The JSON body of the newest message whose topic ends with `suffix`, or None."""
+        found = self.on(suffix)
+        return found[-1].json() if found else None
+
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()

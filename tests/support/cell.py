@@ -1,0 +1,65 @@
+"""Write a cell config for a test and run the daemon in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cellctl.config.loader import load_cell
+from cellctl.daemon import Daemon
+
+
+def write_config(
+    tmp_path: Path,
+    broker_port: int,
+    devices: list[dict[str, Any]],
+    *,
+    cell: str,
+    publish: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Path:
+    config = {
+        "identity": {"enterprise": "test", "site": "lab", "area": "a1", "line": "l1", "cell": cell},
+        "backbone": {"host": "127.0.0.1", "port": broker_port, "reconnect_min": 0.2, "reconnect_max": 1},
+        "publish": {"prefix": "uns/v1", "state_min_interval": 0.1, **(publish or {})},
+        "devices": devices,
+        **extra,
+    }
+    path = tmp_path / "cell.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def modbus_device(device_id: str, profile: str, port: int, unit: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": device_id,
+        "driver": "modbus",
+        "profile": profile,
+        "connection": {"transport": "tcp", "host": "127.0.0.1", "port": port, "unit": unit},
+        "poll_interval": 0.05,
+        "timeout": 0.5,
+        **extra,
+    }
+
+
+def root_topic(cell: str) -> str:
+    return f"uns/v1/test/lab/a1/l1/{cell}"
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(config_path: Path) -> AsyncIterator[Daemon]:
+    daemon = Daemon(load_cell(config_path))
+    task = asyncio.create_task(daemon.run(install_signal_handlers=False), name="daemon-under-test")
+    try:
+        async with asyncio.timeout(10):
+            await daemon.started.wait()
+        yield daemon
+    finally:
+        daemon.stop.set()
+        async with asyncio.timeout(15):
+            await task
