@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,13 +37,15 @@ def find_mosquitto() -> str | None:
 class Mosquitto:
     """Start/stop/restart one mosquitto process on a fixed loopback port."""
 
+    name = "mosquitto"
+
     def __init__(
         self, port: int | None = None, *, host: str = "127.0.0.1", persistence: bool = False
     ) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError("mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto)")
-        self.binary = binary
+        self.command = [binary, "-c", "{config}"]
         self.host = host
         self.port = port or free_port(host)
         self.dir = Path(tempfile.mkdtemp(prefix="cellctl-mosquitto-"))
@@ -71,8 +74,9 @@ class Mosquitto:
         if self.proc is not None and self.proc.poll() is None:
             return
         log = self.log_path.open("ab")
+        command = [part.format(config=self.config_path, port=self.port) for part in self.command]
         self.proc = subprocess.Popen(
-            [self.binary, "-c", str(self.config_path)],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -81,7 +85,7 @@ class Mosquitto:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise BrokerError(f"mosquitto exited with {self.proc.returncode}: {self.log_tail()}")
+                raise BrokerError(f"{self.name} exited with {self.proc.returncode}: {self.log_tail()}")
             try:
                 with socket.create_connection((self.host, self.port), timeout=0.2):
                     return
@@ -89,7 +93,7 @@ class Mosquitto:
                 time.sleep(0.02)
         self.stop()
         raise BrokerError(
-            f"mosquitto did not accept connections on {self.host}:{self.port} within {timeout} s"
+            f"{self.name} did not accept connections on {self.host}:{self.port} within {timeout} s"
         )
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -123,3 +127,25 @@ class Mosquitto:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+class EmbeddedBroker(Mosquitto):
+    """The demo's fallback when mosquitto is missing: amqtt in its own process."""
+
+    name = "embedded broker (amqtt)"
+
+    def __init__(self, port: int | None = None) -> None:
+        try:
+            import amqtt  # noqa: F401
+        except ImportError:
+            raise BrokerError(
+                "neither mosquitto nor the embedded broker is available: apt-get install mosquitto, "
+                "or pip install 'cellctl[embedded-broker]'"
+            ) from None
+        self.command = [sys.executable, "-m", "cellctl.embedded_broker", "{port}"]
+        self.host = "127.0.0.1"
+        self.port = port or free_port(self.host)
+        self.dir = Path(tempfile.mkdtemp(prefix="cellctl-embedded-broker-"))
+        self.log_path = self.dir / "broker.log"
+        self.config_path = self.dir / "unused"
+        self.proc = None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import orjson
 
-from cellctl.localbroker import BrokerError, Mosquitto, find_mosquitto, free_port
+from cellctl.localbroker import BrokerError, EmbeddedBroker, Mosquitto, find_mosquitto, free_port
 
 if TYPE_CHECKING:
     from cellctl.daemon import Daemon
@@ -91,6 +91,7 @@ class _View:
                     dev["available"] = body["machine"].get("item_state") != "not_available"
 
     def render(self, root: str) -> Any:
+        from rich.columns import Columns
         from rich.console import Group
         from rich.table import Table
         from rich.text import Text
@@ -104,11 +105,19 @@ class _View:
             for dev_id, dev in sorted(self.devices.items()):
                 m = dev["machine"]
                 alarms = ", ".join(f"{a['code']} {a['text']}" for a in m.get("alarms", [])) or "none"
-                title = (
-                    f"{dev_id}: {m.get('item_state', '?')} / {m.get('operation_mode', '?')} / "
-                    f"{m.get('execution', '?')} (raw {m.get('raw_state')}) alarms: {alarms}"
+                caption = (
+                    f"{m.get('item_state', '?')} / {m.get('operation_mode', '?')} / {m.get('execution', '?')}"
+                    f" (raw {m.get('raw_state')})\nalarms: {alarms}"
                 )
-                table = Table("point", "value", "unit", "quality", title=title, title_justify="left")
+                table = Table(
+                    "point",
+                    "value",
+                    "unit",
+                    "quality",
+                    title=f"[bold]{dev_id}[/bold]",
+                    caption=caption,
+                    caption_justify="left",
+                )
                 for pid, entry in sorted(dev["points"].items()):
                     v = entry.get("v")
                     shown = f"{v:.3f}" if isinstance(v, float) else str(v)
@@ -117,7 +126,7 @@ class _View:
                     reason = f" ({entry['reason']})" if entry.get("reason") else ""
                     table.add_row(pid, shown, entry.get("unit") or "", Text(f"{q}{reason}", style=style))
                 tables.append(table)
-        return Group(*tables)
+        return Group(tables[0], Columns(tables[1:]))
 
 
 def _start_sim(sim_port: int) -> subprocess.Popen[str]:
@@ -158,17 +167,13 @@ def run_demo(*, broker: str, duration: float | None, table: bool, log_level: str
     from cellctl.daemon import Daemon
     from cellctl.errors import ConfigError
 
-    if broker == "embedded" or (broker == "auto" and find_mosquitto() is None):
-        raise click.ClickException(
-            "no embedded broker in this version: install mosquitto (apt-get install mosquitto, "
-            "or run `make demo`, which does it for you)"
-        )
     workdir = Path(tempfile.mkdtemp(prefix="cellctl-demo-"))
     log_path = workdir / "daemon.log"
     mosquitto: Mosquitto | None = None
     sim: subprocess.Popen[str] | None = None
     try:
-        mosquitto = Mosquitto()
+        use_embedded = broker == "embedded" or (broker == "auto" and find_mosquitto() is None)
+        mosquitto = EmbeddedBroker() if use_embedded else Mosquitto()
         mosquitto.start()
         sim_port = free_port()
         sim = _start_sim(sim_port)
@@ -184,7 +189,7 @@ def run_demo(*, broker: str, duration: float | None, table: bool, log_level: str
         log_file = log_path.open("a", encoding="utf-8")
         logs.configure(log_level, json=True, stream=log_file if table else sys.stderr)  # type: ignore[arg-type]
         click.echo(
-            f"broker 127.0.0.1:{mosquitto.port} (pid {mosquitto.pid}), simulator 127.0.0.1:{sim_port} "
+            f"{mosquitto.name} 127.0.0.1:{mosquitto.port} (pid {mosquitto.pid}), simulator 127.0.0.1:{sim_port} "
             f"(pid {sim.pid}), config {config_path}, daemon log {log_path}"
         )
         asyncio.run(_run(Daemon(compiled), mosquitto.port, duration, table))
