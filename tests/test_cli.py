@@ -141,3 +141,13 @@ def test_demo_runs_end_to_end_and_stops() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "devices: meter-1, mill-1" in proc.stdout
+
+
+@pytest.mark.parametrize("what", ["config", "profile"])
+def test_schema_export_is_json_schema_of_the_models(what: str) -> None:
+    result = CliRunner().invoke(cli, ["schema", what])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert schema["additionalProperties"] is False
+    expected = {"config": {"identity", "backbone", "devices"}, "profile": {"name", "driver", "points"}}[what]
+    assert expected <= set(schema["properties"])

@@ -98,6 +98,19 @@ def check(config: Path, as_json: bool) -> None:
         print_summary(data)
 
 
+@cli.command()
+@click.argument("what", type=click.Choice(["config", "profile"]))
+def schema(what: str) -> None:
+    """Print the JSON Schema of the cell config or of a profile (for editors and CI)."""
+    import orjson
+
+    from cellctl.config.cell import CellConfig
+    from cellctl.config.profile import Profile
+
+    model = CellConfig if what == "config" else Profile
+    click.echo(orjson.dumps(model.model_json_schema(), option=orjson.OPT_INDENT_2).decode())
+
+
 @cli.group()
 def profiles() -> None:
     """List and show device-type profiles on the search path."""
