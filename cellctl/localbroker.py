@@ -4,6 +4,7 @@ and is stopped by its PID; it never touches a broker that may already run on 188
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -40,8 +41,14 @@ class Mosquitto:
     name = "mosquitto"
 
     def __init__(
-        self, port: int | None = None, *, host: str = "127.0.0.1", persistence: bool = False
+        self,
+        port: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        persistence: bool = False,
+        users: dict[str, str] | None = None,
     ) -> None:
+        """`users` (name -> password) turns anonymous access off, for tests of auth."""
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError("mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto)")
@@ -52,7 +59,7 @@ class Mosquitto:
         self.log_path = self.dir / "mosquitto.log"
         lines = [
             f"listener {self.port} {host}",
-            "allow_anonymous true",
+            f"allow_anonymous {'false' if users else 'true'}",
             "set_tcp_nodelay true",
             "max_queued_messages 1000000",
             "max_inflight_messages 1000",
@@ -62,6 +69,19 @@ class Mosquitto:
             "log_type error",
             "log_type warning",
         ]
+        if users:
+            passwords = self.dir / "passwords"
+            passwords.touch(mode=0o600)
+            for user, password in users.items():
+                subprocess.run(
+                    ["mosquitto_passwd", "-b", str(passwords), user, password],
+                    check=True,
+                    capture_output=True,
+                )
+            lines.append(f"password_file {passwords}")
+            if os.geteuid() == 0:
+                # mosquitto drops root for user 'mosquitto', who cannot read our private temp dir
+                lines.append("user root")
         self.config_path = self.dir / "mosquitto.conf"
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         self.proc: subprocess.Popen[bytes] | None = None
