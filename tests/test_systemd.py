@@ -31,7 +31,9 @@ async def test_notify_ready_watchdog_and_stopping(
     listener.setblocking(False)
     monkeypatch.setenv("NOTIFY_SOCKET", str(path))
     monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
-    config = write_config(tmp_path, broker.port, [modbus_device("m", "sim-energy-meter", sim_port, 1)], cell=unique)
+    config = write_config(
+        tmp_path, broker.port, [modbus_device("m", "sim-energy-meter", sim_port, 1)], cell=unique
+    )
     received: list[str] = []
 
     def drain() -> None:

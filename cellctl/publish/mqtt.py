@@ -48,6 +48,7 @@ class MqttSession:
         self.published = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._was_connected = False
+        self._dropping = False
         protocol = MQTTProtocolVersion.MQTTv5 if backbone.protocol == "5" else MQTTProtocolVersion.MQTTv311
         self.client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -124,8 +125,18 @@ class MqttSession:
         info = self.client.publish(topic, payload, qos, retain)
         if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
             self.dropped += 1
+            if not self._dropping:
+                self._dropping = True
+                log.error(
+                    "mqtt_queue_full_dropping",
+                    limit=self.backbone.max_queued_messages,
+                    hint="the broker has been unreachable for long; raise backbone.max_queued_messages",
+                )
         else:
             self.published += 1
+            if self._dropping:
+                self._dropping = False
+                log.warning("mqtt_queue_accepting_again", dropped_total=self.dropped)
 
     async def __aenter__(self) -> MqttSession:
         self._loop = asyncio.get_running_loop()
