@@ -1,0 +1,141 @@
+"""Pieces the publisher needs to drain the outbox after a (re)connect without starving
+live data, and to map MQTT acknowledgements back to outbox ids.
+
+- `AckTracker`: paho's `publish()` returns a message id (mid) and `on_publish(mid)` may
+  fire on paho's thread before `publish()` has even returned. The tracker pairs them
+  either way without a lock held across paho calls (paho calls `on_publish` under its
+  own lock, so one held across `publish()` would deadlock against it).
+- `Replay`: which stored messages belong to the backlog of this session (everything
+  committed before it started), handed out in id order at a paced rate.
+- `uns_historical`: marks a stored UNS JSON payload `"historical": true` without
+  parsing it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Final
+
+from cellctl.outbox.store import Outbox, Stored
+
+_HISTORICAL: Final = b'{"historical":true,'
+
+
+def uns_historical(payload: bytes) -> bytes:
+    """`{"ts":..}` -> `{"historical":true,"ts":..}`: a splice, since replay may resend
+    hundreds of thousands of messages. Payloads that are not a non-empty JSON object
+    are returned unchanged."""
+    if len(payload) > 2 and payload[:1] == b"{" and payload[1:].lstrip()[:1] != b"}":
+        return _HISTORICAL + payload[1:]
+    return payload
+
+
+class AckTracker:
+    """Pairs paho message ids (mids) with outbox ids.
+
+    `sent()` and `drain()` run on the event loop thread; `acked()` runs on paho's thread
+    and only appends the mid to a queue (and asks the loop to drain). Since a mid is
+    registered by `sent()` right after `publish()` returns, on the same thread that later
+    drains, an ack that beat `publish()` back is simply resolved at the next drain: no
+    lock is held across paho calls, and no guessing about early acks is needed."""
+
+    __slots__ = ("_acked", "_pending", "_wake_pending", "on_acked", "unknown", "wake")
+
+    def __init__(self, on_acked: Callable[[list[int]], None], *, wake: Callable[[], None] | None = None) -> None:
+        self.on_acked = on_acked  # e.g. OutboxWriter.ack
+        self.wake = wake  # e.g. lambda: loop.call_soon_threadsafe(tracker.drain)
+        self.unknown = 0  # acks for mids not tracked (births, QoS 0 status messages, ...)
+        self._pending: dict[int, list[int]] = {}  # mid -> outbox ids; loop thread only
+        self._acked: deque[int] = deque()  # appended on paho's thread
+        self._wake_pending = threading.Event()
+
+    def sent(self, mid: int, outbox_ids: list[int]) -> None:
+        """Loop thread, right after `client.publish()` returned `mid` for these ids."""
+        self._pending[mid] = outbox_ids
+
+    def acked(self, mid: int) -> None:
+        """paho's `on_publish`: PUBACK for QoS 1; for QoS 0, written to the socket."""
+        self._acked.append(mid)
+        if self.wake is not None and not self._wake_pending.is_set():
+            self._wake_pending.set()
+            self.wake()
+
+    def drain(self) -> int:
+        """Loop thread: resolve queued acks and pass their outbox ids on. Returns how many."""
+        self._wake_pending.clear()
+        done: list[int] = []
+        pending, acked = self._pending, self._acked
+        for _ in range(len(acked)):  # bounded by what is queued now
+            ids = pending.pop(acked.popleft(), None)
+            if ids is None:
+                self.unknown += 1
+            else:
+                done.extend(ids)
+        if done:
+            self.on_acked(done)
+        return len(done)
+
+    def connection_lost(self) -> int:
+        """Loop thread, on disconnect: acks that arrived before it still count; whatever
+        is still in flight stays in the outbox and is replayed in the next session.
+        Returns how many messages were in flight."""
+        self.drain()
+        n = sum(len(v) for v in self._pending.values())
+        self._pending.clear()
+        return n
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+
+class Replay:
+    """The backlog of one MQTT session: messages with `after < id <= until`, handed out in
+    id order, at most `rate` per second (token bucket of `burst`).
+
+    Call `start(outbox.last_id())` when the session is up (after Sparkplug births), before
+    live publishing resumes: everything committed before then is backlog, everything
+    after is live and published as it is committed. Call `take()` whenever the publisher
+    has room (e.g. paho's in-flight window is not full of live messages)."""
+
+    def __init__(self, *, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or burst <= 0:
+            raise ValueError("rate and burst must be positive")
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.after = 0
+        self.until = 0
+        self.replayed = 0
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def start(self, until_id: int) -> None:
+        self.after, self.until = 0, until_id
+        self._tokens, self._at = float(self.burst), self.clock()
+
+    @property
+    def done(self) -> bool:
+        return self.after >= self.until
+
+    def take(self, outbox: Outbox, limit: int) -> list[Stored]:
+        """Up to `limit` backlog messages the pacing allows now (possibly none)."""
+        if self.done:
+            return []
+        now = self.clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        n = min(limit, int(self._tokens))
+        if n <= 0:
+            return []
+        batch = [m for m in outbox.pending(n, after_id=self.after) if m.id <= self.until]
+        if not batch:
+            self.after = self.until  # the rest was acked or dropped meanwhile
+            return []
+        self.after = batch[-1].id
+        self._tokens -= len(batch)
+        self.replayed += len(batch)
+        return batch

@@ -1,0 +1,220 @@
+"""Group commit between the asyncio event loop and the outbox.
+
+`put()` is what the hot path calls (the engine's DeviceSink methods are synchronous): an
+O(1) append to an in-memory backlog, never a disk wait. One task moves the backlog to
+SQLite on a dedicated thread, one transaction per cycle, and hands the committed records
+with their ids to `on_stored` (the publisher) on the event loop. While one commit runs,
+the next batch gathers, so the batch size follows the load by itself: one record per
+transaction when idle (lowest latency), thousands when busy (highest throughput). There
+is no timer in the path.
+
+Acks arrive on paho's network thread (`on_publish`); `ack()` only queues the ids, and
+they are deleted in the next cycle's transaction together with new appends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import structlog
+
+from cellctl.outbox.store import AppendResult, DropEvent, Outbox, OutboxError, Record
+
+log = structlog.get_logger("cellctl.outbox")
+
+T = TypeVar("T")
+
+_RETRY_MIN_S = 0.1
+_RETRY_MAX_S = 5.0
+
+
+class OutboxWriter:
+    """Owns the outbox's thread. Run `run()` as a named task in the daemon's TaskGroup.
+
+    `max_backlog` bounds memory while the disk is slower than the intake; beyond it new
+    records are refused and counted as drops with reason "backlog" (reported through
+    `on_drop` like every other drop)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        on_stored: Callable[[Sequence[Record], range], None] | None = None,
+        on_drop: Callable[[DropEvent], None] | None = None,
+        max_batch: int = 1000,
+        max_backlog: int = 200_000,
+        idle_interval_s: float = 1.0,
+    ) -> None:
+        self.outbox = outbox
+        self.on_stored = on_stored
+        self.on_drop = on_drop
+        self.max_batch = max_batch
+        self.max_backlog = max_backlog
+        self.idle_interval_s = idle_interval_s
+        self.committed_total = 0
+        self.cycles = 0
+        self.backlog_dropped = 0
+        self.commit_failures = 0
+        self._backlog: deque[Record] = deque()
+        self._acks: deque[int] = deque()  # appended from any thread
+        self._refused = 0  # backlog drops not yet reported
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._ack_wake_pending = threading.Event()
+        self._progress = asyncio.Condition()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellctl-outbox")
+        self._put_total = 0
+        self._done_total = 0
+        self._inflight: tuple[asyncio.Future[AppendResult], list[Record], int] | None = None
+
+    # -- called from the event loop (hot path) ------------------------------------------
+
+    def put(self, record: Record) -> bool:
+        """Queue one record for the next commit. False if refused (backlog full)."""
+        if len(self._backlog) >= self.max_backlog:
+            self._refused += 1
+            self.backlog_dropped += 1
+            if self._refused == 1:
+                self._wake.set()  # make the next cycle report it
+            return False
+        self._backlog.append(record)
+        self._put_total += 1
+        self._wake.set()
+        return True
+
+    # -- called from any thread ---------------------------------------------------------------
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """Queue acknowledged ids (paho's thread); deleted in the next cycle."""
+        self._acks.extend(ids)
+        loop = self._loop
+        if loop is not None and not self._ack_wake_pending.is_set():
+            self._ack_wake_pending.set()
+            with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
+                loop.call_soon_threadsafe(self._wake.set)
+
+    # -- the task ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Commit until cancelled; then one last bounded commit of what is queued."""
+        self._loop = asyncio.get_running_loop()
+        try:
+            failing_since: float | None = None
+            delay = _RETRY_MIN_S
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.idle_interval_s):
+                        await self._wake.wait()
+                self._wake.clear()
+                failure: OutboxError | None = None
+                try:
+                    await self._cycle()
+                except OutboxError as exc:
+                    failure = exc
+                if failure is not None:
+                    # disk full, a foreign lock, I/O errors: keep the work (the backlog bound
+                    # turns a long failure into counted drops) and retry, never kill the daemon
+                    if failing_since is None:
+                        failing_since = time.monotonic()
+                        log.error("outbox_commit_failing", error=str(failure), backlog=len(self._backlog))
+                    self.commit_failures += 1
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX_S)
+                    self._wake.set()
+                    continue
+                if failing_since is not None:
+                    log.warning("outbox_commit_recovered", failed_for_s=round(time.monotonic() - failing_since, 1))
+                    failing_since, delay = None, _RETRY_MIN_S
+                if self._backlog or self._acks:
+                    self._wake.set()
+        finally:
+            try:
+                async with asyncio.timeout(2.0):
+                    if self._inflight is not None:  # a commit the cancellation interrupted
+                        fut, batch, refused = self._inflight
+                        self._inflight = None
+                        self._after(batch, refused, await fut)
+                    while self._backlog or self._acks:  # bounded by the queue and the timeout
+                        await self._cycle()
+            except (TimeoutError, asyncio.CancelledError, OutboxError) as exc:
+                log.warning(
+                    "outbox_final_commit_incomplete",
+                    backlog=len(self._backlog),
+                    acks=len(self._acks),
+                    error=repr(exc),
+                )
+            self._executor.shutdown(wait=False)
+
+    async def _cycle(self) -> None:
+        self._ack_wake_pending.clear()
+        n = min(len(self._backlog), self.max_batch)
+        batch = [self._backlog.popleft() for _ in range(n)]
+        acks = [self._acks.popleft() for _ in range(len(self._acks))]
+        refused, self._refused = self._refused, 0
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self._executor, self.outbox.commit, batch, acks)
+        try:
+            result = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            # the commit goes on in its thread: keep it, so run() finishes it and neither
+            # loses nor commits twice what it holds
+            self._inflight = (fut, batch, refused)
+            raise
+        except Exception:
+            # nothing was committed (one transaction): put the work back in front, in order
+            self._backlog.extendleft(reversed(batch))
+            self._acks.extendleft(reversed(acks))
+            self._refused += refused
+            raise
+        self._after(batch, refused, result)
+        async with self._progress:
+            self._progress.notify_all()
+
+    def _after(self, batch: list[Record], refused: int, result: AppendResult) -> None:
+        self.cycles += 1
+        self.committed_total += len(batch)
+        if refused:
+            self.outbox.note_drop("backlog", refused)
+            self._report(DropEvent("backlog", refused, 0, {}, None, None))
+        for d in result.drops:
+            self._report(d)
+        if batch and self.on_stored is not None:
+            self.on_stored(batch, result.ids)
+        self._done_total += len(batch)
+
+    def _report(self, event: DropEvent) -> None:
+        log.warning(
+            "outbox_dropped",
+            reason=event.reason,
+            count=event.count,
+            bytes=event.bytes,
+            streams=event.by_stream,
+        )
+        if self.on_drop is not None:
+            self.on_drop(event)
+
+    # -- helpers for the loop -----------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Wait until every record put before this call is committed (and handed over).
+        While the disk fails this waits too: bound it with `asyncio.timeout`."""
+        target = self._put_total
+        self._wake.set()
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._done_total >= target)
+
+    async def call(self, fn: Callable[[Outbox], T]) -> T:
+        """Run `fn(outbox)` (pending, stats, ...) on the outbox's thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self.outbox)
+
+    @property
+    def backlog(self) -> int:
+        return len(self._backlog)

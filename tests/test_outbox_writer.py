@@ -1,0 +1,128 @@
+"""The asyncio side of the outbox: group commit, acks from another thread, final commit
+on cancellation, and a bounded backlog whose overflow is counted."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from cellctl.outbox import AppendResult, DropEvent, Outbox, OutboxError, OutboxWriter, Record
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def wait_until(pred: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll a condition with a deadline; fail saying what never became true."""
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.005)
+    assert pred(), what
+
+
+def rec(i: int) -> Record:
+    return Record(f"dev{i % 4}", f"t/dev{i % 4}/data", f"{i}".encode(), qos=1)
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 26, max_age_s=3600, fsync="off") as ob:
+        yield ob
+
+
+async def test_committed_records_are_handed_over_in_order_and_acks_from_a_thread_delete(outbox: Outbox) -> None:
+    stored: list[tuple[Record, int]] = []
+
+    def on_stored(batch: Sequence[Record], ids: range) -> None:
+        stored.extend(zip(batch, ids, strict=True))
+
+    writer = OutboxWriter(outbox, on_stored=on_stored)
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(writer.run(), name="outbox-writer")
+        for i in range(3000):
+            assert writer.put(rec(i))
+            if i % 500 == 0:
+                await asyncio.sleep(0)  # let commits interleave with the intake
+        await writer.flush()
+        assert [r.payload for r, _ in stored] == [rec(i).payload for i in range(3000)]
+        ids = [i for _, i in stored]
+        assert ids == list(range(ids[0], ids[0] + 3000))
+        assert writer.cycles < 3000  # batched, not one transaction per record
+        t = threading.Thread(target=writer.ack, args=(ids[:2000],), name="fake-paho")
+        t.start()
+        t.join(timeout=5)
+        await wait_until(lambda: len(outbox) == 1000, "acks from another thread were applied")
+        assert [m.id for m in outbox.pending(5)] == ids[2000:2005]
+        task.cancel()
+
+
+async def test_cancellation_commits_what_was_queued(outbox: Outbox) -> None:
+    writer = OutboxWriter(outbox)
+    task = asyncio.create_task(writer.run(), name="outbox-writer")
+    await asyncio.sleep(0)
+    for i in range(500):
+        writer.put(rec(i))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert len(outbox) == 500
+    assert [m.payload for m in outbox.pending(500)] == [rec(i).payload for i in range(500)]
+
+
+async def test_backlog_overflow_is_counted_and_reported(outbox: Outbox) -> None:
+    events: list[DropEvent] = []
+    writer = OutboxWriter(outbox, on_drop=events.append, max_backlog=10)
+    accepted = [writer.put(rec(i)) for i in range(15)]  # the task is not running yet: the backlog fills
+    assert accepted == [True] * 10 + [False] * 5
+    task = asyncio.create_task(writer.run(), name="outbox-writer")
+    await writer.flush()
+    await wait_until(lambda: bool(events), "the backlog drop was reported")
+    assert [(e.reason, e.count) for e in events] == [("backlog", 5)]
+    assert outbox.stats().dropped_by_reason == {"backlog": 5}
+    assert len(outbox) == 10
+    assert writer.backlog_dropped == 5
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_call_runs_on_the_outbox_thread(outbox: Outbox) -> None:
+    writer = OutboxWriter(outbox)
+    task = asyncio.create_task(writer.run(), name="outbox-writer")
+    writer.put(rec(1))
+    await writer.flush()
+    names = await writer.call(lambda ob: (threading.current_thread().name, len(ob.pending(10))))
+    assert names[0].startswith("cellctl-outbox")
+    assert names[1] == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_failing_disk_is_retried_without_losing_order(outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = outbox.commit
+    failures = [2]
+
+    def flaky(records: Sequence[Record], acks: Sequence[int]) -> AppendResult:
+        if failures[0] > 0 and records:
+            failures[0] -= 1
+            raise OutboxError(outbox.path, "database or disk is full")
+        return real(records, acks)
+
+    monkeypatch.setattr(outbox, "commit", flaky)
+    stored: list[bytes] = []
+    writer = OutboxWriter(outbox, on_stored=lambda batch, ids: stored.extend(r.payload for r in batch))
+    task = asyncio.create_task(writer.run(), name="outbox-writer")
+    for i in range(50):
+        writer.put(rec(i))
+    async with asyncio.timeout(10):
+        await writer.flush()
+    assert writer.commit_failures == 2
+    assert stored == [rec(i).payload for i in range(50)]
+    assert [m.payload for m in outbox.pending(100)] == stored
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
