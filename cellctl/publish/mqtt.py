@@ -1,18 +1,22 @@
-"""One MQTT session to the backbone, on paho-mqtt's own network thread.
+"""One MQTT session to the backbone: paho-mqtt's protocol engine driven by the asyncio
+loop through paho's external-loop hooks (no network thread).
 
-Why paho directly (docs/decisions/0002-mqtt-client.md): measured here, paho's client
-publishes about 22,000 small messages/s against about 8,000 for aiomqtt on top of it,
-and it already handles keep-alive, reconnect with backoff and the in-flight window.
-The rest of cellctl sees only this module: `publish()` is non-blocking and thread-safe,
-and connection events are handed to the asyncio loop.
+Why (docs/decisions/0002-mqtt-client.md): paho is the best-kept Python MQTT client and
+publishes about 22,000 small messages/s; aiomqtt on top of it about 8,000. Driving it from
+the event loop instead of `loop_start()` removes a thread wake-up, a select() and a
+socketpair read per published message (about a quarter of the daemon's CPU in the
+benchmark). The blocking TCP/TLS connect runs in an executor so an unreachable broker
+never stalls device polling. The rest of cellctl sees only this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +26,7 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from cellctl.config.cell import Backbone
+from cellctl.engine.backoff import Backoff
 from cellctl.errors import ConfigError
 
 log = structlog.get_logger("cellctl.mqtt")
@@ -58,9 +63,12 @@ class MqttSession:
         )
         self.client.max_inflight_messages_set(200)
         self.client.max_queued_messages_set(backbone.max_queued_messages)
-        self.client.reconnect_delay_set(
-            min_delay=max(1, round(backbone.reconnect_min)), max_delay=max(1, round(backbone.reconnect_max))
-        )
+        self.backoff = Backoff(backbone.reconnect_min, backbone.reconnect_max)
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._fd: int | None = None
+        self._last_error: str | None = None
         self.client.will_set(
             status_topic, orjson.dumps({"status": "offline", "reason": "connection_lost"}), 1, True
         )
@@ -78,6 +86,10 @@ class MqttSession:
                 self.client.tls_insecure_set(True)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_socket_open = self._on_socket_open
+        self.client.on_socket_close = self._on_socket_close
+        self.client.on_socket_register_write = self._on_socket_register_write
+        self.client.on_socket_unregister_write = self._on_socket_unregister_write
 
     def _read_password(self) -> str | None:
         path = self.backbone.password_file
@@ -90,32 +102,134 @@ class MqttSession:
                 [f"backbone.password_file: cannot read {str(path)!r}: {exc.strerror}"]
             ) from None
 
-    # -- paho thread callbacks --------------------------------------------------------
+    # -- paho callbacks: socket plumbing ---------------------------------------------------
+    # on_socket_open and the first register_write come from the executor thread that
+    # connects; everything else from the loop. Hand over to the loop thread either way.
 
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            log.warning(
-                "mqtt_connect_refused", reason=str(reason), host=self.backbone.host, port=self.backbone.port
-            )
-            return
-        sock = client.socket()
+    def _in_loop(self, fn: Callable[..., object], *args: object) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if isinstance(sock, socket.socket):
             # Nagle adds tens of ms to small bursts; we want every scan out at once.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._in_loop(self._add_reader, sock.fileno())
+
+    def _add_reader(self, fd: int) -> None:
+        assert self._loop is not None
+        self._forget_fd()
+        self._fd = fd
+        self._loop.add_reader(fd, self._read)
+
+    def _forget_fd(self) -> None:
+        """Stop watching the socket; by fd, because paho may have closed it already."""
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._fd = None
+
+    def _read(self) -> None:
+        rc = self.client.loop_read(max_packets=100)
+        if rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
+            self._lost.set()
+
+    def _write(self) -> None:
+        rc = self.client.loop_write()
+        if rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
+            self._lost.set()
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._socket_closed)
+
+    def _socket_closed(self) -> None:
+        self._forget_fd()
+        self._lost.set()
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._add_writer, sock.fileno())
+
+    def _add_writer(self, fd: int) -> None:
+        assert self._loop is not None
+        if fd == self._fd or self._fd is None:
+            self._fd = fd
+            self._loop.add_writer(fd, self._write)
+
+    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        self._in_loop(self._remove_writer)
+
+    def _remove_writer(self) -> None:
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+
+    # -- paho callbacks: protocol events -----------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            message = str(reason)
+            if message != self._last_error:
+                log.warning(
+                    "mqtt_connect_refused", reason=message, host=self.backbone.host, port=self.backbone.port
+                )
+            self._last_error = message
+            self._lost.set()
+            return
         self.connects += 1
         self.connected.set()
+        self.backoff.reset()
+        self._last_error = None
         log.info(
             "mqtt_connected", host=self.backbone.host, port=self.backbone.port, reconnect=self._was_connected
         )
         self._was_connected = True
         self.publish(self.status_topic, orjson.dumps({"status": "online"}), qos=1, retain=True)
-        if self.on_connected is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self.on_connected)
+        if self.on_connected is not None:
+            self._in_loop(self.on_connected)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._closing:
             log.warning("mqtt_disconnected", reason=str(reason))
         self.connected.clear()
+        self._lost.set()
+
+    # -- the session task -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Connect, service keep-alive, reconnect with capped backoff and jitter. Forever."""
+        loop = asyncio.get_running_loop()
+        first = True
+        while True:
+            self._lost.clear()
+            try:
+                if first:
+                    await loop.run_in_executor(
+                        None,
+                        self.client.connect,
+                        self.backbone.host,
+                        self.backbone.port,
+                        self.backbone.keepalive,
+                    )
+                else:
+                    await loop.run_in_executor(None, self.client.reconnect)
+                first = False
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                if message != self._last_error:
+                    log.warning(
+                        "mqtt_connect_failed", host=self.backbone.host, port=self.backbone.port, error=message
+                    )
+                self._last_error = message
+                await asyncio.sleep(self.backoff.next_delay())
+                continue
+            while not self._lost.is_set():
+                try:
+                    async with asyncio.timeout(1.0):
+                        await self._lost.wait()
+                except TimeoutError:
+                    if self.client.loop_misc() != paho.MQTT_ERR_SUCCESS:  # keep-alive, timeouts
+                        self._lost.set()
+            self.connected.clear()
+            await asyncio.sleep(self.backoff.next_delay())
 
     # -- API ----------------------------------------------------------------------------
 
@@ -140,26 +254,43 @@ class MqttSession:
 
     async def __aenter__(self) -> MqttSession:
         self._loop = asyncio.get_running_loop()
-        self.client.connect_async(self.backbone.host, self.backbone.port, keepalive=self.backbone.keepalive)
-        self.client.loop_start()
+        self._task = asyncio.create_task(self._run(), name="mqtt-session")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     async def close(self, timeout: float = 2.0) -> None:
-        """Say offline (retained) and disconnect cleanly, bounded in time."""
+        """Say offline (retained), let queued messages drain, disconnect; bounded in time."""
+        self._closing = True
         try:
             if self.connected.is_set():
                 info = self.client.publish(
                     self.status_topic, orjson.dumps({"status": "offline", "reason": "shutdown"}), 1, True
                 )
-                await asyncio.to_thread(info.wait_for_publish, timeout)
+                deadline = time.monotonic() + timeout
+                # paho offers no awaitable for one message; poll its flag, bounded
+                while not info.is_published() and self.connected.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+            was_connected = self.connected.is_set()
+            self.connected.clear()
             self.client.disconnect()
+            # Send DISCONNECT now (the loop's writer may never run again): without it the
+            # broker would publish our last will over the clean "shutdown" status.
+            for _ in range(100):
+                if not was_connected or self.client.socket() is None:
+                    break
+                if self.client.loop_write() not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
+                    break
+                await asyncio.sleep(0.001)
         except (RuntimeError, ValueError) as exc:
             log.warning("mqtt_close_incomplete", error=str(exc))
         finally:
-            await asyncio.to_thread(self.client.loop_stop)
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            self._forget_fd()
             self.connected.clear()
 
     async def wait_connected(self, timeout: float) -> bool:
