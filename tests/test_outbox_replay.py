@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from pathlib import Path
 
@@ -87,16 +88,20 @@ def test_ack_tracker_with_paho_on_another_thread() -> None:
     wakes: list[int] = []
     t.wake = lambda: wakes.append(1)
 
+    on_wire: queue.SimpleQueue[int] = queue.SimpleQueue()
+
     def paho() -> None:
+        # a PUBACK can only come back for a message that was published (and registered)
         start.wait(timeout=5)
-        for mid in range(n):
-            t.acked(mid)
+        for _ in range(n):
+            t.acked(on_wire.get(timeout=5))
 
     th = threading.Thread(target=paho, name="fake-paho")
     th.start()
     start.wait(timeout=5)
     for mid in range(n):
         t.sent(mid, [mid + 1000])
+        on_wire.put(mid)
         if mid % 100 == 0:
             t.drain()
     th.join(timeout=10)

@@ -36,15 +36,18 @@ def uns_historical(payload: bytes) -> bytes:
 class AckTracker:
     """Pairs paho message ids (mids) with outbox ids.
 
-    `sent()` and `drain()` run on the event loop thread; `acked()` runs on paho's thread
-    and only appends the mid to a queue (and asks the loop to drain). Since a mid is
-    registered by `sent()` right after `publish()` returns, on the same thread that later
-    drains, an ack that beat `publish()` back is simply resolved at the next drain: no
-    lock is held across paho calls, and no guessing about early acks is needed."""
+    `sent()` and `drain()` run on the event loop thread; `acked()` may run on another
+    thread and only appends the mid to a queue (and asks the loop to drain). The session
+    drives paho from the event loop (cellctl/publish/mqtt.py), so a PUBACK is read on the
+    loop thread and can never be handled before `sent()` registered its mid right after
+    `publish()` returned. An ack for an unregistered mid is counted in `unknown` and
+    ignored: guessing would risk acknowledging a later message that reuses the mid."""
 
     __slots__ = ("_acked", "_pending", "_wake_pending", "on_acked", "unknown", "wake")
 
-    def __init__(self, on_acked: Callable[[list[int]], None], *, wake: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, on_acked: Callable[[list[int]], None], *, wake: Callable[[], None] | None = None
+    ) -> None:
         self.on_acked = on_acked  # e.g. OutboxWriter.ack
         self.wake = wake  # e.g. lambda: loop.call_soon_threadsafe(tracker.drain)
         self.unknown = 0  # acks for mids not tracked (births, QoS 0 status messages, ...)
