@@ -69,7 +69,13 @@ def _effective_points(dev: DeviceConfig, profile: Profile, where: str, problems:
 
 
 def compile_device(
-    dev: DeviceConfig, index: int, config_path: Path, dirs: list[Path], problems: list[str]
+    dev: DeviceConfig,
+    index: int,
+    config_path: Path,
+    dirs: list[Path],
+    problems: list[str],
+    *,
+    profiles: dict[Path, Profile] | None = None,
 ) -> CompiledDevice | None:
     where = f"{config_path}: devices[{index}]"
     try:
@@ -84,11 +90,13 @@ def compile_device(
             f"{where}.profile: device {dev.id!r}: profile {dev.profile!r} not found (searched: {searched})"
         )
         return None
+    cache = profiles if profiles is not None else {}
     try:
-        profile = load_profile_file(profile_path)
+        profile = cache.get(profile_path) or load_profile_file(profile_path)
     except ConfigError as exc:
         problems.extend(exc.problems)
         return None
+    cache[profile_path] = profile
     if profile.driver != dev.driver:
         problems.append(
             f"{where}.driver: device {dev.id!r} uses driver {dev.driver!r} "
@@ -133,10 +141,11 @@ def load_cell(path: Path) -> CompiledCell:
     dirs = search_path([d if d.is_absolute() else base / d for d in config.profile_dirs])
     problems: list[str] = []
     devices = []
+    profiles: dict[Path, Profile] = {}  # each profile file is parsed once, however many devices use it
     for i, dev in enumerate(config.devices):
         if not dev.enabled:
             continue
-        compiled = compile_device(dev, i, path, dirs, problems)
+        compiled = compile_device(dev, i, path, dirs, problems, profiles=profiles)
         if compiled is not None:
             devices.append(compiled)
     if problems:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from cellctl.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def read_yaml(path: Path) -> Any:
@@ -20,7 +21,8 @@ def read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     try:
-        return yaml.safe_load(text)
+        # libyaml's C loader when available: about 8x faster, same safe subset
+        return yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
