@@ -106,3 +106,28 @@ def test_reported_values_never_differ_by_less_than_the_deadband(values: list[flo
     assert reported[0] == values[0]
     for a, b in itertools.pairwise(reported):
         assert abs(b - a) > band
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.integers(-3, 3), min_size=4, max_size=4),
+            st.one_of(st.none(), st.dictionaries(st.integers(0, 3), st.sampled_from(["timeout", "exception 2"]))),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_fast_path_reports_exactly_what_the_general_path_reports(
+    readings: list[tuple[list[int], dict[int, str] | None]],
+) -> None:
+    points = [PointDef.model_validate({"id": f"p{i}", "type": "int", "address": ADDR}) for i in range(4)]
+    fast, general = PointTable(points), PointTable(points)
+    general.simple = False
+    assert fast.simple
+    for values, errors in readings:
+        assert fast.apply(Reading(list(values), errors=errors or None)) == general.apply(
+            Reading(list(values), errors=errors or None)
+        )
+        assert fast.value == general.value
+        assert fast.quality == general.quality

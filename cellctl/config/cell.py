@@ -108,7 +108,7 @@ class Publish(_Frozen):
     # per_point: additionally one retained message per changed point (costly, see docs).
     mode: Literal["batched", "per_point"] = "batched"
     # Retained device state is republished at most this often when it changes...
-    state_min_interval: Duration = 1.0
+    state_min_interval: Duration = 5.0
     # ...and at least this often even when nothing changed, so late subscribers converge.
     full_refresh: PositiveDuration = 60.0
 

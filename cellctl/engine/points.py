@@ -28,6 +28,7 @@ class PointTable:
     reported, so only changes beyond the deadband are published."""
 
     __slots__ = (
+        "all_good",
         "db_kind",
         "db_value",
         "defs",
@@ -42,6 +43,7 @@ class PointTable:
         "quality",
         "reason",
         "scale",
+        "simple",
         "src_ts",
         "units",
         "value",
@@ -77,6 +79,12 @@ class PointTable:
                 self.db_kind[i], self.db_value[i] = _DB_ABS, (p.max - p.min) * (db.percent or 0.0) / 100.0
             else:
                 self.db_kind[i], self.db_value[i] = _DB_REL, (db.percent or 0.0) / 100.0
+        # Points the fast path may take: no scaling, limits, deadband or float check.
+        self.simple = all(
+            m == _PASS and not lim and kind == _DB_NONE and not f
+            for m, lim, kind, f in zip(self.mode, self.has_limits, self.db_kind, self.is_float, strict=True)
+        )
+        self.all_good = False  # every point's quality is good (kept by apply/mark_all_bad)
         self.value: list[Any] = [None] * n  # current engineering value
         self.last: list[Any] = [None] * n  # last value reported (deadband reference)
         self.quality = [BAD] * n
@@ -88,6 +96,35 @@ class PointTable:
 
     def apply(self, reading: Reading) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
         """Take a reading; return (changed values, quality changes) keyed by point id."""
+        if (
+            self.simple
+            and self.all_good
+            and reading.errors is None
+            and reading.indexes is None
+            and reading.source_ts_each is None
+            and len(reading.values) == len(self.ids)
+        ):
+            return self._apply_simple(reading), {}
+        changed, qchanged = self._apply_general(reading)
+        if qchanged:
+            self.all_good = all(q == GOOD for q in self.quality)
+        return changed, qchanged
+
+    def _apply_simple(self, reading: Reading) -> dict[str, Any]:
+        """The common case in one tight loop: a full, error-free reading of plain points."""
+        values = reading.values
+        last, ids = self.last, self.ids
+        changed: dict[str, Any] = {}
+        for i, v in enumerate(values):
+            if v != last[i]:
+                last[i] = v
+                changed[ids[i]] = v
+        self.value[:] = values
+        if reading.source_ts is not None:
+            self.src_ts[:] = [reading.source_ts] * len(values)
+        return changed
+
+    def _apply_general(self, reading: Reading) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
         changed: dict[str, Any] = {}
         qchanged: dict[str, dict[str, str]] = {}
         values = reading.values
@@ -150,6 +187,7 @@ class PointTable:
     def mark_all_bad(self, why: str) -> dict[str, dict[str, str]]:
         """The device is gone: every point becomes bad (once); return the quality changes."""
         qchanged: dict[str, dict[str, str]] = {}
+        self.all_good = False
         for i, point_id in enumerate(self.ids):
             if self.quality[i] != BAD or self.reason[i] != why:
                 self.quality[i], self.reason[i] = BAD, why

@@ -65,6 +65,7 @@ class DeviceRunner:
         self.polls = 0
         self.overruns = 0
         self.state_dirty = True
+        self.machine_stale = True  # recompute the machine state at the next reading
         self.state_published_at = 0.0  # monotonic
         self.backoff = Backoff(min(backoff_min, backoff_max), backoff_max)
         self.log = log.bind(device=self.id)
@@ -130,12 +131,14 @@ class DeviceRunner:
             if self.successes < self.device.config.availability.online_after:
                 return
             self.available = True
+            self.machine_stale = True
             self.backoff.reset()
             self.log.info("device_online", was=self.last_reason)
             self.last_reason = None
         values, quality = self.table.apply(reading)
         machine = None
-        if quality or any(k in self.mapper.watched for k in values) or self.state_dirty:
+        if quality or self.machine_stale or not self.mapper.watched.isdisjoint(values):
+            self.machine_stale = False
             new_state = self.mapper.compute(True)
             if new_state != self.machine:
                 self.machine = new_state

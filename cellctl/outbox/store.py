@@ -209,9 +209,7 @@ class Outbox:
         return fd
 
     def _open(self, busy_timeout_s: float) -> sqlite3.Connection:
-        db = sqlite3.connect(
-            self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
-        )
+        db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
         try:
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
@@ -233,13 +231,19 @@ class Outbox:
         code = getattr(exc, "sqlite_errorname", "")
         if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
             return OutboxLocked(self.path, f"database is locked by another connection ({text})")
-        if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "not a database" in text or "malformed" in text:
+        if (
+            code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+            or "not a database" in text
+            or "malformed" in text
+        ):
             return OutboxCorrupt(
                 self.path,
                 f"{text}; stop cellctl and move the file (and its -wal, -shm) aside to start an empty outbox",
             )
         if code.startswith("SQLITE_FULL"):
-            return OutboxError(self.path, f"{text}: the disk is full; the outbox keeps new messages in memory")
+            return OutboxError(
+                self.path, f"{text}: the disk is full; the outbox keeps new messages in memory"
+            )
         return OutboxError(self.path, text)
 
     @contextlib.contextmanager
@@ -290,7 +294,10 @@ class Outbox:
                 db.executemany(
                     "INSERT INTO messages (stream, topic, payload, qos, retain, fmt, created_ms, size)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(r.stream, r.topic, r.payload, r.qos, int(r.retain), r.fmt, now_ms, _size(r)) for r in records],
+                    [
+                        (r.stream, r.topic, r.payload, r.qos, int(r.retain), r.fmt, now_ms, _size(r))
+                        for r in records
+                    ],
                 )
                 last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()[0]
                 first = last - len(records) + 1
@@ -306,7 +313,9 @@ class Outbox:
         if self.on_drop is not None:
             for d in drops:
                 self.on_drop(d)
-        return AppendResult(ids=range(first, last + 1) if records else range(0), acked=acked[0], drops=tuple(drops))
+        return AppendResult(
+            ids=range(first, last + 1) if records else range(0), acked=acked[0], drops=tuple(drops)
+        )
 
     def _delete(self, db: sqlite3.Connection, ids: Sequence[int]) -> tuple[int, int, Counter[str] | None]:
         """Delete by id; returns (rows, bytes, rows per stream)."""
@@ -389,7 +398,8 @@ class Outbox:
             for chunk in _chunks(victims):
                 marks = ",".join("?" * len(chunk))
                 rows += db.execute(
-                    f"DELETE FROM messages WHERE id IN ({marks}) RETURNING stream, size, created_ms", tuple(chunk)
+                    f"DELETE FROM messages WHERE id IN ({marks}) RETURNING stream, size, created_ms",
+                    tuple(chunk),
                 ).fetchall()
             ev = self._event(reason, rows)
             if ev is not None:
@@ -510,7 +520,11 @@ def _merge(events: list[DropEvent]) -> list[DropEvent]:
         olds = [x for x in (prev.oldest_created_ms, e.oldest_created_ms) if x is not None]
         news = [x for x in (prev.newest_created_ms, e.newest_created_ms) if x is not None]
         by[e.reason] = DropEvent(
-            e.reason, prev.count + e.count, prev.bytes + e.bytes, dict(per),
-            min(olds) if olds else None, max(news) if news else None,
+            e.reason,
+            prev.count + e.count,
+            prev.bytes + e.bytes,
+            dict(per),
+            min(olds) if olds else None,
+            max(news) if news else None,
         )
     return list(by.values())

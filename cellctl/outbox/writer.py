@@ -130,7 +130,9 @@ class OutboxWriter:
                     self._wake.set()
                     continue
                 if failing_since is not None:
-                    log.warning("outbox_commit_recovered", failed_for_s=round(time.monotonic() - failing_since, 1))
+                    log.warning(
+                        "outbox_commit_recovered", failed_for_s=round(time.monotonic() - failing_since, 1)
+                    )
                     failing_since, delay = None, _RETRY_MIN_S
                 if self._backlog or self._acks:
                     self._wake.set()

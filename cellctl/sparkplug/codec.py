@@ -117,7 +117,9 @@ REBIRTH_METRIC: Final = "Node Control/Rebirth"
 SEQ_MODULUS: Final = 256
 
 Scalar: TypeAlias = bool | int | float | str | bytes
-PropertyData: TypeAlias = "bool | int | float | str | Mapping[str, PropertyValue] | Sequence[Mapping[str, PropertyValue]] | None"
+PropertyData: TypeAlias = (
+    "bool | int | float | str | Mapping[str, PropertyValue] | Sequence[Mapping[str, PropertyValue]] | None"
+)
 
 
 class SparkplugError(ValueError):
@@ -209,7 +211,9 @@ class MetricTable:
             if d.alias is not None:
                 other = self.by_alias.get(d.alias)
                 if other is not None:
-                    raise EncodeError(f"alias {d.alias} is already used by {other.name!r}", metric=repr(d.name))
+                    raise EncodeError(
+                        f"alias {d.alias} is already used by {other.name!r}", metric=repr(d.name)
+                    )
                 self.by_alias[d.alias] = d
 
     def __len__(self) -> int:
@@ -315,7 +319,14 @@ _METRIC_TYPES: Final = frozenset(
     {*_INT_KINDS, *_FLOAT_FIELDS, DataType.Boolean, *_STRING_TYPES, *_BYTES_TYPES}
 )
 _PROPERTY_TYPES: Final = frozenset(
-    {*_INT_KINDS, *_FLOAT_FIELDS, DataType.Boolean, *_STRING_TYPES, DataType.PropertySet, DataType.PropertySetList}
+    {
+        *_INT_KINDS,
+        *_FLOAT_FIELDS,
+        DataType.Boolean,
+        *_STRING_TYPES,
+        DataType.PropertySet,
+        DataType.PropertySetList,
+    }
 )
 
 _ScalarHolder: TypeAlias = "pb.Payload.Metric | pb.Payload.PropertyValue"
@@ -334,7 +345,9 @@ def _set_scalar(msg: _ScalarHolder, datatype: int, value: object, label: str) ->
     if kind is not None:
         field, lo, hi, mask = kind
         if not isinstance(value, int) or isinstance(value, bool):
-            raise EncodeError(f"{_type_name(datatype)} needs an int, got {type(value).__name__}", metric=label)
+            raise EncodeError(
+                f"{_type_name(datatype)} needs an int, got {type(value).__name__}", metric=label
+            )
         if not lo <= value <= hi:
             raise EncodeError(f"{value} is out of range for {_type_name(datatype)}", metric=label)
         setattr(msg, field, value & mask if value < 0 else value)
@@ -342,7 +355,9 @@ def _set_scalar(msg: _ScalarHolder, datatype: int, value: object, label: str) ->
     ffield = _FLOAT_FIELDS.get(datatype)
     if ffield is not None:
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise EncodeError(f"{_type_name(datatype)} needs a number, got {type(value).__name__}", metric=label)
+            raise EncodeError(
+                f"{_type_name(datatype)} needs a number, got {type(value).__name__}", metric=label
+            )
         setattr(msg, ffield, value)
         return
     if datatype == DataType.Boolean:
@@ -511,7 +526,9 @@ def encode_data(*, timestamp: int, metrics: Iterable[Metric], seq: int | None = 
     return p.SerializeToString()
 
 
-def encode_ndeath(*, bd_seq: int, timestamp: int | None = None, bd_seq_datatype: DataType = DataType.Int64) -> bytes:
+def encode_ndeath(
+    *, bd_seq: int, timestamp: int | None = None, bd_seq_datatype: DataType = DataType.Int64
+) -> bytes:
     """NDEATH (the MQTT Will, and the clean-shutdown message): only bdSeq, never a seq."""
     p = _payload(timestamp, None)
     _fill_metric(p.metrics.add(), Metric(BDSEQ_METRIC, None, bd_seq_datatype, bd_seq), "birth", timestamp)
@@ -795,7 +812,12 @@ def _command_write(i: int, pbm: pb.Payload.Metric, table: MetricTable) -> Metric
     except DecodeError as exc:
         raise CommandError(exc.detail, metric=exc.metric) from None
     # a double sent for a Float metric must survive the narrowing it will get
-    if d.datatype == DataType.Float and isinstance(value, float) and math.isfinite(value) and abs(value) > _F32_MAX:
+    if (
+        d.datatype == DataType.Float
+        and isinstance(value, float)
+        and math.isfinite(value)
+        and abs(value) > _F32_MAX
+    ):
         raise CommandError(f"{value} is out of range for Float", metric=label)
     return MetricWrite(
         name=d.name,

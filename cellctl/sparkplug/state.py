@@ -122,7 +122,9 @@ class AliasBook:
                     if not isinstance(alias, int) or alias < 1 or alias in seen:
                         raise ValueError(f"bad alias {alias!r} for {scope!r}/{name!r}")
                     seen.add(alias)
-            self._aliases = {str(s): {str(n): int(a) for n, a in names.items()} for s, names in aliases.items()}
+            self._aliases = {
+                str(s): {str(n): int(a) for n, a in names.items()} for s, names in aliases.items()
+            }
             self._next = max(int(doc.get("next", 1)), max(seen, default=0) + 1)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             self.recovered = f"invalid content ({exc}); aliases start afresh"

@@ -161,7 +161,9 @@ class NodeTopics:
         key = (device_id, message_type)
         topic = self._device.get(key)
         if topic is None:
-            topic = self._device[key] = device_topic(self.group_id, message_type, self.edge_node_id, device_id)
+            topic = self._device[key] = device_topic(
+                self.group_id, message_type, self.edge_node_id, device_id
+            )
         return topic
 
     @property
