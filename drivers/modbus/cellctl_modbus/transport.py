@@ -62,11 +62,6 @@ _READ_METHOD: Final[dict[str, tuple[str, int]]] = {
 }
 
 
-async def _invoke(call: Callable[[Any], Awaitable[Any]], client: Any) -> Any:
-    """Await `call(client)`, so that even a synchronous raise lands in the task."""
-    return await call(client)
-
-
 def exception_text(code: int) -> str:
     """``modbus exception 2 (illegal data address)``."""
     return f"modbus exception {code} ({EXCEPTION_NAMES.get(code, 'non-standard code')})"
@@ -244,37 +239,44 @@ class Link:
             if wait > 0:
                 await asyncio.sleep(wait)  # the configured inter-frame silence, not a sync hack
         self.transactions += 1
-        task = asyncio.ensure_future(_invoke(call, client))
-        timed_out = False
+        # Await the request directly (no task per request: this is the hot path) under one
+        # timeout; if the connection goes away meanwhile, the lost-callback cancels us.
+        current = asyncio.current_task()
+        assert current is not None
+        cut: list[bool] = []
+        active = [True]
+
+        def on_lost(_: object) -> None:
+            # done-callbacks run later via the loop: do nothing once this request is over
+            if active[0]:
+                cut.append(True)
+                current.cancel()
+
+        lost.add_done_callback(on_lost)
         try:
             async with asyncio.timeout(timeout):
-                await asyncio.wait((task, lost), return_when=asyncio.FIRST_COMPLETED)
+                result = await call(client)
         except TimeoutError:
-            timed_out = True
-        finally:
-            if not task.done():
-                task.cancel()
-                await asyncio.wait((task,))  # let pymodbus unwind before the next frame
-            self._last_end = self.loop.time()
-        if task.cancelled():
-            if timed_out:
-                self._on_timeout(unit, timeout)
-            # otherwise the connection went away mid-request
+            self._on_timeout(unit, timeout)
+        except asyncio.CancelledError:
+            if not cut or current.uncancel() > 0:
+                raise  # a real cancellation from outside
             reason = f"connection to {self.where} lost: {lost.result() if lost.done() else 'closed'}"
             self.drop(reason)
-            raise DeviceUnavailable(reason)
-        exc = task.exception()
-        if exc is None:
-            self._silent.clear()
-            return task.result()
-        if isinstance(exc, ConnectionException | OSError):
+            raise DeviceUnavailable(reason) from None
+        except (ConnectionException, OSError) as exc:
             reason = f"connection to {self.where} failed: {exc}"
             self.drop(reason)
             raise DeviceUnavailable(reason) from exc
-        if isinstance(exc, ModbusException):  # e.g. a response that does not match the request
+        except ModbusException as exc:  # e.g. a response that does not match the request
             self._silent.clear()
             raise RequestError(f"bad response: {exc}") from exc
-        raise exc
+        finally:
+            active[0] = False
+            lost.remove_done_callback(on_lost)
+            self._last_end = self.loop.time()
+        self._silent.clear()
+        return result
 
     def _on_timeout(self, unit: int, timeout: float) -> NoReturn:
         self._silent.add(unit)
