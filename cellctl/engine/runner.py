@@ -148,14 +148,16 @@ class DeviceRunner:
             self.sink.device_data(self.id, now_ms(), values, quality, machine)
 
     def mark_stopped(self, reason: str) -> None:
+        """The daemon is stopping: nothing is known about the machine any more."""
         self.failures = self.device.config.availability.offline_after
-        self._on_failure(reason)
+        self._on_failure(reason, expected=True)
 
-    def _on_failure(self, reason: str) -> None:
+    def _on_failure(self, reason: str, *, expected: bool = False) -> None:
         self.successes = 0
         self.failures += 1
         if reason != self.last_reason:
-            self.log.warning("device_unavailable", reason=reason, was_available=self.available)
+            level = self.log.info if expected else self.log.warning
+            level("device_unavailable", reason=reason, was_available=self.available)
         self.last_reason = reason
         if self.available and self.failures < self.device.config.availability.offline_after:
             return

@@ -118,6 +118,9 @@ class MqttSession:
 
     def _add_reader(self, fd: int) -> None:
         assert self._loop is not None
+        sock = self.client.socket()
+        if sock is None or sock.fileno() != fd:
+            return
         self._forget_fd()
         self._fd = fd
         self._loop.add_reader(fd, self._read)
@@ -151,6 +154,9 @@ class MqttSession:
 
     def _add_writer(self, fd: int) -> None:
         assert self._loop is not None
+        sock = self.client.socket()
+        if sock is None or sock.fileno() != fd:
+            return  # that socket is gone already (closed between the request and now)
         if fd == self._fd or self._fd is None:
             self._fd = fd
             self._loop.add_writer(fd, self._write)
