@@ -1,23 +1,41 @@
-"""The daemon shell: wire config, engine and publisher together; run until SIGINT or
-SIGTERM; shut down cleanly and within bounded time."""
+"""The daemon shell: wire config, engine, outbox and publishers together; run until SIGINT
+or SIGTERM; shut down cleanly and within bounded time.
+
+    runners ──DeviceSink──▶ FanOut ──▶ UnsPublisher ─┐              ┌─▶ UnsDelivery  (session "uns")
+                                   └─▶ SparkplugNode ┴▶ OutboxWriter ┴─▶ SparkplugNode (session "sparkplug")
+                                                       (SQLite WAL)     on_stored, per format
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
 from cellctl import __version__, systemd
 from cellctl.config.loader import CompiledCell
 from cellctl.engine.cell import Cell
+from cellctl.engine.runner import now_ms
+from cellctl.errors import ConfigError
+from cellctl.outbox import DropEvent, Outbox, OutboxError, OutboxWriter, Record
+from cellctl.publish.delivery import Delivery
+from cellctl.publish.fanout import FanOut
 from cellctl.publish.mqtt import MqttSession
+from cellctl.publish.outbox_report import OutboxReporter
+from cellctl.publish.sparkplug_node import SparkplugNode
 from cellctl.publish.uns import UnsPublisher, cell_root
+from cellctl.publish.uns_delivery import UnsDelivery
+from cellctl.sparkplug.state import StateFileError
+from cellctl.sparkplug.topics import case_collisions
 
 log = structlog.get_logger("cellctl.daemon")
 
 SHUTDOWN_TIMEOUT = 5.0
+DRAIN_TIMEOUT = 2.0
 
 
 def default_client_id(compiled: CompiledCell) -> str:
@@ -25,26 +43,143 @@ def default_client_id(compiled: CompiledCell) -> str:
     return "-".join(["cellctl", i.enterprise, i.site, i.area, i.line, i.cell])[:128]
 
 
+def state_dir(compiled: CompiledCell) -> Path:
+    """`state_dir`, relative to the config file when relative; created if missing."""
+    path = compiled.config.state_dir
+    if not path.is_absolute():
+        path = compiled.path.parent / path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            [
+                f"{compiled.path}: state_dir: cannot create {str(path)!r}: {exc.strerror}"
+                " (set state_dir, or run under systemd with StateDirectory=cellctl)"
+            ]
+        ) from None
+    return path
+
+
+class _Dispatch:
+    """The writer's on_stored: each committed record to the delivery of its format."""
+
+    def __init__(self, deliveries: Sequence[Delivery]) -> None:
+        self.by_fmt: dict[str, Delivery] = {d.fmt: d for d in deliveries}
+        self.only = deliveries[0] if len(deliveries) == 1 else None
+
+    def __call__(self, records: Sequence[Record], ids: Sequence[int]) -> None:
+        if self.only is not None:
+            self.only.on_stored(records, ids)
+            return
+        split: dict[str, tuple[list[Record], list[int]]] = {f: ([], []) for f in self.by_fmt}
+        for rec, oid in zip(records, ids, strict=True):
+            part = split.get(rec.fmt)
+            if part is not None:
+                part[0].append(rec)
+                part[1].append(oid)
+        for fmt, (recs, oids) in split.items():
+            if recs:
+                self.by_fmt[fmt].on_stored(recs, oids)
+
+
 class Daemon:
-    """One running cell. `stop` ends it; `started` is set once devices are running."""
+    """One running cell. `stop` ends it; `started` is set once devices are running.
+
+    The outbox is opened in `run()`: a locked or corrupt outbox raises ConfigError
+    (exit code 2) before anything starts."""
 
     def __init__(self, compiled: CompiledCell) -> None:
         cfg = compiled.config
         self.compiled = compiled
         self.stop = asyncio.Event()
         self.started = asyncio.Event()
-        root = cell_root(cfg.publish.prefix, cfg.identity)
-        self.session = MqttSession(
-            cfg.backbone,
-            client_id=cfg.backbone.client_id or default_client_id(compiled),
-            status_topic=f"{root}/status",
-            on_connected=self._on_connected,
-        )
-        self.publisher = UnsPublisher(self.session, root, cfg.publish, cfg.backbone.qos)
-        self.cell = Cell(compiled, self.publisher)
+        self.root = cell_root(cfg.publish.prefix, cfg.identity)
+        self.state_dir = state_dir(compiled)
+        self.outbox = self._open_outbox()
+        try:
+            self._build()
+        except BaseException:
+            self.outbox.close()
+            raise
 
-    def _on_connected(self) -> None:
+    def _open_outbox(self) -> Outbox:
+        ob = self.compiled.config.outbox
+        try:
+            return Outbox(
+                self.state_dir / "outbox.sqlite", max_bytes=ob.max_bytes, max_age_s=ob.max_age, fsync=ob.fsync
+            )
+        except OutboxError as exc:
+            raise ConfigError([f"{self.compiled.path}: state_dir: {exc}"]) from None
+
+    def _build(self) -> None:
+        cfg = self.compiled.config
+        formats = cfg.publish.formats
+        self.fanout = FanOut()
+        self.cell = Cell(self.compiled, self.fanout)
+        self.reporter: OutboxReporter | None = None
+        self.writer = OutboxWriter(self.outbox, on_drop=self._on_drop)
+        client_id = cfg.backbone.client_id or default_client_id(self.compiled)
+        replay_rate = cfg.outbox.replay_rate
+        self.uns: UnsDelivery | None = None
+        self.node: SparkplugNode | None = None
+        deliveries: list[Delivery] = []
+        if "uns" in formats:
+            self.uns = UnsDelivery(
+                cfg.backbone,
+                client_id=client_id,
+                writer=self.writer,
+                replay_rate=replay_rate,
+                root=self.root,
+                on_live=self._uns_live,
+            )
+            self.publisher: UnsPublisher | None = UnsPublisher(
+                self.writer, self.root, cfg.publish, cfg.backbone.qos
+            )
+            self.fanout.sinks.append(self.publisher)
+            deliveries.append(self.uns)
+        else:
+            self.publisher = None
+        if "sparkplug" in formats:
+            spb_client = cfg.sparkplug.client_id or (
+                client_id if formats == ["sparkplug"] else f"{client_id}-spb"[:128]
+            )
+            try:
+                self.node = SparkplugNode(
+                    cfg.backbone,
+                    cfg.sparkplug,
+                    group_id=cfg.sparkplug_group_id,
+                    edge_node_id=cfg.sparkplug_edge_node_id,
+                    client_id=spb_client,
+                    writer=self.writer,
+                    replay_rate=replay_rate,
+                    devices=self.compiled.devices,
+                    state_dir=self.state_dir,
+                )
+            except StateFileError as exc:
+                raise ConfigError([f"{self.compiled.path}: state_dir: {exc}"]) from None
+            self.node.attach(self.cell.runners)
+            self.fanout.sinks.append(self.node)
+            deliveries.append(self.node)
+            for a, b in case_collisions([d.config.id for d in self.compiled.devices]):
+                log.warning("sparkplug_device_ids_differ_only_by_case", first=a, second=b)
+        self.deliveries = deliveries
+        self.writer.on_stored = _Dispatch(deliveries)
+        self.reporter = OutboxReporter(self.writer, uns=self.uns, node=self.node)
+
+    def _uns_live(self) -> None:
+        """The UNS session is live: retained messages of current state go out again."""
         self.cell.republish_all()
+        if self.publisher is not None:
+            self.publisher.republish_points(self.cell.runners, now_ms())
+
+    def _on_drop(self, event: DropEvent) -> None:
+        if self.reporter is not None:
+            self.reporter.on_drop(event)
+
+    @property
+    def session(self) -> MqttSession:
+        """The first format's MQTT session (tests and the demo look at it)."""
+        return self.deliveries[0].session
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -56,30 +191,67 @@ class Daemon:
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop.set)
+        cfg = self.compiled.config
+        stats = self.outbox.stats()
         log.info(
             "cellctl_starting",
             version=__version__,
             config=str(self.compiled.path),
             devices=len(self.compiled.devices),
-            broker=f"{self.compiled.config.backbone.host}:{self.compiled.config.backbone.port}",
+            broker=f"{cfg.backbone.host}:{cfg.backbone.port}",
+            formats=cfg.publish.formats,
+            state_dir=str(self.state_dir),
+            outbox_backlog=stats.messages,
         )
         try:
-            async with self.session, asyncio.TaskGroup() as tg:
-                cell_task = tg.create_task(self.cell.run(self.stop), name="cell")
-                interval = systemd.watchdog_interval()
-                watchdog = tg.create_task(self._watchdog(interval), name="watchdog") if interval else None
-                systemd.notify("READY=1")
-                self.started.set()
-                await self.stop.wait()
-                systemd.notify("STOPPING=1")
-                log.info("cellctl_stopping")
-                if watchdog is not None:
-                    watchdog.cancel()
-                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
-                    await cell_task
+            async with contextlib.AsyncExitStack() as stack:
+                for d in self.deliveries:
+                    await stack.enter_async_context(d.session)
+                async with asyncio.TaskGroup() as tg:
+                    writer_task = tg.create_task(self.writer.run(), name="outbox-writer")
+                    helpers = [tg.create_task(d.run(), name=f"delivery:{d.fmt}") for d in self.deliveries]
+                    assert self.reporter is not None
+                    helpers.append(tg.create_task(self.reporter.run(), name="outbox-report"))
+                    cell_task = tg.create_task(self.cell.run(self.stop), name="cell")
+                    interval = systemd.watchdog_interval()
+                    if interval:
+                        helpers.append(tg.create_task(self._watchdog(interval), name="watchdog"))
+                    systemd.notify("READY=1")
+                    self.started.set()
+                    await self.stop.wait()
+                    systemd.notify("STOPPING=1")
+                    log.info("cellctl_stopping")
+                    async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                        await cell_task  # devices stopped; their final states are put
+                    await self._drain()
+                    for t in helpers:
+                        t.cancel()
+                    for d in self.deliveries:
+                        await d.close()
+                    writer_task.cancel()  # commits what is queued (acks included), bounded
         finally:
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     with contextlib.suppress(Exception):
                         loop.remove_signal_handler(sig)
-            log.info("cellctl_stopped", published=self.session.published, dropped=self.session.dropped)
+            stats = self.outbox.stats()
+            self.outbox.close()
+            log.info(
+                "cellctl_stopped",
+                published=sum(d.session.published for d in self.deliveries),
+                dropped=stats.dropped_total,
+                dropped_by_reason=stats.dropped_by_reason,
+                outbox_backlog=stats.messages,
+                **{f"{d.fmt}_{k}": v for d in self.deliveries for k, v in d.stats().items()},
+            )
+
+    async def _drain(self) -> None:
+        """Bounded: what was put is committed and handed over, and what was sent is acked,
+        so the final states leave the outbox now rather than at the next start."""
+        try:
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                await self.writer.flush()
+                for d in self.deliveries:
+                    await d.settle()
+        except TimeoutError:
+            log.info("cellctl_stop_left_in_outbox", backlog=self.writer.backlog)

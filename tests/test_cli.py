@@ -151,3 +151,30 @@ def test_schema_export_is_json_schema_of_the_models(what: str) -> None:
     assert schema["additionalProperties"] is False
     expected = {"config": {"identity", "backbone", "devices"}, "profile": {"name", "driver", "points"}}[what]
     assert expected <= set(schema["properties"])
+
+
+@pytest.mark.parametrize("problem", ["not-a-directory", "locked"])
+def test_run_refuses_an_unusable_state_dir_with_exit_2(problem: str, tmp_path: Path) -> None:
+    from cellctl.outbox import Outbox
+
+    config = write_config(tmp_path, 1883, [], cell="c1")
+    text = config.read_text()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    holder = None
+    if problem == "not-a-directory":
+        config.write_text(text.replace(str(tmp_path / "state"), str(blocker / "state")))
+    else:
+        holder = Outbox(tmp_path / "state" / "outbox.sqlite", max_bytes=1 << 20, max_age_s=60)
+    try:
+        proc = subprocess.run(
+            [*CELLCTL, "run", str(config)], capture_output=True, text=True, timeout=30, check=False
+        )
+    finally:
+        if holder is not None:
+            holder.close()
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "state_dir" in proc.stderr
+    expected = "Not a directory" if problem == "not-a-directory" else f"in use by another process (pid {os.getpid()})"
+    assert expected in proc.stderr

@@ -3,7 +3,6 @@ pty, the daemon, a private mosquitto, and a real MQTT subscriber."""
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -357,36 +356,3 @@ async def test_per_point_mode_publishes_retained_point_topics(
     body = msg.json()
     assert body["q"] == "good"
     assert same(body["v"], want["voltage_l1"])
-
-
-async def test_broker_outage_queues_in_order_bounded_and_counts_drops(
-    broker_fresh: Mosquitto, unique: str, tmp_path: Path
-) -> None:
-    async with SimModbusServer({1: "energy-meter"}, tick=0.005, seed=8) as sim:
-        port = await sim.serve_tcp()
-        config = write_config(
-            tmp_path,
-            broker_fresh.port,
-            [modbus_device("m", "sim-energy-meter", port, 1, poll_interval=0.01)],
-            cell=unique,
-        )
-        config.write_text(
-            config.read_text().replace("reconnect_max: 1", "reconnect_max: 1\n  max_queued_messages: 100")
-        )
-        async with running_daemon(config) as daemon:
-            session = daemon.session
-            await asyncio.to_thread(session.connected.wait, 10)
-            broker_fresh.stop()
-            deadline = time.monotonic() + 20
-            while session.dropped == 0 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            assert session.dropped > 0, "the in-memory queue is bounded and overflow is counted"
-            broker_fresh.start()
-            c = Collector(broker_fresh.port, f"{root_topic(unique)}/m/data")
-            try:
-                # the queued messages arrive after reconnecting, in order
-                msgs = await c.until(lambda m: len(m) >= 50 and m, timeout=20, what="queued data delivered")
-            finally:
-                c.close()
-        seqs = [m.json()["seq"] for m in msgs]
-        assert seqs == sorted(seqs)

@@ -109,3 +109,39 @@ def test_ack_tracker_with_paho_on_another_thread() -> None:
     assert sorted(acked) == [mid + 1000 for mid in range(n)]
     assert t.in_flight == 0
     assert 1 <= len(wakes) < n  # woken, but not once per ack
+
+
+def test_qos0_messages_are_confirmed_by_a_later_fence() -> None:
+    acked: list[int] = []
+    t = AckTracker(acked.extend)
+    t.sent_unconfirmed(1)
+    t.sent_unconfirmed(2)
+    t.fence(7)  # the session's UNSUBSCRIBE after them
+    t.sent_unconfirmed(3)  # after the fence: not covered by it
+    assert t.is_out(1)
+    assert t.is_out(3)
+    t.acked(7)
+    t.drain()
+    assert acked == [1, 2]
+    assert not t.is_out(1)
+    assert t.is_out(3)
+    assert t.connection_lost() == 1  # 3 was never confirmed: it stays in the outbox
+    assert not t.is_out(3)
+
+
+def test_replay_per_format_extends_and_rewinds(tmp_path: Path) -> None:
+    clock = Clock()
+    with Outbox(tmp_path / "o.sqlite", max_bytes=1 << 24, max_age_s=3600, fsync="off") as ob:
+        ids = ob.append_many(
+            [Record("d", "t", str(i).encode(), fmt="sparkplug" if i % 2 else "uns") for i in range(10)]
+        ).ids
+        replay = Replay(rate=1000, burst=1000, fmt="sparkplug", clock=clock)
+        replay.start(ids[5])
+        assert [m.payload for m in replay.take(ob, 100)] == [b"1", b"3", b"5"]
+        assert replay.done
+        replay.extend(ids[9])  # more backlog, nothing handed out twice
+        got = replay.take(ob, 1)
+        assert [m.payload for m in got] == [b"7"]
+        replay.rewind(got[0].id - 1)  # it could not be sent
+        assert [m.payload for m in replay.take(ob, 100)] == [b"7", b"9"]
+        assert replay.done

@@ -126,3 +126,35 @@ async def test_a_failing_disk_is_retried_without_losing_order(outbox: Outbox, mo
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_markers_fire_at_their_place_in_the_record_stream(outbox: Outbox) -> None:
+    """after_put places an event between records although records are handed over only
+    after their commit, in batches: the publisher's births and going live rely on it."""
+    seen: list[str] = []
+
+    last: list[int] = []
+
+    def on_stored(batch: Sequence[Record], ids: range) -> None:
+        seen.extend(r.payload.decode() for r in batch)
+        last.append(ids[-1])
+
+    writer = OutboxWriter(outbox, on_stored=on_stored)
+    writer.after_put(lambda: seen.append("M0"))  # nothing pending: at once
+    assert seen == ["M0"]
+    for i in range(300):  # one big batch once the task runs
+        writer.put(rec(i))
+        if i in (0, 99, 299):
+            writer.after_put(lambda i=i: seen.append(f"M{i}"))
+    writer.after_put(lambda: seen.append("end"))
+    task = asyncio.create_task(writer.run(), name="outbox-writer")
+    await writer.flush()
+    await wait_until(lambda: seen[-1] == "end", "the last marker fired")
+    expected = ["M0", "0", "M0"] + [str(i) for i in range(1, 100)] + ["M99"]
+    expected += [str(i) for i in range(100, 300)] + ["M299", "end"]
+    assert seen == expected
+    assert writer.cycles <= 3  # batched all the same
+    assert writer.handed_id == last[-1] == outbox.last_id()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -3,6 +3,7 @@ it has. Validated once at start-up; frozen afterwards."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -18,6 +19,7 @@ from pydantic import (
 )
 
 from cellctl.config.profile import ID_PATTERN, Deadband
+from cellctl.sparkplug.topics import validate_id
 
 # Topic levels must not contain MQTT wildcards or separators.
 _TOPIC_LEVEL = re.compile(r"^[^/+#$\s][^/+#\s]{0,63}$")
@@ -32,14 +34,15 @@ def _topic_level(value: str) -> str:
 
 
 TopicLevel = Annotated[str, AfterValidator(_topic_level)]
-RESERVED_DEVICE_IDS = frozenset({"status", "cmd"})
+# `status`, `outbox` and `events` are cell-level UNS topics; `cmd` is reserved for commands.
+RESERVED_DEVICE_IDS = frozenset({"status", "cmd", "outbox", "events"})
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 def _parse_duration(value: Any) -> Any:
-    """Accept 0.5, "500ms", "2s", "5m", "1h" for durations; leave other types to pydantic."""
+    """Accept 0.5, "500ms", "2s", "5m", "1h", "7d" for durations; leave other types to pydantic."""
     if isinstance(value, str):
         m = _DURATION.match(value)
         if not m:
@@ -50,6 +53,41 @@ def _parse_duration(value: Any) -> Any:
 
 Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
 PositiveDuration = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
+_UNIT_BYTES = {
+    None: 1,
+    "B": 1,
+    "kB": 10**3,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KiB": 2**10,
+    "MiB": 2**20,
+    "GiB": 2**30,
+    "TiB": 2**40,
+}
+
+
+def _parse_size(value: Any) -> Any:
+    """Accept 1048576, "512MiB", "1GiB", "200MB" for sizes; leave other types to pydantic."""
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if not m:
+            raise ValueError(f"expected a size such as 512MiB, 1GiB or 200MB, got {value!r}")
+        return int(float(m.group(1)) * _UNIT_BYTES[m.group(2)])
+    return value
+
+
+ByteSize = Annotated[int, BeforeValidator(_parse_size), Field(ge=4096)]
+
+
+def _sparkplug_id(kind: str) -> AfterValidator:
+    def check(value: str) -> str:
+        return validate_id(kind, value)
+
+    return AfterValidator(check)
 
 
 class _Frozen(BaseModel):
@@ -87,9 +125,10 @@ class Backbone(_Frozen):
     qos: Literal[0, 1] = 1
     reconnect_min: PositiveDuration = 0.5
     reconnect_max: PositiveDuration = 30.0
-    # Messages held in memory while the broker is unreachable (until the durable outbox
-    # lands); past this the oldest are dropped and counted.
-    max_queued_messages: Annotated[int, Field(ge=100)] = 100_000
+    # Messages paho may hold in memory on a live connection (in flight or waiting for
+    # the in-flight window). The durable outbox is the queue: past this, live publishing
+    # falls back to paced replay from the outbox; nothing is lost.
+    max_queued_messages: Annotated[int, Field(ge=100)] = 1000
 
     @model_validator(mode="after")
     def _auth(self) -> Backbone:
@@ -100,9 +139,14 @@ class Backbone(_Frozen):
         return self
 
 
-class Publish(_Frozen):
-    """How samples become MQTT messages (see docs/topics.md)."""
+OutputFormat = Literal["uns", "sparkplug"]
 
+
+class Publish(_Frozen):
+    """How samples become MQTT messages (see docs/topics.md, docs/sparkplug.md)."""
+
+    # uns: UNS JSON topics; sparkplug: a Sparkplug B edge node; both: the same samples twice
+    formats: Annotated[list[OutputFormat], Field(min_length=1)] = ["uns"]
     prefix: str = "uns/v1"
     # batched: one non-retained message per device per scan with every change;
     # per_point: additionally one retained message per changed point (costly, see docs).
@@ -116,7 +160,39 @@ class Publish(_Frozen):
     def _prefix(self) -> Publish:
         for level in self.prefix.split("/") if self.prefix else []:
             _topic_level(level)
+        if len(set(self.formats)) != len(self.formats):
+            raise ValueError(f"'formats' lists a format twice: {self.formats}")
         return self
+
+
+class OutboxConfig(_Frozen):
+    """The durable store-and-forward outbox in `state_dir` (docs/decisions/0004)."""
+
+    max_bytes: ByteSize = 2**30  # 1 GiB of stored messages; the oldest history goes first
+    max_age: PositiveDuration = 7 * 86400.0  # messages older than this are dropped (counted)
+    # always: every commit fsynced; batch: at most ~1 s lost on power loss; off: tmpfs/tests
+    fsync: Literal["always", "batch", "off"] = "batch"
+    replay_rate: Annotated[int, Field(ge=1, le=1_000_000)] = 2000  # messages/s after reconnecting
+
+
+class SparkplugConfig(_Frozen):
+    """The Sparkplug B edge node (docs/sparkplug.md). Ids default from `identity`."""
+
+    group_id: Annotated[str, _sparkplug_id("group id")] | None = None  # <enterprise>-<site>-<area>
+    edge_node_id: Annotated[str, _sparkplug_id("edge node id")] | None = None  # <line>-<cell>
+    client_id: str | None = None  # default: backbone's client id (+ "-spb" with both formats)
+    primary_host: Annotated[str, _sparkplug_id("host id")] | None = None
+    bdseq_datatype: Literal["Int64", "UInt64"] = "Int64"
+    historical_qos: Literal[0, 1] = 1  # QoS of stored data replayed as historical DATA
+    # DCMD writes to writable points: refused (logged, counted) until the command policy
+    # lands; `allow` executes writes that pass every check.
+    device_writes: Literal["refuse", "allow"] = "refuse"
+
+
+def _default_state_dir() -> Path:
+    """systemd's StateDirectory= ($STATE_DIRECTORY, first entry), else /var/lib/cellctl."""
+    env = os.environ.get("STATE_DIRECTORY", "")
+    return Path(env.split(":")[0]) if env else Path("/var/lib/cellctl")
 
 
 class Availability(_Frozen):
@@ -157,8 +233,12 @@ class DeviceConfig(_Frozen):
 
 class CellConfig(_Frozen):
     identity: Identity
+    # outbox.sqlite, the Sparkplug bdSeq and aliases; relative paths are relative to the file
+    state_dir: Path = Field(default_factory=_default_state_dir)
     backbone: Backbone = Backbone()
     publish: Publish = Publish()
+    outbox: OutboxConfig = OutboxConfig()
+    sparkplug: SparkplugConfig = SparkplugConfig()
     profile_dirs: list[Path] = []
     devices: list[DeviceConfig] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -176,3 +256,13 @@ class CellConfig(_Frozen):
     @property
     def enabled_devices(self) -> list[DeviceConfig]:
         return [d for d in self.devices if d.enabled]
+
+    @property
+    def sparkplug_group_id(self) -> str:
+        i = self.identity
+        return self.sparkplug.group_id or f"{i.enterprise}-{i.site}-{i.area}"
+
+    @property
+    def sparkplug_edge_node_id(self) -> str:
+        i = self.identity
+        return self.sparkplug.edge_node_id or f"{i.line}-{i.cell}"

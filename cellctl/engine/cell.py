@@ -60,8 +60,13 @@ class Cell:
             tasks = [tg.create_task(r.run(), name=f"device:{r.id}") for r in self.runners]
             tasks.append(tg.create_task(self._refresher(), name="state-refresher"))
             await stop.wait()
-            for t in tasks:
-                t.cancel()
+            pending = set(tasks)
+            while pending:  # bounded by the caller's timeout
+                for t in pending:
+                    t.cancel()
+                # Again until they end: Python 3.11's asyncio.wait_for (pymodbus connects
+                # with it) loses a cancellation that arrives as the connection completes.
+                _done, pending = await asyncio.wait(pending, timeout=0.2)
         # Nothing is known about the machines once we stop: say so in the retained states.
         for r in self.runners:
             r.mark_stopped("cellctl stopped")

@@ -25,7 +25,10 @@ log = structlog.get_logger("cellctl.engine")
 
 
 class DeviceSink(Protocol):
-    """Where a runner's output goes (the publisher, or a test's collector)."""
+    """Where a runner's output goes (the publisher, or a test's collector).
+
+    `device_available` reports the transitions only: True before the data of the first
+    reading after the device (re)appeared, False after the data that marked it bad."""
 
     def device_data(
         self,
@@ -37,6 +40,8 @@ class DeviceSink(Protocol):
     ) -> None: ...
 
     def device_state(self, device_id: str, state: dict[str, Any]) -> None: ...
+
+    def device_available(self, device_id: str, available: bool) -> None: ...
 
 
 def now_ms() -> int:
@@ -135,6 +140,7 @@ class DeviceRunner:
             self.backoff.reset()
             self.log.info("device_online", was=self.last_reason)
             self.last_reason = None
+            self.sink.device_available(self.id, True)
         values, quality = self.table.apply(reading)
         machine = None
         if quality or self.machine_stale or not self.mapper.watched.isdisjoint(values):
@@ -161,7 +167,7 @@ class DeviceRunner:
         self.last_reason = reason
         if self.available and self.failures < self.device.config.availability.offline_after:
             return
-        self.available = False
+        was_available, self.available = self.available, False
         quality = self.table.mark_all_bad(reason)
         machine = self.mapper.compute(False)
         machine_changed = machine != self.machine
@@ -171,6 +177,8 @@ class DeviceRunner:
             self.sink.device_data(
                 self.id, now_ms(), {}, quality, machine.as_dict() if machine_changed else None
             )
+        if was_available:
+            self.sink.device_available(self.id, False)
 
     def snapshot(self) -> dict[str, Any]:
         """The retained per-device state message body."""

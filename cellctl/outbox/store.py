@@ -434,14 +434,20 @@ class Outbox:
 
     # -- reading ---------------------------------------------------------------------
 
-    def pending(self, limit: int, after_id: int | None = None) -> list[Stored]:
-        """Up to `limit` unacknowledged messages in insertion order, after `after_id`."""
+    def pending(self, limit: int, after_id: int | None = None, fmt: Format | None = None) -> list[Stored]:
+        """Up to `limit` unacknowledged messages in insertion order, after `after_id`;
+        only those of format `fmt` when given (each output format replays on its own)."""
+        where = "id > ?"
+        args: list[object] = [after_id if after_id is not None else -1]
+        if fmt is not None:
+            where += " AND fmt = ?"
+            args.append(fmt)
         with self._lock:
             try:
                 rows = self._db.execute(
                     "SELECT id, stream, topic, payload, qos, retain, fmt, created_ms FROM messages"
-                    " WHERE id > ? ORDER BY id LIMIT ?",
-                    (after_id if after_id is not None else -1, limit),
+                    f" WHERE {where} ORDER BY id LIMIT ?",
+                    (*args, limit),
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise self._wrap(exc) from None

@@ -10,6 +10,11 @@ is no timer in the path.
 
 Acks arrive on paho's network thread (`on_publish`); `ack()` only queues the ids, and
 they are deleted in the next cycle's transaction together with new appends.
+
+`after_put(fn)` runs `fn` once every record put before it has been handed to
+`on_stored`: the publisher uses it to place session events (Sparkplug births and
+deaths, going live after a reconnect) at an exact point of the record stream, although
+records reach it only after their commit.
 """
 
 from __future__ import annotations
@@ -72,6 +77,9 @@ class OutboxWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellctl-outbox")
         self._put_total = 0
         self._done_total = 0
+        self._markers: deque[tuple[int, Callable[[], None]]] = deque()  # (put count, callback)
+        # the id of the last record handed to on_stored (or the newest stored at start)
+        self.handed_id = outbox.last_id()
         self._inflight: tuple[asyncio.Future[AppendResult], list[Record], int] | None = None
 
     # -- called from the event loop (hot path) ------------------------------------------
@@ -88,6 +96,14 @@ class OutboxWriter:
         self._put_total += 1
         self._wake.set()
         return True
+
+    def after_put(self, fn: Callable[[], None]) -> None:
+        """Call `fn` (on the loop) right after every record put so far was handed to
+        `on_stored`; at once if none is waiting. Markers keep the order they were set in."""
+        if self._done_total >= self._put_total and not self._markers:
+            fn()
+            return
+        self._markers.append((self._put_total, fn))
 
     # -- called from any thread ---------------------------------------------------------------
 
@@ -187,9 +203,23 @@ class OutboxWriter:
             self._report(DropEvent("backlog", refused, 0, {}, None, None))
         for d in result.drops:
             self._report(d)
-        if batch and self.on_stored is not None:
-            self.on_stored(batch, result.ids)
-        self._done_total += len(batch)
+        self._hand_over(batch, result.ids)
+
+    def _hand_over(self, batch: list[Record], ids: range) -> None:
+        """Pass committed records on, firing the markers that fall between them."""
+        start, markers = 0, self._markers
+        while start < len(batch) or (markers and markers[0][0] <= self._done_total):
+            if markers and markers[0][0] <= self._done_total:
+                markers.popleft()[1]()
+                continue
+            end = len(batch)
+            if markers:
+                end = min(end, start + markers[0][0] - self._done_total)
+            if self.on_stored is not None:
+                self.on_stored(batch[start:end], ids[start:end])
+            self.handed_id = ids[end - 1]
+            self._done_total += end - start
+            start = end
 
     def _report(self, event: DropEvent) -> None:
         log.warning(

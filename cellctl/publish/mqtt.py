@@ -7,6 +7,13 @@ the event loop instead of `loop_start()` removes a thread wake-up, a select() an
 socketpair read per published message (about a quarter of the daemon's CPU in the
 benchmark). The blocking TCP/TLS connect runs in an executor so an unreachable broker
 never stalls device polling. The rest of cellctl sees only this module.
+
+Every connection attempt gets a **fresh paho client** (decision 0006). The durable outbox
+is the only queue: paho must never hold a message across connections, or it would resend
+it after reconnecting while the outbox replays it too (with a Sparkplug seq of the old
+session, before the new NBIRTH). A new client also carries the Will of that CONNECT,
+which for Sparkplug changes every time (bdSeq). Publishing while disconnected is refused
+(`publish` returns None) instead of queued.
 """
 
 from __future__ import annotations
@@ -17,13 +24,15 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-import orjson
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from cellctl.config.cell import Backbone
 from cellctl.engine.backoff import Backoff
@@ -31,65 +40,68 @@ from cellctl.errors import ConfigError
 
 log = structlog.get_logger("cellctl.mqtt")
 
+# A topic filter nobody subscribes to: UNSUBSCRIBE from it is answered (UNSUBACK) and
+# changes nothing, which makes it a fence (see AckTracker in cellctl/outbox/replay.py).
+FENCE_TOPIC = "cellctl/fence"
+MAX_INFLIGHT = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message sent directly (not through the outbox): Wills, status, births."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+class SessionEvents(Protocol):
+    """What the owner of a session (a format's delivery) is told. All on the loop
+    thread, except `will`, which runs in the connecting thread before each CONNECT."""
+
+    def will(self) -> Message | None: ...
+
+    def session_up(self) -> None: ...
+
+    def session_down(self) -> None: ...
+
+    def message(self, topic: str, payload: bytes) -> None: ...
+
+    def acked(self, mid: int) -> None: ...
+
 
 class MqttSession:
     """Connect, keep connected, publish. Reusable as an async context manager, not reentrant."""
 
     def __init__(
-        self,
-        backbone: Backbone,
-        *,
-        client_id: str,
-        status_topic: str,
-        on_connected: Callable[[], None] | None = None,
+        self, backbone: Backbone, *, client_id: str, events: SessionEvents, name: str = "mqtt"
     ) -> None:
         self.backbone = backbone
         self.client_id = client_id
-        self.status_topic = status_topic
-        self.on_connected = on_connected
+        self.events = events
+        self.name = name
+        self.log = log.bind(session=name)
         self.connected = threading.Event()
         self.connects = 0
-        self.dropped = 0  # messages refused because the in-memory queue was full
         self.published = 0
+        self.refused = 0  # publish() calls refused: not connected, or paho's queue full
+        self._protocol = (
+            MQTTProtocolVersion.MQTTv5 if backbone.protocol == "5" else MQTTProtocolVersion.MQTTv311
+        )
+        self._password = self._read_password()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._was_connected = False
-        self._dropping = False
-        protocol = MQTTProtocolVersion.MQTTv5 if backbone.protocol == "5" else MQTTProtocolVersion.MQTTv311
-        self.client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=protocol,
-            clean_session=True if protocol == MQTTProtocolVersion.MQTTv311 else None,
-        )
-        self.client.max_inflight_messages_set(200)
-        self.client.max_queued_messages_set(backbone.max_queued_messages)
+        self._up = False  # session_up was sent for the current client
         self.backoff = Backoff(backbone.reconnect_min, backbone.reconnect_max)
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._restart_soon = False
+        self._refusing = False
         self._fd: int | None = None
         self._last_error: str | None = None
-        self.client.will_set(
-            status_topic, orjson.dumps({"status": "offline", "reason": "connection_lost"}), 1, True
-        )
-        if backbone.username is not None:
-            self.client.username_pw_set(backbone.username, self._read_password())
-        if backbone.tls is not None:
-            tls = backbone.tls
-            self.client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
-            )
-            if tls.insecure_skip_verify:
-                self.client.tls_insecure_set(True)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_socket_open = self._on_socket_open
-        self.client.on_socket_close = self._on_socket_close
-        self.client.on_socket_register_write = self._on_socket_register_write
-        self.client.on_socket_unregister_write = self._on_socket_unregister_write
+        self.client: paho.Client = self._new_client(None)
 
     def _read_password(self) -> str | None:
         path = self.backbone.password_file
@@ -102,34 +114,75 @@ class MqttSession:
                 [f"backbone.password_file: cannot read {str(path)!r}: {exc.strerror}"]
             ) from None
 
+    def _new_client(self, will: Message | None) -> paho.Client:
+        backbone = self.backbone
+        client = paho.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=self._protocol,
+            clean_session=True if self._protocol == MQTTProtocolVersion.MQTTv311 else None,
+        )
+        client.max_inflight_messages_set(MAX_INFLIGHT)
+        client.max_queued_messages_set(backbone.max_queued_messages)
+        if will is not None:
+            client.will_set(will.topic, will.payload, will.qos, will.retain)
+        if backbone.username is not None:
+            client.username_pw_set(backbone.username, self._password)
+        if backbone.tls is not None:
+            tls = backbone.tls
+            client.tls_set(
+                ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                certfile=str(tls.cert_file) if tls.cert_file else None,
+                keyfile=str(tls.key_file) if tls.key_file else None,
+                cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
+            )
+            if tls.insecure_skip_verify:
+                client.tls_insecure_set(True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_unsubscribe = self._on_unsubscribe
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_socket_register_write
+        client.on_socket_unregister_write = self._on_socket_unregister_write
+        return client
+
     # -- paho callbacks: socket plumbing ---------------------------------------------------
     # on_socket_open and the first register_write come from the executor thread that
     # connects; everything else from the loop. Hand over to the loop thread either way.
+    # Callbacks of a client that is no longer current are ignored.
 
-    def _in_loop(self, fn: Callable[..., object], *args: object) -> None:
+    def _in_loop(self, fn: Any, *args: object) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(fn, *args)
+        with contextlib.suppress(RuntimeError):  # loop closed at shutdown
+            self._loop.call_soon_threadsafe(fn, *args)
 
     def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if isinstance(sock, socket.socket):
             # Nagle adds tens of ms to small bursts; we want every scan out at once.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._in_loop(self._add_reader, sock.fileno())
+        self._in_loop(self._add_reader, client, sock.fileno())
 
-    def _add_reader(self, fd: int) -> None:
+    def _add_reader(self, client: paho.Client, fd: int) -> None:
         assert self._loop is not None
-        sock = self.client.socket()
-        if sock is None or sock.fileno() != fd:
+        sock = client.socket()
+        if client is not self.client or sock is None or sock.fileno() != fd:
             return
         self._forget_fd()
         self._fd = fd
         self._loop.add_reader(fd, self._read)
 
     def _forget_fd(self) -> None:
-        """Stop watching the socket; by fd, because paho may have closed it already."""
+        """Stop watching the socket; by fd, because paho may have closed it already
+        (then the selector drops the fd itself and reports EBADF: the fd number may be
+        reused by another socket at once, so it must not stay registered)."""
         if self._fd is not None and self._loop is not None:
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
+            with contextlib.suppress(OSError):
+                self._loop.remove_reader(self._fd)
+            with contextlib.suppress(OSError):
+                self._loop.remove_writer(self._fd)
         self._fd = None
 
     def _read(self) -> None:
@@ -143,38 +196,48 @@ class MqttSession:
             self._lost.set()
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._socket_closed)
+        self._in_loop(self._socket_closed, client)
 
-    def _socket_closed(self) -> None:
+    def _socket_closed(self, client: paho.Client) -> None:
+        if client is not self.client:
+            return
         self._forget_fd()
         self._lost.set()
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._add_writer, sock.fileno())
+        self._in_loop(self._add_writer, client, sock.fileno())
 
-    def _add_writer(self, fd: int) -> None:
+    def _add_writer(self, client: paho.Client, fd: int) -> None:
         assert self._loop is not None
-        sock = self.client.socket()
-        if sock is None or sock.fileno() != fd:
+        sock = client.socket()
+        if client is not self.client or sock is None or sock.fileno() != fd:
             return  # that socket is gone already (closed between the request and now)
         if fd == self._fd or self._fd is None:
             self._fd = fd
             self._loop.add_writer(fd, self._write)
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._remove_writer)
+        self._in_loop(self._remove_writer, client)
 
-    def _remove_writer(self) -> None:
-        if self._fd is not None and self._loop is not None:
+    def _remove_writer(self, client: paho.Client) -> None:
+        if client is not self.client or self._fd is None or self._loop is None:
+            return
+        sock = client.socket()
+        if sock is None or sock.fileno() != self._fd:
+            self._forget_fd()  # closed meanwhile
+            return
+        with contextlib.suppress(OSError):
             self._loop.remove_writer(self._fd)
 
-    # -- paho callbacks: protocol events -----------------------------------------------------
+    # -- paho callbacks: protocol events (on the loop thread, inside loop_read) ---------------
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if client is not self.client:
+            return
         if reason.is_failure:
             message = str(reason)
             if message != self._last_error:
-                log.warning(
+                self.log.warning(
                     "mqtt_connect_refused", reason=message, host=self.backbone.host, port=self.backbone.port
                 )
             self._last_error = message
@@ -184,44 +247,51 @@ class MqttSession:
         self.connected.set()
         self.backoff.reset()
         self._last_error = None
-        log.info(
+        self.log.info(
             "mqtt_connected", host=self.backbone.host, port=self.backbone.port, reconnect=self._was_connected
         )
         self._was_connected = True
-        self.publish(self.status_topic, orjson.dumps({"status": "online"}), qos=1, retain=True)
-        if self.on_connected is not None:
-            self._in_loop(self.on_connected)
+        self._up = True
+        self._in_loop(self.events.session_up)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if self.connected.is_set() and not self._closing:
-            log.warning("mqtt_disconnected", reason=str(reason))
+        if client is not self.client:
+            return
+        if self.connected.is_set() and not self._closing and not self._restart_soon:
+            self.log.warning("mqtt_disconnected", reason=str(reason))
         self.connected.clear()
         self._lost.set()
 
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        if client is self.client:
+            self.events.acked(mid)
+
+    def _on_unsubscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        if client is self.client:
+            self.events.acked(mid)
+
+    def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if client is self.client:
+            self._in_loop(self.events.message, msg.topic, bytes(msg.payload))
+
     # -- the session task -------------------------------------------------------------------
+
+    def _open(self) -> None:
+        """Executor thread: a new client with this CONNECT's Will, connected."""
+        self.client = self._new_client(self.events.will())
+        self.client.connect(self.backbone.host, self.backbone.port, self.backbone.keepalive)
 
     async def _run(self) -> None:
         """Connect, service keep-alive, reconnect with capped backoff and jitter. Forever."""
         loop = asyncio.get_running_loop()
-        first = True
         while True:
             self._lost.clear()
             try:
-                if first:
-                    await loop.run_in_executor(
-                        None,
-                        self.client.connect,
-                        self.backbone.host,
-                        self.backbone.port,
-                        self.backbone.keepalive,
-                    )
-                else:
-                    await loop.run_in_executor(None, self.client.reconnect)
-                first = False
+                await loop.run_in_executor(None, self._open)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 message = f"{type(exc).__name__}: {exc}"
                 if message != self._last_error:
-                    log.warning(
+                    self.log.warning(
                         "mqtt_connect_failed", host=self.backbone.host, port=self.backbone.port, error=message
                     )
                 self._last_error = message
@@ -235,62 +305,115 @@ class MqttSession:
                     if self.client.loop_misc() != paho.MQTT_ERR_SUCCESS:  # keep-alive, timeouts
                         self._lost.set()
             self.connected.clear()
+            self._forget_fd()
+            if self._up:
+                self._up = False
+                self._in_loop(self.events.session_down)
+            if self._restart_soon:
+                self._restart_soon = False
+                self.backoff.reset()
             await asyncio.sleep(self.backoff.next_delay())
 
     # -- API ----------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> None:
-        """Queue one message; never blocks. QoS 1 messages wait in paho's queue while
-        the broker is away (bounded by backbone.max_queued_messages; overflow is counted)."""
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int | None:
+        """Hand one message to paho; never blocks. Returns its mid, or None when it was
+        refused (not connected, or paho's queue of `backbone.max_queued_messages` full):
+        nothing is queued for a later connection."""
+        if not self.connected.is_set():
+            self.refused += 1
+            return None
         info = self.client.publish(topic, payload, qos, retain)
-        if info.rc == paho.MQTT_ERR_QUEUE_SIZE:
-            self.dropped += 1
-            if not self._dropping:
-                self._dropping = True
-                log.error(
-                    "mqtt_queue_full_dropping",
-                    limit=self.backbone.max_queued_messages,
-                    hint="the broker has been unreachable for long; raise backbone.max_queued_messages",
-                )
-        else:
-            self.published += 1
-            if self._dropping:
-                self._dropping = False
-                log.warning("mqtt_queue_accepting_again", dropped_total=self.dropped)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            self.refused += 1
+            if info.rc == paho.MQTT_ERR_QUEUE_SIZE and not self._refusing:
+                self._refusing = True
+                self.log.warning("mqtt_queue_full", limit=self.backbone.max_queued_messages)
+            return None
+        if self._refusing:
+            self._refusing = False
+            self.log.info("mqtt_queue_accepting_again")
+        self.published += 1
+        return int(info.mid)
+
+    def fence(self) -> int | None:
+        """Send a packet the broker must answer after everything sent before it; its
+        answer reaches `events.acked(mid)`. None when not connected."""
+        if not self.connected.is_set():
+            return None
+        rc, mid = self.client.unsubscribe(FENCE_TOPIC)
+        return int(mid) if rc == paho.MQTT_ERR_SUCCESS and mid is not None else None
+
+    def subscribe(self, topics: Sequence[tuple[str, int]]) -> bool:
+        if not self.connected.is_set() or not topics:
+            return False
+        rc, _mid = self.client.subscribe(list(topics))
+        return bool(rc == paho.MQTT_ERR_SUCCESS)
+
+    @property
+    def is_connected(self) -> bool:
+        return self.connected.is_set()
 
     async def __aenter__(self) -> MqttSession:
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.create_task(self._run(), name="mqtt-session")
+        self._task = asyncio.create_task(self._run(), name=f"mqtt-session:{self.name}")
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def close(self, timeout: float = 2.0) -> None:
-        """Say offline (retained), let queued messages drain, disconnect; bounded in time."""
+    async def _say_goodbye(self, farewell: Message | None, *, will: bool, timeout: float) -> None:
+        """Publish `farewell` and wait for its PUBACK (bounded), then send DISCONNECT
+        (MQTT 5 with `will`: "disconnect with will message", so the broker sends our Will)."""
+        if not self.connected.is_set():
+            return
+        client = self.client
+        if farewell is not None:
+            info = client.publish(farewell.topic, farewell.payload, farewell.qos, farewell.retain)
+            deadline = time.monotonic() + timeout
+            # paho offers no awaitable for one message; poll its flag, bounded
+            while (  # noqa: ASYNC110
+                info.rc == paho.MQTT_ERR_SUCCESS
+                and not info.is_published()
+                and self.connected.is_set()
+                and time.monotonic() < deadline
+            ):
+                await asyncio.sleep(0.005)
+        was_connected = self.connected.is_set()
+        if will and self._protocol == MQTTProtocolVersion.MQTTv5:
+            client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+        else:
+            client.disconnect()
+        # Send DISCONNECT now (the loop's writer may never run again): without it the
+        # broker would publish our last will over a clean farewell.
+        for _ in range(100):
+            if not was_connected or client.socket() is None:
+                break
+            if client.loop_write() not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
+                break
+            await asyncio.sleep(0.001)
+
+    async def restart(self, farewell: Message | None = None, *, timeout: float = 2.0) -> None:
+        """End this connection on purpose (farewell, then DISCONNECT) and connect again
+        at once, with a new client and Will. Sparkplug: the primary host went offline."""
+        self._restart_soon = True
+        try:
+            await self._say_goodbye(farewell, will=False, timeout=timeout)
+        except (RuntimeError, ValueError) as exc:
+            self.log.warning("mqtt_restart_incomplete", error=str(exc))
+        self._lost.set()
+
+    async def close(
+        self, farewell: Message | None = None, *, will: bool = False, timeout: float = 2.0
+    ) -> None:
+        """Say goodbye, disconnect; bounded in time. Reentrant calls do nothing."""
+        if self._closing:
+            return
         self._closing = True
         try:
-            if self.connected.is_set():
-                info = self.client.publish(
-                    self.status_topic, orjson.dumps({"status": "offline", "reason": "shutdown"}), 1, True
-                )
-                deadline = time.monotonic() + timeout
-                # paho offers no awaitable for one message; poll its flag, bounded
-                while not info.is_published() and self.connected.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.005)
-            was_connected = self.connected.is_set()
-            self.connected.clear()
-            self.client.disconnect()
-            # Send DISCONNECT now (the loop's writer may never run again): without it the
-            # broker would publish our last will over the clean "shutdown" status.
-            for _ in range(100):
-                if not was_connected or self.client.socket() is None:
-                    break
-                if self.client.loop_write() not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_AGAIN):
-                    break
-                await asyncio.sleep(0.001)
+            await self._say_goodbye(farewell, will=will, timeout=timeout)
         except (RuntimeError, ValueError) as exc:
-            log.warning("mqtt_close_incomplete", error=str(exc))
+            self.log.warning("mqtt_close_incomplete", error=str(exc))
         finally:
             if self._task is not None:
                 self._task.cancel()

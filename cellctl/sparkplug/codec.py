@@ -586,6 +586,11 @@ def to_historical(
     return p.SerializeToString(), dropped
 
 
+def metric_count(payload: bytes) -> int:
+    """How many metrics a payload carries (a replayed DATA left empty is not sent)."""
+    return len(_parse(payload).metrics)
+
+
 def quality_properties(quality: str, reason: str | None = None) -> dict[str, PropertyValue]:
     """Metric properties for a cellctl quality: the spec's `Quality` (Int32 code) plus,
     when it is not good, cellctl's own detail and reason (Sparkplug has no 'uncertain')."""

@@ -25,11 +25,14 @@ def write_config(
 ) -> Path:
     config = {
         "identity": {"enterprise": "test", "site": "lab", "area": "a1", "line": "l1", "cell": cell},
+        "state_dir": str(tmp_path / "state"),
+        "outbox": {"fsync": "off"},  # tmpfs semantics are enough here; crash tests set their own
         "backbone": {"host": "127.0.0.1", "port": broker_port, "reconnect_min": 0.2, "reconnect_max": 1},
         "publish": {"prefix": "uns/v1", "state_min_interval": 0.1, **(publish or {})},
         "devices": devices,
-        **extra,
     }
+    for key, value in extra.items():  # sections given by the test replace the defaults
+        config[key] = value
     path = tmp_path / "cell.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path

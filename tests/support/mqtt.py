@@ -28,11 +28,29 @@ class Message:
 
 
 class Collector:
-    def __init__(self, port: int, topic: str, host: str = "127.0.0.1") -> None:
+    """`client_id` + `clean_session=False` keep the subscription (and the messages for
+    it) across a restart of a broker with persistence, so nothing published while the
+    collector reconnects is missed."""
+
+    def __init__(
+        self,
+        port: int,
+        topic: str,
+        host: str = "127.0.0.1",
+        *,
+        client_id: str | None = None,
+        clean_session: bool = True,
+    ) -> None:
         self.messages: list[Message] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{uuid.uuid4().hex[:8]}")
+        self.client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"test-{uuid.uuid4().hex[:8]}",
+            clean_session=clean_session,
+        )
+        self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(0.05, 0.2)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message

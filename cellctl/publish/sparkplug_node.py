@@ -1,0 +1,460 @@
+"""The cell as a Sparkplug B 3.0 edge node; each device a Sparkplug device.
+
+Session (docs/sparkplug.md has the full picture):
+- Every CONNECT carries a Will: NDEATH with the next bdSeq, persisted first (`BdSeqFile`).
+- On connect: subscribe NCMD and DCMD (and the primary host's STATE, if configured);
+  then, at the current point of the record stream (`Delivery.go_live`), NBIRTH (seq 0,
+  the session's bdSeq, `Node Control/Rebirth`, the outbox metrics), one DBIRTH per
+  device with every metric, a DDEATH after the DBIRTH of a device that is unavailable,
+  and from then on live DDATA; stored DATA is replayed behind it with `is_historical`.
+- `seq` is shared by every message but NDEATH and assigned when a message is published:
+  stored DATA has none (`with_seq` / `to_historical` complete it).
+- A device that becomes unavailable gets a DDEATH, and a DBIRTH when it returns; both
+  are placed in the record stream with `OutboxWriter.after_put`, so no DDATA of that
+  device can overtake them.
+- NCMD `Node Control/Rebirth`: the births again (same bdSeq). DCMD: see commands.py.
+- Primary host: births wait for a valid `STATE` online; on a newer offline the node
+  publishes NDEATH, disconnects and connects again (spec), and data waits in the outbox.
+- Clean stop: NDEATH, then DISCONNECT (MQTT 5: "disconnect with will message").
+
+The engine talks to it as to any DeviceSink (device_data / device_available).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cellctl.config.cell import Backbone, SparkplugConfig
+from cellctl.config.loader import CompiledDevice
+from cellctl.outbox import OutboxStats, OutboxWriter, Record, Stored
+from cellctl.publish.commands import CommandRouter, PointWrite
+from cellctl.publish.delivery import Delivery
+from cellctl.publish.mqtt import Message
+from cellctl.publish.sparkplug_metrics import (
+    DataBuilder,
+    DeviceModel,
+    DeviceView,
+    birth_metrics,
+    device_model,
+    encode_safely,
+)
+from cellctl.sparkplug.codec import (
+    REBIRTH_METRIC,
+    DataType,
+    DecodeError,
+    Metric,
+    MetricDef,
+    MetricTable,
+    SeqCounter,
+    decode_state,
+    encode_data,
+    encode_dbirth,
+    encode_ddeath,
+    encode_nbirth,
+    encode_ndeath,
+    metric_count,
+    to_historical,
+    with_seq,
+)
+from cellctl.sparkplug.state import AliasBook, BdSeqFile
+from cellctl.sparkplug.topics import (
+    MessageType,
+    NodeTopics,
+    ParsedStateTopic,
+    TopicError,
+    parse_topic,
+    state_topic,
+)
+
+log = structlog.get_logger("cellctl.sparkplug")
+
+# Node metrics in NBIRTH, updated by NDATA (UInt64 counters and gauges).
+NODE_METRICS = ("Outbox/Messages", "Outbox/Bytes", "Outbox/Dropped", "Commands/Refused")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SparkplugNode(Delivery):
+    """Edge node session + DeviceSink. Call `attach(views)` before running."""
+
+    fmt = "sparkplug"
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        config: SparkplugConfig,
+        *,
+        group_id: str,
+        edge_node_id: str,
+        client_id: str,
+        writer: OutboxWriter,
+        replay_rate: int,
+        devices: Sequence[CompiledDevice],
+        state_dir: Path,
+    ) -> None:
+        super().__init__(backbone, client_id=client_id, writer=writer, replay_rate=replay_rate)
+        self.config = config
+        self.topics = NodeTopics(group_id, edge_node_id)
+        self.bd_datatype = DataType[config.bdseq_datatype]
+        self.historical_qos = config.historical_qos
+        self.bdseq = BdSeqFile(state_dir / "bdseq")
+        self.aliases = AliasBook(state_dir / "aliases.json")
+        self.models: dict[str, DeviceModel] = {d.config.id: device_model(d, self.aliases) for d in devices}
+        self.node_table = self.aliases.table(
+            AliasBook.NODE, [(name, DataType.UInt64) for name in NODE_METRICS]
+        )
+        # the rebirth metric is addressed by name (it has no alias); commands may name it
+        self.command_table = MetricTable([MetricDef(REBIRTH_METRIC, DataType.Boolean), *self.node_table])
+        self.aliases.save()  # before any birth uses them (StateFileError: the daemon exits 2)
+        self.router = CommandRouter(self.command_table, self.models, device_writes=config.device_writes)
+        self.seq = SeqCounter()
+        self.bd: int | None = None  # bdSeq of the current session (its Will and NBIRTH)
+        self._next_bd: int | None = None
+        self._views: dict[str, DeviceView] = {}
+        self._builders: dict[str, DataBuilder] = {}
+        self._alive: dict[str, bool] = dict.fromkeys(self.models, False)  # at put time
+        self._birthed: dict[str, bool] = {}  # as published in this session
+        self._ddata = {d: self.topics.device(MessageType.DDATA, d) for d in self.models}
+        self._epoch = 0  # +1 whenever births are scheduled; older device births/deaths are moot
+        self._node_values: dict[str, int] = dict.fromkeys(NODE_METRICS, 0)
+        self._node_sent: dict[str, int] = {}
+        self._host_ts: int | None = None  # newest primary host STATE timestamp seen
+        self._host_online = False
+        self._actions: asyncio.Queue[str | list[PointWrite]] = asyncio.Queue()
+        self.births = 0
+        self.rebirths = 0
+        self.encode_fallbacks = 0
+        self.historical_metrics_dropped = 0
+        for note, what in ((self.bdseq.recovered, "bdseq"), (self.aliases.recovered, "aliases")):
+            if note:
+                log.warning("sparkplug_state_recovered", file=what, detail=note)
+
+    def attach(self, views: Sequence[DeviceView]) -> None:
+        """The engine's runners, for births (current values and availability)."""
+        for v in views:
+            if v.id in self.models:
+                self._views[v.id] = v
+                self._builders[v.id] = DataBuilder(self.models[v.id], v)
+
+    # -- DeviceSink ------------------------------------------------------------------------
+
+    def device_data(
+        self,
+        device_id: str,
+        ts_ms: int,
+        values: dict[str, Any],
+        quality: dict[str, dict[str, str]],
+        machine: dict[str, Any] | None,
+    ) -> None:
+        if not self._alive.get(device_id):
+            return  # a dead device has no DATA (its DDEATH said it)
+        metrics = self._builders[device_id].metrics(ts_ms, values, quality, machine)
+        if not metrics:
+            return
+        payload, bad = encode_safely(lambda ms: encode_data(timestamp=ts_ms, metrics=ms), metrics)
+        self.encode_fallbacks += bad
+        self.writer.put(Record(device_id, self._ddata[device_id], payload, 0, False, "sparkplug"))
+
+    def device_state(self, device_id: str, state: dict[str, Any]) -> None:
+        """Sparkplug has no retained state: BIRTH messages carry it."""
+
+    def device_available(self, device_id: str, available: bool) -> None:
+        view = self._views.get(device_id)
+        if view is None:
+            return
+        self._alive[device_id] = available
+        epoch = self._epoch
+        if available:
+            ts = now_ms()
+            metrics = birth_metrics(self.models[device_id], view, ts)
+            self._builders[device_id].reset_machine(view.machine.as_dict())
+            self.writer.after_put(lambda: self._device_birth(epoch, device_id, ts, metrics))
+        else:
+            self.writer.after_put(lambda: self._device_death(epoch, device_id))
+
+    def _device_birth(self, epoch: int, device_id: str, ts: int, metrics: list[Metric]) -> None:
+        if epoch != self._epoch or not self.live:
+            return  # births since then (or the next session's) say it
+        self._publish_dbirth(device_id, ts, metrics)
+        self._birthed[device_id] = True
+
+    def _device_death(self, epoch: int, device_id: str) -> None:
+        if epoch != self._epoch or not self.live:
+            return
+        self._publish(
+            self.topics.device(MessageType.DDEATH, device_id),
+            encode_ddeath(seq=self.seq.next(), timestamp=now_ms()),
+        )
+        self._birthed[device_id] = False
+        log.info("sparkplug_device_death", device=device_id)
+
+    # -- births -------------------------------------------------------------------------------
+
+    def _publish(self, topic: str, payload: bytes) -> None:
+        """Session-scoped messages: QoS 0, never retained, never stored."""
+        self.session.publish(topic, payload, 0, False)
+
+    def _publish_dbirth(self, device_id: str, ts: int, metrics: list[Metric]) -> None:
+        seq = self.seq.next()
+        payload, bad = encode_safely(lambda ms: encode_dbirth(seq=seq, timestamp=ts, metrics=ms), metrics)
+        self.encode_fallbacks += bad
+        self._publish(self.topics.device(MessageType.DBIRTH, device_id), payload)
+
+    def _node_metrics(self, ts: int) -> list[Metric]:
+        return [
+            Metric(
+                name=d.name, alias=d.alias, datatype=d.datatype, value=self._node_values[d.name], timestamp=ts
+            )
+            for d in self.node_table
+        ]
+
+    def _capture_births(self) -> tuple[int, list[Metric], list[tuple[str, list[Metric], bool]]]:
+        """What the births say, taken now: records put after this point follow them."""
+        self._epoch += 1
+        ts = now_ms()
+        devices = []
+        for device_id, view in self._views.items():
+            devices.append((device_id, birth_metrics(self.models[device_id], view, ts), view.available))
+            self._builders[device_id].reset_machine(view.machine.as_dict())
+            self._alive[device_id] = view.available
+        return ts, self._node_metrics(ts), devices
+
+    def _births(self, *, fresh: bool) -> None:
+        """Births at this point of the stream, then live (a new connection, or catching up)."""
+        ts, node, devices = self._capture_births()
+        bd = self.bd
+        self.go_live(fresh=fresh, before=lambda: self._publish_births(bd, ts, node, devices))
+
+    def _rebirth(self) -> None:
+        """NCMD rebirth: the same births on the same connection; live data goes on."""
+        ts, node, devices = self._capture_births()
+        bd, gen = self.bd, self.gen
+
+        def fire() -> None:
+            if gen == self.gen and self.live:
+                self._publish_births(bd, ts, node, devices)
+
+        self.writer.after_put(fire)
+
+    def _publish_births(
+        self, bd: int | None, ts: int, node: list[Metric], devices: list[tuple[str, list[Metric], bool]]
+    ) -> None:
+        assert bd is not None
+        self.seq.birth()
+        self._publish(
+            self.topics.nbirth,
+            encode_nbirth(bd_seq=bd, timestamp=ts, metrics=node, bd_seq_datatype=self.bd_datatype),
+        )
+        self._node_sent = {
+            m.name: int(m.value) for m in node if m.name is not None and isinstance(m.value, int)
+        }
+        for device_id, metrics, _ in devices:
+            self._publish_dbirth(device_id, ts, metrics)
+        for device_id, _, available in devices:
+            self._birthed[device_id] = available
+            if not available:
+                self._publish(
+                    self.topics.device(MessageType.DDEATH, device_id),
+                    encode_ddeath(seq=self.seq.next(), timestamp=ts),
+                )
+        self.births += 1
+        log.info(
+            "sparkplug_births",
+            bd_seq=bd,
+            devices=len(devices),
+            unavailable=sum(1 for d in devices if not d[2]),
+        )
+
+    # -- Delivery hooks -------------------------------------------------------------------------
+
+    def will(self) -> Message:
+        """Executor thread, before each CONNECT: the next bdSeq, stored before it is used."""
+        bd = self.bdseq.next_session()
+        self._next_bd = bd
+        return Message(
+            self.topics.ndeath, encode_ndeath(bd_seq=bd, bd_seq_datatype=self.bd_datatype), 1, False
+        )
+
+    def on_session_up(self) -> None:
+        self.bd = self._next_bd
+        self._birthed = {}
+        subs = [(self.topics.ncmd, 1), (self.topics.dcmd_filter, 1)]
+        if self.config.primary_host is not None:
+            subs.append((state_topic(self.config.primary_host), 1))
+            self._host_online = False
+            log.info("sparkplug_waiting_for_primary_host", host=self.config.primary_host)
+        self.session.subscribe(subs)
+        if self.config.primary_host is None:
+            self._births(fresh=True)
+
+    def on_session_down(self) -> None:
+        self._birthed = {}
+        self._host_online = False
+
+    def live_payload(self, rec: Record) -> bytes:
+        return with_seq(rec.payload, self.seq.next())
+
+    def historical(self, m: Stored) -> tuple[bytes, int, bool] | None:
+        model = self.models.get(m.stream)
+        known = model.table.by_alias if model is not None else {}
+        try:
+            payload, dropped = to_historical(m.payload, seq=self.seq.upcoming, known_aliases=known)
+        except DecodeError as exc:
+            log.warning("sparkplug_stored_payload_unreadable", id=m.id, error=str(exc))
+            return None
+        if dropped:
+            self.historical_metrics_dropped += dropped
+            if metric_count(payload) == 0:
+                return None
+        self.seq.next()
+        return payload, self.historical_qos, False
+
+    def fell_behind(self) -> None:
+        """A message could not be published: its seq is lost, so a rebirth resets the
+        sequence; what was refused is replayed after the births."""
+        self._births(fresh=False)
+
+    def farewell(self) -> Message | None:
+        if self.bd is None:
+            return None
+        return Message(
+            self.topics.ndeath,
+            encode_ndeath(bd_seq=self.bd, timestamp=now_ms(), bd_seq_datatype=self.bd_datatype),
+            1,
+            False,
+        )
+
+    async def close(self) -> None:
+        """NDEATH before DISCONNECT; MQTT 5 asks the broker to send the Will instead."""
+        self.live = False
+        if self.session.backbone.protocol == "5":
+            await self.session.close(None, will=True)
+        else:
+            await self.session.close(self.farewell())
+
+    # -- incoming ------------------------------------------------------------------------------
+
+    def message(self, topic: str, payload: bytes) -> None:
+        try:
+            parsed = parse_topic(topic)
+        except TopicError as exc:
+            log.warning("sparkplug_topic_ignored", topic=topic, error=str(exc))
+            return
+        if isinstance(parsed, ParsedStateTopic):
+            self._host_state(parsed.host_id, payload)
+            return
+        if parsed.group_id != self.topics.group_id or parsed.edge_node_id != self.topics.edge_node_id:
+            return
+        if parsed.message_type == MessageType.NCMD:
+            if self.router.node_command(payload):
+                if self.live:
+                    self.rebirths += 1
+                    log.info("sparkplug_rebirth_requested", bd_seq=self.bd)
+                    self._rebirth()
+                self._node_values["Commands/Refused"] = self.router.refused_total
+        elif parsed.message_type == MessageType.DCMD and parsed.device_id is not None:
+            birthed = self.live and self._birthed.get(parsed.device_id, False)
+            writes = self.router.device_command(parsed.device_id, payload, birthed=birthed)
+            self._node_values["Commands/Refused"] = self.router.refused_total
+            if writes:
+                self._actions.put_nowait(writes)
+        self._maybe_ndata()
+
+    def _host_state(self, host_id: str, payload: bytes) -> None:
+        if host_id != self.config.primary_host:
+            return
+        try:
+            state = decode_state(payload)
+        except DecodeError as exc:
+            log.warning("sparkplug_state_invalid", host=host_id, error=str(exc))
+            return
+        last = self._host_ts
+        if last is not None and state.timestamp < last:
+            log.info("sparkplug_state_stale", host=host_id, online=state.online, timestamp=state.timestamp)
+            return
+        self._host_ts = state.timestamp
+        if state.online:
+            if not self._host_online:
+                self._host_online = True
+                log.info("sparkplug_primary_host_online", host=host_id)
+                self._births(fresh=True)
+        elif last is None or state.timestamp > last or self._host_online:
+            # a newer offline: stop, say NDEATH, connect again and wait for online
+            was = self._host_online
+            self._host_online = False
+            self.pause()
+            log.warning("sparkplug_primary_host_offline", host=host_id, was_online=was)
+            if was or last is not None:
+                self._actions.put_nowait("restart")
+
+    # -- node metrics ------------------------------------------------------------------------------
+
+    def update_outbox(self, stats: OutboxStats) -> None:
+        v = self._node_values
+        v["Outbox/Messages"], v["Outbox/Bytes"], v["Outbox/Dropped"] = (
+            stats.messages,
+            stats.bytes,
+            stats.dropped_total,
+        )
+        v["Commands/Refused"] = self.router.refused_total
+        self._maybe_ndata()
+
+    def _maybe_ndata(self) -> None:
+        """NDATA with the node metrics that changed since the last BIRTH or NDATA."""
+        if not self.live:
+            return
+        ts = now_ms()
+        changed = [
+            Metric(alias=d.alias, datatype=d.datatype, value=self._node_values[d.name], timestamp=ts)
+            for d in self.node_table
+            if self._node_sent.get(d.name) != self._node_values[d.name]
+        ]
+        if not changed:
+            return
+        self._publish(self.topics.ndata, encode_data(timestamp=ts, metrics=changed, seq=self.seq.next()))
+        for m in changed:
+            d = self.node_table.by_alias[m.alias] if m.alias is not None else None
+            if d is not None and isinstance(m.value, int):
+                self._node_sent[d.name] = m.value
+
+    # -- the node's tasks ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(super().run(), name="replay:sparkplug")
+            tg.create_task(self._act(), name="sparkplug-actions")
+
+    async def _act(self) -> None:
+        """What the MQTT callbacks cannot do synchronously: reconnect, write to devices."""
+        while True:
+            action = await self._actions.get()
+            if action == "restart":
+                await self.session.restart(self.farewell())
+            elif isinstance(action, list):
+                await self._write(action)
+
+    async def _write(self, writes: list[PointWrite]) -> None:
+        """Accepted DCMD writes (`device_writes: allow`), through the device's driver."""
+        for w in writes:
+            view = self._views.get(w.device_id)
+            write = getattr(view, "write", None)
+            if write is None:
+                continue
+            try:
+                async with asyncio.timeout(5):
+                    await write(w.point_id, w.value)
+                log.info("command_written", device=w.device_id, point=w.point_id, value=w.value)
+            except (TimeoutError, ValueError, OSError, RuntimeError) as exc:
+                log.warning("command_write_failed", device=w.device_id, point=w.point_id, error=repr(exc))
+
+    @property
+    def birthed(self) -> Mapping[str, bool]:
+        return dict(self._birthed)

@@ -1,0 +1,70 @@
+"""The UNS JSON session: status with a last will, the outbox's figures and drop events,
+and how stored UNS messages are replayed (marked `"historical": true`, never retained,
+so an old `state` can never replace a newer retained one)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from cellctl.config.cell import Backbone
+from cellctl.outbox import OutboxStats, OutboxWriter, Stored, uns_historical
+from cellctl.publish.delivery import Delivery
+from cellctl.publish.mqtt import Message
+
+
+class UnsDelivery(Delivery):
+    fmt = "uns"
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        client_id: str,
+        writer: OutboxWriter,
+        replay_rate: int,
+        root: str,
+        on_live: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__(backbone, client_id=client_id, writer=writer, replay_rate=replay_rate)
+        self.root = root
+        self.status_topic = f"{root}/status"
+        self.outbox_topic = f"{root}/outbox"
+        self.events_topic = f"{root}/events"
+        self.on_live = on_live  # the cell republishes every retained state (after going live)
+
+    def will(self) -> Message:
+        return Message(
+            self.status_topic, orjson.dumps({"status": "offline", "reason": "connection_lost"}), 1, True
+        )
+
+    def farewell(self) -> Message:
+        return Message(self.status_topic, orjson.dumps({"status": "offline", "reason": "shutdown"}), 1, True)
+
+    def on_session_up(self) -> None:
+        self.session.publish(self.status_topic, orjson.dumps({"status": "online"}), 1, True)
+        self.go_live(fresh=True)
+        if self.on_live is not None:
+            self.on_live()  # records put now are after the cut: they go out live
+
+    def historical(self, m: Stored) -> tuple[bytes, int, bool]:
+        return uns_historical(m.payload), m.qos, False
+
+    # -- cell-level messages, sent directly (current figures; the next ones supersede them) --
+
+    def publish_outbox(self, stats: OutboxStats, ts_ms: int) -> bool:
+        body = {
+            "ts": ts_ms,
+            "messages": stats.messages,
+            "bytes": stats.bytes,
+            "max_bytes": stats.max_bytes,
+            "oldest_ts": stats.oldest_created_ms,
+            "dropped_total": stats.dropped_total,
+            "dropped": stats.dropped_by_reason,
+        }
+        return self.session.publish(self.outbox_topic, orjson.dumps(body), 1, True) is not None
+
+    def publish_event(self, event: dict[str, Any]) -> bool:
+        return self.session.publish(self.events_topic, orjson.dumps(event), 1, False) is not None
