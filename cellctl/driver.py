@@ -64,6 +64,9 @@ class Reading:
     # Per-value source timestamps (epoch seconds), aligned with `values`, when the
     # protocol carries one per value (OPC UA). Overrides `source_ts`.
     source_ts_each: list[float | None] | None = field(default=None)
+    # Points whose value is usable but not trustworthy (point index -> reason, e.g. the
+    # OPC UA status name UncertainLastUsableValue): the value is taken, quality=uncertain.
+    uncertain: dict[int, str] | None = field(default=None)
 
 
 @runtime_checkable

@@ -131,3 +131,12 @@ def test_fast_path_reports_exactly_what_the_general_path_reports(
         )
         assert fast.value == general.value
         assert fast.quality == general.quality
+
+
+def test_uncertain_value_is_taken_with_its_reason() -> None:
+    t = PointTable([point()])
+    changed, quality = t.apply(Reading([3.5], uncertain={0: "UncertainLastUsableValue"}))
+    assert changed == {"p": 3.5}
+    assert quality == {"p": {"q": UNCERTAIN, "reason": "UncertainLastUsableValue"}}
+    changed, quality = t.apply(Reading([3.5]))
+    assert quality == {"p": {"q": GOOD}}

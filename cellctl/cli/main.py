@@ -174,7 +174,7 @@ class _SimGroup(click.Group):
     """Simulators live in the optional cellctl-sim distribution; import them only when
     asked, so `cellctl run` never pays for them."""
 
-    SIMS = {"modbus": "cellctl_sim.modbus.cli:modbus"}
+    SIMS = {"modbus": "cellctl_sim.modbus.cli:modbus", "opcua": "cellctl_sim.opcua.cli:opcua"}
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.SIMS)
@@ -216,6 +216,55 @@ def demo(ctx: click.Context, broker: str, duration: float | None, no_table: bool
     run_demo(
         broker=broker, duration=duration, table=not no_table, log_level=ctx.obj.get("log_level") or "warning"
     )
+
+
+class _LazyCommand(click.Command):
+    """A command that lives in a driver distribution: imported only when it runs (or
+    when its help is shown), so `cellctl run` never pays for asyncua or pyserial."""
+
+    def __init__(self, name: str, target: str, needs: str, help_text: str) -> None:
+        super().__init__(
+            name,
+            help=help_text,
+            context_settings={
+                "ignore_unknown_options": True,
+                "allow_extra_args": True,
+                "help_option_names": [],
+            },
+        )
+        self.target = target
+        self.needs = needs
+
+    def _load(self) -> click.Command:
+        import importlib
+
+        module, _, attr = self.target.partition(":")
+        try:
+            command: click.Command = getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            raise click.ClickException(f"'{self.name}' needs the {self.needs} package: {exc}") from None
+        return command
+
+    def invoke(self, ctx: click.Context) -> Any:
+        real = self._load()
+        return real.main(args=ctx.args, prog_name=ctx.command_path, standalone_mode=False, obj=ctx.obj)
+
+
+for _name, _target, _needs, _help in (
+    (
+        "browse",
+        "cellctl_opcua.cli:browse",
+        "cellctl-opcua (drivers/opcua)",
+        "Browse an OPC UA server's address space.",
+    ),
+    (
+        "cert",
+        "cellctl_opcua.cli:cert",
+        "cellctl-opcua (drivers/opcua)",
+        "Manage the OPC UA client certificate and trust store.",
+    ),
+):
+    cli.add_command(_LazyCommand(_name, _target, _needs, _help))
 
 
 def main() -> None:

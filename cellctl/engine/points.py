@@ -102,6 +102,7 @@ class PointTable:
             and reading.errors is None
             and reading.indexes is None
             and reading.source_ts_each is None
+            and reading.uncertain is None
             and len(reading.values) == len(self.ids)
         ):
             return self._apply_simple(reading), {}
@@ -132,6 +133,7 @@ class PointTable:
         indexes = reading.indexes if reading.indexes is not None else range(len(values))
         each_ts = reading.source_ts_each
         ts = reading.source_ts
+        uncertain = reading.uncertain
         ids, quality, reason, last, mode = self.ids, self.quality, self.reason, self.last, self.mode
         current, src_ts, is_float, has_limits = self.value, self.src_ts, self.is_float, self.has_limits
         db_kind, db_value = self.db_kind, self.db_value
@@ -152,6 +154,8 @@ class PointTable:
             why: str | None = None
             if is_float[i] and not math.isfinite(v):
                 q, why = BAD, f"not a finite number ({v})"
+            elif uncertain is not None and i in uncertain:
+                q, why = UNCERTAIN, uncertain[i]
             elif has_limits[i]:
                 if v < self.low[i]:
                     q, why = UNCERTAIN, f"below min {self.low[i]}"
