@@ -43,19 +43,22 @@ async def test_mqtt5_session_publishes(broker: Mosquitto, sim_port: int, unique:
         collector.close()
 
 
+def config_with_password(tmp_path: Path, broker_port: int, sim_port: int, cell: str, password: str) -> Path:
+    """A cell config whose backbone logs in as cell-3 with `password` from a file."""
+    secret = tmp_path / "mqtt-password"
+    secret.write_text(f"{password}\n")
+    config = write_config(tmp_path, broker_port, [modbus_device("m", "sim-energy-meter", sim_port, 1)], cell=cell)
+    text = config.read_text().replace(
+        "reconnect_max: 1", f"reconnect_max: 1\n  username: cell-3\n  password_file: {secret}"
+    )
+    config.write_text(text)
+    return config
+
+
 async def test_username_and_password_file(
     auth_broker: Mosquitto, sim_port: int, unique: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    secret = tmp_path / "mqtt-password"
-    secret.write_text("s3cret-pa55\n")
-    config = write_config(
-        tmp_path, auth_broker.port, [modbus_device("m", "sim-energy-meter", sim_port, 1)], cell=unique
-    )
-    config.write_text(
-        config.read_text().replace(
-            "reconnect_max: 1", f"reconnect_max: 1\n  username: cell-3\n  password_file: {secret}"
-        )
-    )
+    config = config_with_password(tmp_path, auth_broker.port, sim_port, unique, "s3cret-pa55")
     async with running_daemon(config) as daemon:
         assert await asyncio.to_thread(daemon.session.connected.wait, 10)
     captured = capsys.readouterr()
@@ -65,16 +68,7 @@ async def test_username_and_password_file(
 async def test_wrong_password_is_refused_and_logged(
     auth_broker: Mosquitto, sim_port: int, unique: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    secret = tmp_path / "mqtt-password"
-    secret.write_text("wrong-password\n")
-    config = write_config(
-        tmp_path, auth_broker.port, [modbus_device("m", "sim-energy-meter", sim_port, 1)], cell=unique
-    )
-    config.write_text(
-        config.read_text().replace(
-            "reconnect_max: 1", f"reconnect_max: 1\n  username: cell-3\n  password_file: {secret}"
-        )
-    )
+    config = config_with_password(tmp_path, auth_broker.port, sim_port, unique, "wrong-password")
     async with running_daemon(config) as daemon:
         for _ in range(500):
             captured = capsys.readouterr()
