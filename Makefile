@@ -8,13 +8,13 @@ SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup broker demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml drivers/modbus/pyproject.toml drivers/opcua/pyproject.toml sim_devices/pyproject.toml
+$(VENV)/.installed: pyproject.toml drivers/modbus/pyproject.toml drivers/opcua/pyproject.toml drivers/gcode/pyproject.toml sim_devices/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cellctl needs Python 3.11 or newer")'
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 && $(PYTHON) -c 'import ensurepip' 2>/dev/null || \
 	  { $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]" -e drivers/modbus -e drivers/opcua -e sim_devices
+	$(PY) -m pip install -q -e ".[dev]" -e drivers/modbus -e drivers/opcua -e drivers/gcode -e sim_devices
 	@touch $@
 
 setup: $(VENV)/.installed

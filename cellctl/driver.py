@@ -97,6 +97,25 @@ class Writer(Protocol):
 
 
 @runtime_checkable
+class JobControl(Protocol):
+    """A device that runs jobs (G-code programs): the command router's way to start,
+    pause, resume and cancel them. Progress is published through the profile's
+    `program` points; these calls return once the machine has been told."""
+
+    async def job_start(self, name: str, content: bytes) -> None:
+        """Start `content` as job `name`. ValueError if the job itself is refused (a line
+        too long for the firmware ...), RuntimeError if another job runs or the machine
+        is not ready. Nothing is sent in either case."""
+        ...
+
+    async def job_pause(self) -> None: ...
+
+    async def job_resume(self) -> None: ...
+
+    async def job_cancel(self) -> None: ...
+
+
+@runtime_checkable
 class Browser(Protocol):
     """A device whose address space can be listed for commissioning."""
 

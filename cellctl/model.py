@@ -53,6 +53,20 @@ class Alarm:
         return {"code": self.code, "text": self.text, "severity": self.severity}
 
 
+@dataclass(frozen=True, slots=True)
+class Program:
+    """The job a machine runs (MTConnect program / OPC 40001 job): name, position in it,
+    progress 0..1 and the estimated seconds left; any may be unknown."""
+
+    name: str | None = None
+    line: int | None = None
+    progress: float | None = None
+    eta: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"name": self.name, "line": self.line, "progress": self.progress, "eta": self.eta}
+
+
 @dataclass(slots=True)
 class MachineState:
     """Per-device machine state; `raw_state` keeps the vendor's own value beside it."""
@@ -63,9 +77,10 @@ class MachineState:
     raw_state: str | None = None
     alarms: list[Alarm] = field(default_factory=list)
     counters: dict[str, int | float] = field(default_factory=dict)
+    program: Program | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "item_state": self.item_state.value,
             "operation_mode": self.operation_mode.value,
             "execution": self.execution.value,
@@ -73,3 +88,6 @@ class MachineState:
             "alarms": [a.as_dict() for a in self.alarms],
             "counters": dict(self.counters),
         }
+        if self.program is not None:
+            out["program"] = self.program.as_dict()
+        return out

@@ -174,7 +174,12 @@ class _SimGroup(click.Group):
     """Simulators live in the optional cellctl-sim distribution; import them only when
     asked, so `cellctl run` never pays for them."""
 
-    SIMS = {"modbus": "cellctl_sim.modbus.cli:modbus", "opcua": "cellctl_sim.opcua.cli:opcua"}
+    SIMS = {
+        "modbus": "cellctl_sim.modbus.cli:modbus",
+        "opcua": "cellctl_sim.opcua.cli:opcua",
+        "grbl": "cellctl_sim.grbl.cli:grbl",
+        "marlin": "cellctl_sim.marlin.cli:marlin",
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(self.SIMS)
@@ -262,6 +267,18 @@ for _name, _target, _needs, _help in (
         "cellctl_opcua.cli:cert",
         "cellctl-opcua (drivers/opcua)",
         "Manage the OPC UA client certificate and trust store.",
+    ),
+    (
+        "ports",
+        "cellctl_gcode.cli:ports",
+        "cellctl-gcode (drivers/gcode)",
+        "List serial ports (for G-code and Modbus RTU machines).",
+    ),
+    (
+        "gcode",
+        "cellctl_gcode.cli:gcode",
+        "cellctl-gcode (drivers/gcode)",
+        "Send a job to, or talk to, a GRBL or Marlin machine on a serial port.",
     ),
 ):
     cli.add_command(_LazyCommand(_name, _target, _needs, _help))

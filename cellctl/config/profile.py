@@ -98,6 +98,22 @@ class AlarmDef(_Frozen):
     severity: Literal["info", "warning", "error", "fatal"] = "error"
 
 
+class ProgramMap(_Frozen):
+    """Points that describe the running job, published as the machine's `program`.
+
+    `state` names a point whose value says how the job stands: its `completed` values
+    make the execution program_completed (its `stopped` values program_stopped) while the
+    machine is not executing, as the machine-state vocabulary asks at the end of a job."""
+
+    name: str | None = None
+    line: str | None = None
+    progress: str | None = None
+    eta: str | None = None
+    state: str | None = None
+    completed: list[str] = ["completed"]
+    stopped: list[str] = ["failed", "cancelled"]
+
+
 class Counters(_Frozen):
     good: str | None = None
     bad: str | None = None
@@ -115,6 +131,7 @@ class Profile(_Frozen):
     state: StateMap | None = None
     counters: Counters | None = None
     alarms: list[AlarmDef] = []
+    program: ProgramMap | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Profile:
@@ -133,6 +150,12 @@ class Profile(_Frozen):
                 if v
             ]
         refs += [(f"alarms[{i}].point", a.point) for i, a in enumerate(self.alarms)]
+        if self.program:
+            refs += [
+                (f"program.{k}", ref)
+                for k in ("name", "line", "progress", "eta", "state")
+                if (ref := getattr(self.program, k))
+            ]
         for where, ref in refs:
             if ref not in ids:
                 raise ValueError(f"{where} names point {ref!r}, which the profile does not define")

@@ -7,7 +7,7 @@ from typing import Any
 
 from cellctl.config.profile import AlarmDef, MachineStateValue, Profile
 from cellctl.engine.points import GOOD, PointTable
-from cellctl.model import Alarm, Execution, ItemState, MachineState, OperationMode
+from cellctl.model import Alarm, Execution, ItemState, MachineState, OperationMode, Program
 
 _DEFAULT_EXECUTION = {
     ItemState.NOT_AVAILABLE: Execution.UNAVAILABLE,
@@ -44,12 +44,19 @@ class MachineMapper:
         self.alarms: list[tuple[int, AlarmDef]] = [
             (table.index_of(a.point), a) for a in profile.alarms if a.point in ids
         ]
+        self.program_index: dict[str, int] = {}
+        if profile.program:
+            for name in ("name", "line", "progress", "eta", "state"):
+                ref = getattr(profile.program, name)
+                if ref and ref in ids:
+                    self.program_index[name] = table.index_of(ref)
         self.watched = frozenset(
             table.ids[i]
             for i in [
                 *([self.state_index] if self.state_index is not None else []),
                 *self.counter_index.values(),
                 *(i for i, _ in self.alarms),
+                *self.program_index.values(),
             ]
         )
 
@@ -91,4 +98,28 @@ class MachineMapper:
                 code = _raw_key(value)
                 text = alarm.texts.get(code, alarm.text or f"{alarm.point} {code}")
             state.alarms.append(Alarm(code, text, alarm.severity))
+        if self.program_index:
+            self._program(state)
         return state
+
+    def _program(self, state: MachineState) -> None:
+        table, prog = self.table, self.profile.program
+        if prog is None:
+            return
+        got: dict[str, Any] = {
+            name: table.value[i]
+            for name, i in self.program_index.items()
+            if table.quality[i] == GOOD and table.value[i] is not None
+        }
+        state.program = Program(
+            name=str(got["name"]) if got.get("name") else None,
+            line=int(got["line"]) if "line" in got else None,
+            progress=float(got["progress"]) if "progress" in got else None,
+            eta=float(got["eta"]) if "eta" in got else None,
+        )
+        job_state = _raw_key(got["state"]) if "state" in got else None
+        if job_state is not None and state.item_state == ItemState.NOT_EXECUTING:
+            if job_state in prog.completed:
+                state.execution = Execution.PROGRAM_COMPLETED
+            elif job_state in prog.stopped and state.execution == Execution.READY:
+                state.execution = Execution.PROGRAM_STOPPED

@@ -6,7 +6,10 @@ from __future__ import annotations
 import click
 
 from cellctl_sim import __version__
+from cellctl_sim.grbl.cli import grbl
+from cellctl_sim.marlin.cli import marlin
 from cellctl_sim.modbus.cli import modbus
+from cellctl_sim.opcua.cli import opcua
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +19,9 @@ def sim() -> None:
 
 
 sim.add_command(modbus)
+sim.add_command(opcua)
+sim.add_command(grbl)
+sim.add_command(marlin)
 
 
 def main() -> None:
