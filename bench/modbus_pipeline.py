@@ -700,6 +700,7 @@ def write_cell_config(r: Rig) -> Path:
     ]
     config = {
         "identity": IDENTITY,
+        "state_dir": str(r.workdir / "state"),  # the outbox: per run, never /var/lib/cellctl
         "backbone": {"host": HOST, "port": r.broker.port, "qos": s.qos},
         "publish": {"prefix": PREFIX, "mode": s.mode},
         "devices": devices,

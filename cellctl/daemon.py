@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,7 +118,7 @@ class Daemon:
         self.fanout = FanOut()
         self.cell = Cell(self.compiled, self.fanout)
         self.reporter: OutboxReporter | None = None
-        self.writer = OutboxWriter(self.outbox, on_drop=self._on_drop)
+        self.writer = OutboxWriter(self.outbox, on_drop=self._on_drop, gather_s=float(os.environ.get("CELLCTL_GATHER", "0")))
         client_id = cfg.backbone.client_id or default_client_id(self.compiled)
         replay_rate = cfg.outbox.replay_rate
         self.uns: UnsDelivery | None = None

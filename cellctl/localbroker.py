@@ -79,9 +79,10 @@ class Mosquitto:
                     capture_output=True,
                 )
             lines.append(f"password_file {passwords}")
-            if os.geteuid() == 0:
-                # mosquitto drops root for user 'mosquitto', who cannot read our private temp dir
-                lines.append("user root")
+        if (users or persistence) and os.geteuid() == 0:
+            # mosquitto drops root for user 'mosquitto', who can neither read nor write
+            # (persistence) our private temp dir
+            lines.append("user root")
         self.config_path = self.dir / "mosquitto.conf"
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         self.proc: subprocess.Popen[bytes] | None = None

@@ -128,7 +128,7 @@ class Backbone(_Frozen):
     # Messages paho may hold in memory on a live connection (in flight or waiting for
     # the in-flight window). The durable outbox is the queue: past this, live publishing
     # falls back to paced replay from the outbox; nothing is lost.
-    max_queued_messages: Annotated[int, Field(ge=100)] = 1000
+    max_queued_messages: Annotated[int, Field(ge=100)] = 10_000
 
     @model_validator(mode="after")
     def _auth(self) -> Backbone:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import structlog
 
 from cellctl.config.loader import CompiledDevice
-from cellctl.driver import DeviceUnavailable, Poller, Reading, Subscriber
+from cellctl.driver import DeviceUnavailable, Poller, Reading, Subscriber, Writer
 from cellctl.engine.backoff import Backoff
 from cellctl.engine.machine import MachineMapper
 from cellctl.engine.points import PointTable
@@ -72,6 +72,7 @@ class DeviceRunner:
         self.state_dirty = True
         self.machine_stale = True  # recompute the machine state at the next reading
         self.state_published_at = 0.0  # monotonic
+        self.conn: object | None = None  # the driver's open connection, while there is one
         self.backoff = Backoff(min(backoff_min, backoff_max), backoff_max)
         self.log = log.bind(device=self.id)
         cfg = device.config
@@ -94,13 +95,17 @@ class DeviceRunner:
                             )
                     except TimeoutError:
                         raise DeviceUnavailable(f"connect timed out after {self.connect_guard:g} s") from None
-                    if isinstance(conn, Poller):
-                        await self._poll_loop(conn)
-                    elif isinstance(conn, Subscriber):
-                        await conn.subscribe(self.on_reading)
-                        raise DeviceUnavailable("subscription ended")
-                    else:
-                        raise DeviceUnavailable("driver connection is neither a Poller nor a Subscriber")
+                    self.conn = conn
+                    try:
+                        if isinstance(conn, Poller):
+                            await self._poll_loop(conn)
+                        elif isinstance(conn, Subscriber):
+                            await conn.subscribe(self.on_reading)
+                            raise DeviceUnavailable("subscription ended")
+                        else:
+                            raise DeviceUnavailable("driver connection is neither a Poller nor a Subscriber")
+                    finally:
+                        self.conn = None
             except DeviceUnavailable as exc:
                 self._on_failure(exc.reason)
             except Exception as exc:  # the error boundary: a driver bug must not kill the daemon
@@ -125,6 +130,25 @@ class DeviceRunner:
             if next_at < now:  # overran: skip the missed slots instead of bursting
                 self.overruns += 1
                 next_at = now
+
+    async def write(self, point_id: str, value: Any) -> None:
+        """Write one point in engineering units (the command path has validated it):
+        undo the profile's scale and offset, then the driver's Writer. ValueError when
+        the device is not connected or its driver cannot write."""
+        conn = self.conn
+        if conn is None:
+            raise ValueError(f"device {self.id!r} is not connected")
+        writer = conn if isinstance(conn, Writer) else None
+        if writer is None:
+            raise ValueError(f"driver {self.device.config.driver!r} of device {self.id!r} cannot write")
+        i = self.table.index_of(point_id)
+        p = self.device.points[i]
+        raw = value
+        if p.type in ("int", "float") and (p.scale is not None or p.offset is not None):
+            raw = (value - (p.offset or 0.0)) / (p.scale or 1.0)
+            if p.type == "int":
+                raw = round(raw)
+        await writer.write(self.device.context.points[i].index, raw)
 
     # -- state transitions ------------------------------------------------------------
 

@@ -291,19 +291,20 @@ class Outbox:
         with self._transaction() as db:
             first = last = 0
             if records:
+                rows = [
+                    (r.stream, r.topic, r.payload, r.qos, int(r.retain), r.fmt, now_ms, _size(r))
+                    for r in records
+                ]
                 db.executemany(
                     "INSERT INTO messages (stream, topic, payload, qos, retain, fmt, created_ms, size)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (r.stream, r.topic, r.payload, r.qos, int(r.retain), r.fmt, now_ms, _size(r))
-                        for r in records
-                    ],
+                    rows,
                 )
                 last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()[0]
                 first = last - len(records) + 1
                 self._count += len(records)
-                self._bytes += sum(_size(r) for r in records)
-            acked = self._delete(db, acks) if acks else (0, 0, None)
+                self._bytes += sum(row[7] for row in rows)
+            acked = self._delete(db, acks) if acks else (0, 0)
             drops.extend(self._enforce(db, now_ms))
             self.appended_total += len(records)
             self.acked_total += acked[0]
@@ -317,21 +318,19 @@ class Outbox:
             ids=range(first, last + 1) if records else range(0), acked=acked[0], drops=tuple(drops)
         )
 
-    def _delete(self, db: sqlite3.Connection, ids: Sequence[int]) -> tuple[int, int, Counter[str] | None]:
-        """Delete by id; returns (rows, bytes, rows per stream)."""
+    def _delete(self, db: sqlite3.Connection, ids: Sequence[int]) -> tuple[int, int]:
+        """Delete acknowledged messages by id; returns (rows, bytes)."""
         n = size = 0
-        per: Counter[str] = Counter()
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
-            for stream, s in db.execute(
-                f"DELETE FROM messages WHERE id IN ({marks}) RETURNING stream, size", tuple(chunk)
-            ):
-                n += 1
-                size += s
-                per[stream] += 1
+            sizes = db.execute(
+                f"DELETE FROM messages WHERE id IN ({marks}) RETURNING size", tuple(chunk)
+            ).fetchall()
+            n += len(sizes)
+            size += sum(r[0] for r in sizes)
         self._count -= n
         self._bytes -= size
-        return n, size, per
+        return n, size
 
     def _enforce(self, db: sqlite3.Connection, now_ms: int) -> list[DropEvent]:
         drops: list[DropEvent] = []

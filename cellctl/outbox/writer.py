@@ -8,8 +8,11 @@ the next batch gathers, so the batch size follows the load by itself: one record
 transaction when idle (lowest latency), thousands when busy (highest throughput). There
 is no timer in the path.
 
-Acks arrive on paho's network thread (`on_publish`); `ack()` only queues the ids, and
-they are deleted in the next cycle's transaction together with new appends.
+Acks arrive from the publisher (`on_publish`); `ack()` only queues the ids, and they are
+deleted in the next cycle's transaction together with new appends. Acks alone start a
+cycle only after `ack_delay_s` (50 ms): under load they ride along with the records'
+commits instead of doubling the transactions, and a crash can resend at most what was
+acknowledged in that last moment (at-least-once allows it).
 
 `after_put(fn)` runs `fn` once every record put before it has been handed to
 `on_stored`: the publisher uses it to place session events (Sparkplug births and
@@ -56,6 +59,8 @@ class OutboxWriter:
         max_batch: int = 1000,
         max_backlog: int = 200_000,
         idle_interval_s: float = 1.0,
+        ack_delay_s: float = 0.05,
+        gather_s: float = 0.0,
     ) -> None:
         self.outbox = outbox
         self.on_stored = on_stored
@@ -63,6 +68,8 @@ class OutboxWriter:
         self.max_batch = max_batch
         self.max_backlog = max_backlog
         self.idle_interval_s = idle_interval_s
+        self.ack_delay_s = ack_delay_s
+        self.gather_s = gather_s
         self.committed_total = 0
         self.cycles = 0
         self.backlog_dropped = 0
@@ -108,13 +115,20 @@ class OutboxWriter:
     # -- called from any thread ---------------------------------------------------------------
 
     def ack(self, ids: Iterable[int]) -> None:
-        """Queue acknowledged ids (paho's thread); deleted in the next cycle."""
+        """Queue acknowledged ids (any thread); deleted in the next cycle, which they
+        start themselves after `ack_delay_s` if no record starts one before."""
         self._acks.extend(ids)
         loop = self._loop
         if loop is not None and not self._ack_wake_pending.is_set():
             self._ack_wake_pending.set()
             with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
-                loop.call_soon_threadsafe(self._wake.set)
+                loop.call_soon_threadsafe(self._wake_for_acks)
+
+    def _wake_for_acks(self) -> None:
+        if self.ack_delay_s <= 0:
+            self._wake.set()
+        else:
+            asyncio.get_running_loop().call_later(self.ack_delay_s, self._wake.set)
 
     # -- the task ---------------------------------------------------------------------------------
 
@@ -128,6 +142,8 @@ class OutboxWriter:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self.idle_interval_s):
                         await self._wake.wait()
+                if self.gather_s > 0 and len(self._backlog) < self.max_batch:
+                    await asyncio.sleep(self.gather_s)  # let a burst of scans share one commit
                 self._wake.clear()
                 failure: OutboxError | None = None
                 try:
@@ -150,7 +166,7 @@ class OutboxWriter:
                         "outbox_commit_recovered", failed_for_s=round(time.monotonic() - failing_since, 1)
                     )
                     failing_since, delay = None, _RETRY_MIN_S
-                if self._backlog or self._acks:
+                if self._backlog:
                     self._wake.set()
         finally:
             try:

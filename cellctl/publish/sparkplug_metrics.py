@@ -3,7 +3,7 @@ current value) and its DATA (only what changed, by alias), from the engine's out
 
 Metric names: each point by its id; the normalised machine state as `Machine/...`
 (`item_state`, `operation_mode`, `execution`, `raw_state`, `alarms` as a JSON string,
-`counters/good|bad`). Aliases come from the node's `AliasBook`, so they keep their
+`counters/good|bad`, and `program/name|line|progress|eta` when the profile maps a job). Aliases come from the node's `AliasBook`, so they keep their
 meaning across restarts (stored DATA refers to metrics by alias).
 """
 
@@ -34,6 +34,12 @@ from cellctl.sparkplug.state import AliasBook
 MACHINE_PREFIX: Final = "Machine/"
 MACHINE_STRINGS: Final = ("item_state", "operation_mode", "execution", "raw_state")
 ALARMS: Final = "alarms"
+PROGRAM_FIELDS: Final[Mapping[str, DataType]] = {
+    "name": DataType.String,
+    "line": DataType.Int64,
+    "progress": DataType.Double,
+    "eta": DataType.Double,
+}
 
 
 class DeviceView(Protocol):
@@ -68,6 +74,8 @@ def device_model(dev: CompiledDevice, aliases: AliasBook) -> DeviceModel:
             ref = getattr(counters, name)
             if ref and ref in enabled:
                 machine_fields.append((f"counters/{name}", POINT_DATATYPES[enabled[ref].type]))
+    if dev.profile.program is not None:
+        machine_fields += [(f"program/{f}", dt) for f, dt in PROGRAM_FIELDS.items()]
     named += [(MACHINE_PREFIX + f, dt) for f, dt in machine_fields]
     table = aliases.table(dev.config.id, named)
     points = tuple(table.by_name[p.id] for p in dev.points)
@@ -87,6 +95,10 @@ def _machine_values(machine: Mapping[str, Any]) -> dict[str, Any]:
     out[ALARMS] = orjson.dumps(machine.get("alarms") or []).decode()
     for name, value in (machine.get("counters") or {}).items():
         out[f"counters/{name}"] = value
+    program = machine.get("program")
+    if isinstance(program, Mapping):
+        for name in PROGRAM_FIELDS:
+            out[f"program/{name}"] = program.get(name)
     return out
 
 

@@ -1,0 +1,159 @@
+"""NCMD/DCMD through the one command path, against a real broker and a simulated PLC:
+by default every device write is refused, each refusal logged and counted (and
+published as `Commands/Refused`); with `device_writes: allow` a valid write reaches the
+machine through the driver, in device units; nothing invalid ever does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cellctl_sim.modbus.server import SimModbusServer
+
+from cellctl.localbroker import Mosquitto
+from cellctl.sparkplug import sparkplug_b_pb2 as pb
+from tests.support.cell import modbus_device, running_daemon, write_config
+from tests.support.sparkplug import BOOLEAN, Capture, SpMessage, metric_value
+
+pytestmark = pytest.mark.timeout(60)
+UINT64, DOUBLE, STRING = 8, 10, 12
+
+
+@pytest.fixture
+async def plc() -> AsyncIterator[tuple[SimModbusServer, int]]:
+    async with SimModbusServer({2: "machine-plc"}, tick=0.1, seed=3, auto_tick=False) as sim:
+        yield sim, await sim.serve_tcp()
+
+
+def command(*metrics: tuple[int | None, str | None, int, object]) -> bytes:
+    """A DCMD/NCMD as a host builds it: (alias, name, datatype, value) per metric."""
+    p = pb.Payload()
+    p.timestamp = int(time.time() * 1000)
+    for alias, name, datatype, value in metrics:
+        m = p.metrics.add()
+        if alias is not None:
+            m.alias = alias
+        if name is not None:
+            m.name = name
+        if datatype == DOUBLE:
+            assert isinstance(value, float)
+            m.double_value = value
+        elif datatype == BOOLEAN:
+            assert isinstance(value, bool)
+            m.boolean_value = value
+        elif datatype == STRING:
+            assert isinstance(value, str)
+            m.string_value = value
+        elif datatype == UINT64:
+            assert isinstance(value, int)
+            m.long_value = value
+    return p.SerializeToString()
+
+
+def aliases(msgs: list[SpMessage], kind: str, device: str | None = None) -> dict[str, int]:
+    births = [m for m in msgs if m.kind == kind and m.device == device]
+    return {x.name: x.alias for x in births[-1].decode().metrics if x.HasField("alias")}
+
+
+def node_metric(msgs: list[SpMessage], alias: int) -> list[object]:
+    out = []
+    for m in msgs:
+        if m.kind == "NDATA":
+            out += [metric_value(x) for x in m.decode().metrics if x.alias == alias]
+    return out
+
+
+def setup(tmp_path: Path, broker: Mosquitto, port: int, unique: str, writes: str) -> Path:
+    return write_config(
+        tmp_path,
+        broker.port,
+        [modbus_device("plc", "sim-machine-plc", port, 2, poll_interval=0.05)],
+        cell=unique,
+        publish={"formats": ["sparkplug"]},
+        sparkplug={"device_writes": writes},
+    )
+
+
+async def test_commands_are_refused_by_default_and_every_refusal_is_logged_and_counted(
+    broker: Mosquitto,
+    plc: tuple[SimModbusServer, int],
+    unique: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    sim, port = plc
+    group, edge = "test-lab-a1", f"l1-{unique}"
+    cap = Capture(broker.port, f"spBv1.0/{group}/#")
+    before = sim.unit(2).snapshot()["setpoint"]
+    try:
+        async with running_daemon(setup(tmp_path, broker, port, unique, "refuse")) as daemon:
+            node = daemon.node
+            assert node is not None
+            await cap.until(
+                lambda m: [x for x in m if x.kind == "DBIRTH" and x.device == "plc"], what="DBIRTH"
+            )
+            a = aliases(cap.snapshot(), "DBIRTH", "plc")
+            dcmd = f"spBv1.0/{group}/DCMD/{edge}"
+            sent = [
+                (f"{dcmd}/plc", command((a["setpoint"], None, DOUBLE, 250.0))),  # valid, but the policy
+                (f"{dcmd}/plc", command((a["setpoint"], None, DOUBLE, 5000.0))),  # above max 1000
+                (f"{dcmd}/plc", command((a["temperature"], None, DOUBLE, 1.0))),  # read-only point
+                (f"{dcmd}/plc", command((a["Machine/item_state"], None, STRING, "executing"))),  # not a point
+                (f"{dcmd}/plc", command((9999, None, DOUBLE, 1.0))),  # never birthed
+                (f"{dcmd}/plc", b"\x08\xff\xff garbage"),  # not a payload
+                (f"{dcmd}/ghost", command((a["setpoint"], None, DOUBLE, 1.0))),  # no such device
+                (f"spBv1.0/{group}/NCMD/{edge}", command((None, "Outbox/Dropped", UINT64, 0))),  # node metric
+            ]
+            for topic, payload in sent:
+                cap.publish(topic, payload)
+            refused = node.node_table.by_name["Commands/Refused"].alias
+            assert refused is not None
+            await cap.until(lambda m: len(sent) in node_metric(m, refused), what="Commands/Refused in NDATA")
+            counts = dict(node.router.refused)
+    finally:
+        cap.close()
+    assert counts == {
+        "policy": 1,
+        "out_of_range": 1,
+        "not_writable": 3,
+        "invalid": 2,
+        "not_birthed": 1,
+    }
+    assert sim.unit(2).snapshot()["setpoint"] == before, "nothing reached the machine"
+    log = capsys.readouterr().out
+    assert log.count("command_refused") == len(sent)
+    assert "outside [0.0, 1000.0]" in log
+
+
+async def test_allowed_writes_reach_the_machine_in_device_units(
+    broker: Mosquitto, plc: tuple[SimModbusServer, int], unique: str, tmp_path: Path
+) -> None:
+    sim, port = plc
+    group, edge = "test-lab-a1", f"l1-{unique}"
+    cap = Capture(broker.port, f"spBv1.0/{group}/#")
+    try:
+        async with running_daemon(setup(tmp_path, broker, port, unique, "allow")):
+            await cap.until(
+                lambda m: [x for x in m if x.kind == "DBIRTH" and x.device == "plc"], what="DBIRTH"
+            )
+            a = aliases(cap.snapshot(), "DBIRTH", "plc")
+            cap.publish(
+                f"spBv1.0/{group}/DCMD/{edge}/plc",
+                command((a["setpoint"], None, DOUBLE, 250.5), (a["run_enable"], None, BOOLEAN, False)),
+            )
+
+            def written(msgs: list[SpMessage]) -> bool:
+                got = {}
+                for m in msgs:
+                    if m.kind == "DDATA":
+                        got.update({x.alias: metric_value(x) for x in m.decode().metrics})
+                return got.get(a["setpoint"]) == 250.5 and got.get(a["run_enable"]) is False
+
+            await cap.until(written, what="the written values read back in DDATA")
+    finally:
+        cap.close()
+    snap = sim.unit(2).snapshot()
+    assert snap["setpoint"] == 250.5
+    assert snap["run_enable"] is False
