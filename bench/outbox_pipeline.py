@@ -214,10 +214,13 @@ async def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
 
 
 async def live_run(
-    mode: str, args: argparse.Namespace, port: int, sub: Subscriber, tmp: Path
+    mode: str, args: argparse.Namespace, port: int, sub: Subscriber, tmp: Path, *, rate: float | None = None
 ) -> dict[str, Any]:
     backbone = Backbone(
-        host=HOST, port=port, qos=1, max_queued_messages=1000 if mode == "outbox" else 1_000_000
+        host=HOST,
+        port=port,
+        qos=1,
+        max_queued_messages=Backbone().max_queued_messages if mode == "outbox" else 1_000_000,
     )
     variants = scans(args.devices, args.values)
     async with contextlib.AsyncExitStack() as stack:
@@ -230,6 +233,10 @@ async def live_run(
             )
             stack.callback(ob.close)
             writer = OutboxWriter(ob)
+
+            def writer_cycles() -> int:
+                return writer.cycles
+
             delivery = UnsDelivery(
                 backbone, client_id=f"bench-{mode}", writer=writer, replay_rate=1_000_000, root=ROOT
             )
@@ -237,8 +244,10 @@ async def live_run(
             session = delivery.session
             publisher = UnsPublisher(writer, ROOT, Publish(), 1)
 
+            base = ob.acked_total
+
             def outstanding(produced: int) -> int:
-                return produced - ob.acked_total
+                return produced - (ob.acked_total - base)
 
             tg = await stack.enter_async_context(asyncio.TaskGroup())
             tasks = [
@@ -249,31 +258,57 @@ async def live_run(
             await wait_for(lambda: delivery.live, 10, "live")
         else:
             acks = Acks()
+
+            def writer_cycles() -> int:
+                return 0
+
             session = MqttSession(backbone, client_id=f"bench-{mode}", events=acks)
             sink = Bypass(session)
             publisher = UnsPublisher(sink, ROOT, Publish(), 1)
 
+            base = acks.n
+
             def outstanding(produced: int) -> int:
-                return produced - acks.n
+                return produced - (acks.n - base)
 
             tasks = []
             await stack.enter_async_context(session)
             await wait_for(session.connected.is_set, 10, "connected")
         try:
             common = {"devices": args.devices, "variants": variants, "outstanding": outstanding}
-            await produce(publisher, **common, window=args.window, until=time.monotonic() + args.warmup)
-            m0, _ = sub.count()
-            cpu0, t0 = time.process_time(), time.monotonic()
-            produced = await produce(publisher, **common, window=args.window, until=t0 + args.duration)
-            m1, _ = sub.count()
-            cpu1, t1 = time.process_time(), time.monotonic()
+            marks: dict[str, Any] = {}
+
+            async def measure() -> None:
+                await asyncio.sleep(args.warmup)
+                marks["m0"], _ = sub.count()
+                marks["cpu0"], marks["t0"] = time.process_time(), time.monotonic()
+                marks["c0"] = writer_cycles()
+                await asyncio.sleep(args.duration)
+                marks["c1"] = writer_cycles()
+                marks["m1"], _ = sub.count()
+                marks["cpu1"], marks["t1"] = time.process_time(), time.monotonic()
+
+            async with asyncio.TaskGroup() as window_tg:
+                probe = window_tg.create_task(measure(), name="measure")
+                produced_all = await produce(
+                    publisher,
+                    **common,
+                    window=args.window,
+                    until=time.monotonic() + args.warmup + args.duration,
+                    rate=rate,
+                )
+                await probe
+            m0, m1, cpu0, cpu1, t0 = marks["m0"], marks["m1"], marks["cpu0"], marks["cpu1"], marks["t0"]
+            produced = produced_all * args.duration / (args.warmup + args.duration)  # offered, on average
+            t1 = marks["t1"]
         finally:
             for t in tasks:
                 t.cancel()
     msgs = m1 - m0
     wall = t1 - t0
     return {
-        "mode": mode,
+        "mode": mode if rate is None else f"{mode} @ {rate:g}/s",
+        "commits_per_s": (marks["c1"] - marks["c0"]) / wall,
         "msgs_per_s": msgs / wall,
         "values_per_s": msgs * args.values / wall,
         "produced_per_s": produced / wall,
@@ -377,8 +412,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fsync", choices=["always", "batch", "off"], default="batch")
     ap.add_argument("--backlog", type=int, default=50_000, help="stored messages for the replay runs")
     ap.add_argument("--live-rate", type=float, default=1000.0, help="live messages/s beside the replay")
+    ap.add_argument(
+        "--rate", type=float, action="append", default=None, help="also a fixed offered rate (messages/s)"
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    args.rate = args.rate or [1000.0]
     if args.role == "subscriber":
         return run_subscriber(args.port)
     tmp = Path(tempfile.mkdtemp(prefix="outbox-pipeline-"))
@@ -394,6 +433,10 @@ def main(argv: list[str] | None = None) -> int:
             for mode in order:
                 log(f"round {r + 1}: {mode}")
                 results.append(asyncio.run(live_run(mode, args, broker.port, sub, tmp)))
+        for rate in args.rate:
+            for mode in ("outbox", "bypass"):
+                log(f"{mode} at {rate:g} messages/s")
+                results.append(asyncio.run(live_run(mode, args, broker.port, sub, tmp, rate=rate)))
         for rate in (None, args.live_rate):
             log("replay" + ("" if rate is None else f" beside live data at {rate:g}/s"))
             results.append(asyncio.run(replay_run(args, broker.port, sub, tmp, rate)))
@@ -409,7 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     for res in results:
         note = ""
         if "cpu_pct" in res:
-            note = f"producer offered {res['produced_per_s']:.0f}/s, process CPU {res['cpu_pct']:.0f} %"
+            note = f"offered {res['produced_per_s']:.0f}/s, process CPU {res['cpu_pct']:.0f} %"
+            if res["commits_per_s"]:
+                note += f", {res['commits_per_s']:.0f} commits/s"
         if "backlog" in res:
             note = f"{res['backlog']} stored messages in {res['seconds']:.1f} s"
             if res["mode"] != "replay":
@@ -418,6 +463,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{res['mode']:26} {res['msgs_per_s']:9.0f} {res['values_per_s']:11.0f} {res['cpu_s_per_10k']:15.2f}  {note}"
         )
     live = {m: [x["msgs_per_s"] for x in results if x["mode"] == m] for m in ("outbox", "bypass")}
+    for rate in args.rate:
+        cpu = {
+            m: [x["cpu_pct"] for x in results if x["mode"] == f"{m} @ {rate:g}/s"]
+            for m in ("outbox", "bypass")
+        }
+        if cpu["outbox"] and cpu["bypass"]:
+            print(
+                f"at {rate:g} messages/s the outbox costs {cpu['outbox'][0] - cpu['bypass'][0]:.1f} % of a core"
+            )
     if live["outbox"] and live["bypass"]:
         ratio = (sum(live["outbox"]) / len(live["outbox"])) / (sum(live["bypass"]) / len(live["bypass"]))
         print(f"live throughput with the outbox / bypassed: {ratio:.2f}")

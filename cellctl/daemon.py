@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -118,7 +117,9 @@ class Daemon:
         self.fanout = FanOut()
         self.cell = Cell(self.compiled, self.fanout)
         self.reporter: OutboxReporter | None = None
-        self.writer = OutboxWriter(self.outbox, on_drop=self._on_drop, gather_s=float(os.environ.get("CELLCTL_GATHER", "0")))
+        self.writer = OutboxWriter(
+            self.outbox, on_drop=self._on_drop, min_interval_s=cfg.outbox.commit_interval
+        )
         client_id = cfg.backbone.client_id or default_client_id(self.compiled)
         replay_rate = cfg.outbox.replay_rate
         self.uns: UnsDelivery | None = None

@@ -64,6 +64,9 @@ class Mosquitto:
             "max_queued_messages 1000000",
             "max_inflight_messages 1000",
             f"persistence {'true' if persistence else 'false'}",
+            # a persistent session (clean_session false) then also gets the QoS 0 messages
+            # published while it reconnects: tests that restart the broker see everything
+            f"queue_qos0_messages {'true' if persistence else 'false'}",
             f"persistence_location {self.dir}/",
             "log_dest stderr",
             "log_type error",

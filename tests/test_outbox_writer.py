@@ -158,3 +158,21 @@ async def test_markers_fire_at_their_place_in_the_record_stream(outbox: Outbox) 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_minimum_commit_interval_batches_a_trickle(outbox: Outbox) -> None:
+    stored: list[bytes] = []
+    writer = OutboxWriter(
+        outbox, on_stored=lambda batch, ids: stored.extend(r.payload for r in batch), min_interval_s=0.05
+    )
+    task = asyncio.create_task(writer.run(), name="outbox-writer")
+    for i in range(40):  # one record per loop turn: without the interval, about one commit each
+        writer.put(rec(i))
+        await asyncio.sleep(0.002)
+    async with asyncio.timeout(5):
+        await writer.flush()
+    assert stored == [rec(i).payload for i in range(40)]
+    assert writer.cycles < 10
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

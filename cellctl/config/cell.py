@@ -125,9 +125,9 @@ class Backbone(_Frozen):
     qos: Literal[0, 1] = 1
     reconnect_min: PositiveDuration = 0.5
     reconnect_max: PositiveDuration = 30.0
-    # Messages paho may hold in memory on a live connection (in flight or waiting for
-    # the in-flight window). The durable outbox is the queue: past this, live publishing
-    # falls back to paced replay from the outbox; nothing is lost.
+    # Live messages that may wait in memory for room in the in-flight window. The durable
+    # outbox is the queue: past this, live publishing falls back to paced replay from it;
+    # nothing is lost.
     max_queued_messages: Annotated[int, Field(ge=100)] = 10_000
 
     @model_validator(mode="after")
@@ -173,6 +173,8 @@ class OutboxConfig(_Frozen):
     # always: every commit fsynced; batch: at most ~1 s lost on power loss; off: tmpfs/tests
     fsync: Literal["always", "batch", "off"] = "batch"
     replay_rate: Annotated[int, Field(ge=1, le=1_000_000)] = 2000  # messages/s after reconnecting
+    # at most one commit per interval: less CPU at high message rates, up to this much latency
+    commit_interval: Annotated[float, BeforeValidator(_parse_duration), Field(ge=0, le=1.0)] = 0.0
 
 
 class SparkplugConfig(_Frozen):

@@ -14,6 +14,10 @@ cycle only after `ack_delay_s` (50 ms): under load they ride along with the reco
 commits instead of doubling the transactions, and a crash can resend at most what was
 acknowledged in that last moment (at-least-once allows it).
 
+`min_interval_s` (`outbox.commit_interval`) trades latency for CPU: a commit starts at
+most that often, so at high message rates each transaction carries more records. 0 (the
+default) commits as soon as records arrive.
+
 `after_put(fn)` runs `fn` once every record put before it has been handed to
 `on_stored`: the publisher uses it to place session events (Sparkplug births and
 deaths, going live after a reconnect) at an exact point of the record stream, although
@@ -60,7 +64,7 @@ class OutboxWriter:
         max_backlog: int = 200_000,
         idle_interval_s: float = 1.0,
         ack_delay_s: float = 0.05,
-        gather_s: float = 0.0,
+        min_interval_s: float = 0.0,
     ) -> None:
         self.outbox = outbox
         self.on_stored = on_stored
@@ -69,7 +73,8 @@ class OutboxWriter:
         self.max_backlog = max_backlog
         self.idle_interval_s = idle_interval_s
         self.ack_delay_s = ack_delay_s
-        self.gather_s = gather_s
+        self.min_interval_s = min_interval_s
+        self._last_start = 0.0
         self.committed_total = 0
         self.cycles = 0
         self.backlog_dropped = 0
@@ -80,6 +85,7 @@ class OutboxWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._ack_wake_pending = threading.Event()
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._progress = asyncio.Condition()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellctl-outbox")
         self._put_total = 0
@@ -127,8 +133,13 @@ class OutboxWriter:
     def _wake_for_acks(self) -> None:
         if self.ack_delay_s <= 0:
             self._wake.set()
-        else:
-            asyncio.get_running_loop().call_later(self.ack_delay_s, self._wake.set)
+        elif self._ack_timer is None:  # one timer at a time, whatever the ack rate
+            self._ack_timer = asyncio.get_running_loop().call_later(self.ack_delay_s, self._ack_time)
+
+    def _ack_time(self) -> None:
+        self._ack_timer = None
+        if self._acks:
+            self._wake.set()
 
     # -- the task ---------------------------------------------------------------------------------
 
@@ -139,12 +150,22 @@ class OutboxWriter:
             failing_since: float | None = None
             delay = _RETRY_MIN_S
             while True:
-                with contextlib.suppress(TimeoutError):
+                idle = False
+                try:
                     async with asyncio.timeout(self.idle_interval_s):
                         await self._wake.wait()
-                if self.gather_s > 0 and len(self._backlog) < self.max_batch:
-                    await asyncio.sleep(self.gather_s)  # let a burst of scans share one commit
+                except TimeoutError:
+                    idle = True  # a cycle anyway: the age bound applies to an idle outbox too
                 self._wake.clear()
+                if not (idle or self._backlog or self._acks or self._refused):
+                    continue
+                if self.min_interval_s > 0 and len(self._backlog) < self.max_batch:
+                    # at most one commit per interval: under load, more records per
+                    # transaction (less CPU) for at most that much latency
+                    wait = self._last_start + self.min_interval_s - self._loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                self._last_start = self._loop.time()
                 failure: OutboxError | None = None
                 try:
                     await self._cycle()

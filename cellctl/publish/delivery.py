@@ -7,6 +7,12 @@ only when the broker acknowledged them: PUBACK for QoS 1, a fence for QoS 0 (see
 *backlog*: the replay task sends it in id order (so in order per device), marked
 historical, paced, and only while live messages leave room in paho's in-flight window.
 
+The in-flight window is ours, not paho's (paho's promotion of queued messages scans every
+in-flight message on each PUBACK): at most `window` QoS 1 messages are unacknowledged;
+live records beyond it wait in order in `_waiting` (bounded by
+`backbone.max_queued_messages`; past that, live publishing falls back to replay), and
+session events that must not overtake them (`in_order`) wait with them.
+
 Going live is placed in the record stream with `OutboxWriter.after_put`, so the cut
 between backlog and live is exact: every record put before the session came up is
 backlog, every record after it is live. A Sparkplug node sends its births at that same
@@ -20,7 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 import structlog
@@ -54,6 +61,7 @@ class Delivery:
     ) -> None:
         self.writer = writer
         self.window = window
+        self.max_waiting = backbone.max_queued_messages
         self.session = MqttSession(backbone, client_id=client_id, events=self, name=self.fmt)
         self.tracker = AckTracker(writer.ack, wake=self._wake_drain)
         self.replay = Replay(rate=replay_rate, burst=max(1, replay_rate // 4), fmt=self.fmt)
@@ -69,6 +77,8 @@ class Delivery:
         self._room = asyncio.Event()
         self._fence_due = False
         self._drain_due = False
+        # live records (and ordered session events) waiting for room in the window
+        self._waiting: deque[tuple[Record, int] | Callable[[], None]] = deque()
 
     # -- SessionEvents --------------------------------------------------------------------
 
@@ -82,6 +92,7 @@ class Delivery:
     def session_down(self) -> None:
         self.gen += 1
         was_live, self.live = self.live, False
+        self._waiting.clear()  # committed, so replayed in the next session
         lost = self.tracker.connection_lost()
         self.possible_duplicates += lost
         self.on_session_down()
@@ -111,7 +122,8 @@ class Delivery:
         return m.payload, m.qos, False
 
     def fell_behind(self) -> None:
-        """paho refused a live message (its queue is full): publish the rest as replay."""
+        """Live records could not be published in time (more than `max_waiting` waited,
+        or paho refused one): go live again further on; those are replayed."""
         self.go_live(fresh=False)
 
     # -- going live, in stream order ----------------------------------------------------------
@@ -120,7 +132,7 @@ class Delivery:
         """Go live at this point of the record stream: once every record put so far was
         handed over (so it is backlog), run `before` (births), start (`fresh`, a new
         connection) or extend the backlog, and publish every later record live."""
-        self.live = False
+        self.pause()
         gen = self.gen
 
         def fire() -> None:
@@ -138,18 +150,47 @@ class Delivery:
         self.writer.after_put(fire)
 
     def pause(self) -> None:
-        """Stop live publishing; what follows waits in the outbox as backlog."""
+        """Stop live publishing; what follows (and what waits for the window) stays in
+        the outbox as backlog."""
         self.live = False
+        self._waiting.clear()
+
+    def in_order(self, fn: Callable[[], None]) -> None:
+        """Run `fn` (a session message: birth, death) after the live records handed over
+        before it have been published: now, or when they leave the waiting line."""
+        if self._waiting:
+            self._waiting.append(fn)
+        else:
+            fn()
 
     # -- committed records -----------------------------------------------------------------------
 
     def on_stored(self, records: Sequence[Record], ids: Sequence[int]) -> None:
-        """Committed records of this format, in id order: publish them if live."""
+        """Committed records of this format, in id order: publish them if live, as far
+        as the window allows; the rest wait their turn."""
         if not self.live:
             return
-        publish, tracker, live_payload = self.session.publish, self.tracker, self.live_payload
+        if self._waiting or self.tracker.in_flight >= self.window:
+            if len(self._waiting) + len(records) > self.max_waiting:
+                self._behind()
+                return
+            self._waiting.extend(zip(records, ids, strict=True))
+            return
+        self._send_live(zip(records, ids, strict=True))
+
+    def _send_live(self, items: Iterator[tuple[Record, int]]) -> None:
+        publish, tracker, live_payload, window = (
+            self.session.publish,
+            self.tracker,
+            self.live_payload,
+            self.window,
+        )
         unconfirmed = False
-        for rec, oid in zip(records, ids, strict=True):
+        for rec, oid in items:
+            if tracker.in_flight >= window:
+                self._waiting.append((rec, oid))
+                self._waiting.extend(items)  # the rest, in order
+                break
             mid = publish(rec.topic, live_payload(rec), rec.qos, rec.retain)
             if mid is None:
                 self._behind()
@@ -163,12 +204,22 @@ class Delivery:
         if unconfirmed:
             self._want_fence()
 
+    def _pump(self) -> None:
+        """Acks made room: what waited goes out, in order."""
+        waiting = self._waiting
+        while waiting and self.live and self.tracker.in_flight < self.window:
+            item = waiting.popleft()
+            if callable(item):
+                item()
+                continue
+            self._send_live(iter([item]))
+
     def _behind(self) -> None:
         if not self.session.is_connected:
-            self.live = False  # session_down follows
+            self.pause()  # session_down follows
             return
         self.catch_ups += 1
-        self.log.warning("delivery_fell_behind", in_flight=self.tracker.in_flight)
+        self.log.warning("delivery_fell_behind", in_flight=self.tracker.in_flight, waiting=len(self._waiting))
         self.fell_behind()
 
     # -- acks and fences ------------------------------------------------------------------------
@@ -184,7 +235,9 @@ class Delivery:
     def _drain(self) -> None:
         self._drain_due = False
         self.tracker.drain()
-        if self.tracker.in_flight < self.window // 2:
+        if self._waiting:
+            self._pump()
+        if not self._waiting and self.tracker.in_flight < self.window // 2:
             self._room.set()
 
     def _want_fence(self) -> None:
@@ -215,11 +268,12 @@ class Delivery:
         """Bounded by the backlog: each pass moves the cursor forward or stops."""
         replay = self.replay
         while self.live and not replay.done:
-            if self.tracker.in_flight >= self.window // 2:  # live data first: leave it the window
+            if self._waiting or self.tracker.in_flight >= self.window // 2:  # live data first
                 self._room.clear()
                 await self._room.wait()
                 continue
-            n = replay.quota(REPLAY_BATCH)
+            room = self.window // 2 - self.tracker.in_flight
+            n = replay.quota(min(REPLAY_BATCH, room))
             if n <= 0:
                 await asyncio.sleep(replay.delay())
                 continue

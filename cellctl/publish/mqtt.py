@@ -98,7 +98,6 @@ class MqttSession:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._restart_soon = False
-        self._refusing = False
         self._fd: int | None = None
         self._last_error: str | None = None
         self.client: paho.Client = self._new_client(None)
@@ -122,8 +121,11 @@ class MqttSession:
             protocol=self._protocol,
             clean_session=True if self._protocol == MQTTProtocolVersion.MQTTv311 else None,
         )
-        client.max_inflight_messages_set(MAX_INFLIGHT)
-        client.max_queued_messages_set(backbone.max_queued_messages)
+        # The window (MAX_INFLIGHT) and the waiting line are the delivery's
+        # (cellctl/publish/delivery.py): paho sends at once and queues nothing, which
+        # also spares it a scan of every in-flight message on each PUBACK.
+        client.max_inflight_messages_set(0)
+        client.max_queued_messages_set(0)
         if will is not None:
             client.will_set(will.topic, will.payload, will.qos, will.retain)
         if backbone.username is not None:
@@ -317,22 +319,16 @@ class MqttSession:
     # -- API ----------------------------------------------------------------------------
 
     def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int | None:
-        """Hand one message to paho; never blocks. Returns its mid, or None when it was
-        refused (not connected, or paho's queue of `backbone.max_queued_messages` full):
-        nothing is queued for a later connection."""
+        """Hand one message to paho, which sends it at once; never blocks. Returns its
+        mid, or None when it was refused (not connected): nothing is queued for a later
+        connection. Flow control is the caller's (see Delivery)."""
         if not self.connected.is_set():
             self.refused += 1
             return None
         info = self.client.publish(topic, payload, qos, retain)
-        if info.rc != paho.MQTT_ERR_SUCCESS:
+        if info.rc != paho.MQTT_ERR_SUCCESS:  # the connection is going away
             self.refused += 1
-            if info.rc == paho.MQTT_ERR_QUEUE_SIZE and not self._refusing:
-                self._refusing = True
-                self.log.warning("mqtt_queue_full", limit=self.backbone.max_queued_messages)
             return None
-        if self._refusing:
-            self._refusing = False
-            self.log.info("mqtt_queue_accepting_again")
         self.published += 1
         return int(info.mid)
 

@@ -181,20 +181,26 @@ class SparkplugNode(Delivery):
             self.writer.after_put(lambda: self._device_death(epoch, device_id))
 
     def _device_birth(self, epoch: int, device_id: str, ts: int, metrics: list[Metric]) -> None:
-        if epoch != self._epoch or not self.live:
-            return  # births since then (or the next session's) say it
-        self._publish_dbirth(device_id, ts, metrics)
-        self._birthed[device_id] = True
+        def publish() -> None:
+            if epoch != self._epoch or not self.live:
+                return  # births since then (or the next session's) say it
+            self._publish_dbirth(device_id, ts, metrics)
+            self._birthed[device_id] = True
+
+        self.in_order(publish)
 
     def _device_death(self, epoch: int, device_id: str) -> None:
-        if epoch != self._epoch or not self.live:
-            return
-        self._publish(
-            self.topics.device(MessageType.DDEATH, device_id),
-            encode_ddeath(seq=self.seq.next(), timestamp=now_ms()),
-        )
-        self._birthed[device_id] = False
-        log.info("sparkplug_device_death", device=device_id)
+        def publish() -> None:
+            if epoch != self._epoch or not self.live:
+                return
+            self._publish(
+                self.topics.device(MessageType.DDEATH, device_id),
+                encode_ddeath(seq=self.seq.next(), timestamp=now_ms()),
+            )
+            self._birthed[device_id] = False
+            log.info("sparkplug_device_death", device=device_id)
+
+        self.in_order(publish)
 
     # -- births -------------------------------------------------------------------------------
 
@@ -238,11 +244,11 @@ class SparkplugNode(Delivery):
         ts, node, devices = self._capture_births()
         bd, gen = self.bd, self.gen
 
-        def fire() -> None:
+        def publish() -> None:
             if gen == self.gen and self.live:
                 self._publish_births(bd, ts, node, devices)
 
-        self.writer.after_put(fire)
+        self.writer.after_put(lambda: self.in_order(publish))
 
     def _publish_births(
         self, bd: int | None, ts: int, node: list[Metric], devices: list[tuple[str, list[Metric], bool]]
