@@ -225,9 +225,9 @@ class Daemon:
                     log.info("cellctl_stopping")
                     async with asyncio.timeout(SHUTDOWN_TIMEOUT):
                         await cell_task  # devices stopped; their final states are put
-                    await self._drain()
                     for t in helpers:
-                        t.cancel()
+                        t.cancel()  # replay stops first: the final live messages settle sooner
+                    await self._drain()
                     for d in self.deliveries:
                         await d.close()
                     writer_task.cancel()  # commits what is queued (acks included), bounded

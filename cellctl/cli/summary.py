@@ -32,6 +32,21 @@ def summary(compiled: CompiledCell) -> dict[str, Any]:
         "backbone": f"{cfg.backbone.host}:{cfg.backbone.port} (MQTT {cfg.backbone.protocol}, QoS {cfg.backbone.qos})",
         "status_topic": f"{root}/status",
         "publish_mode": cfg.publish.mode,
+        "formats": list(cfg.publish.formats),
+        "state_dir": str(
+            cfg.state_dir if cfg.state_dir.is_absolute() else compiled.path.parent / cfg.state_dir
+        ),
+        **(
+            {
+                "sparkplug": {
+                    "group_id": cfg.sparkplug_group_id,
+                    "edge_node_id": cfg.sparkplug_edge_node_id,
+                    "primary_host": cfg.sparkplug.primary_host,
+                }
+            }
+            if "sparkplug" in cfg.publish.formats
+            else {}
+        ),
         "devices": devices,
         "disabled_devices": [d.id for d in cfg.devices if not d.enabled],
     }
@@ -48,6 +63,11 @@ def print_summary(data: dict[str, Any]) -> None:
     console.print(
         f"backbone {data['backbone']}; status topic {data['status_topic']}; mode {data['publish_mode']}"
     )
+    console.print(f"formats {', '.join(data['formats'])}; state dir {data['state_dir']}")
+    spb = data.get("sparkplug")
+    if spb:
+        host = f"; primary host {spb['primary_host']}" if spb["primary_host"] else ""
+        console.print(f"sparkplug spBv1.0/{spb['group_id']}/+/{spb['edge_node_id']}{host}")
     table = Table("device", "driver", "profile", "points", "poll", "requests")
     total_points = total_requests = 0
     for d in data["devices"]:
