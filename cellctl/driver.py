@@ -36,6 +36,19 @@ class DeviceUnavailable(Exception):
         self.reason = reason
 
 
+class WriteRejected(Exception):
+    """The device answered a write and refused it (a Modbus exception response, an OPC UA
+    Bad status): the link is fine, this one write failed. `reason` is the device's own
+    word for it (``"modbus exception 2 (illegal data address)"``, ``"BadOutOfRange"``).
+
+    The command path reports it to the sender and counts it; the device stays online.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class PointSpec:
     """One point as a driver sees it: its index in the profile, id, value type and the
@@ -92,7 +105,8 @@ class Writer(Protocol):
     """A device whose points can be written (the command router's way in)."""
 
     async def write(self, index: int, raw_value: Any) -> None:
-        """Write one raw (already unscaled) value to point `index`."""
+        """Write one raw (already unscaled) value to point `index`. Raise `WriteRejected`
+        when the device refuses it, `DeviceUnavailable` when the device is gone."""
         ...
 
 
