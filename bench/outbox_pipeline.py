@@ -2,14 +2,14 @@
 in the same run: how much live throughput the outbox costs, and how fast a backlog
 drains to the broker after an outage.
 
-What runs (all on 127.0.0.1): this process drives the real publisher (`UnsPublisher`,
+What runs (all on 127.0.0.1): this process drives the real publisher (`UnsEncoder`,
 one JSON message per device scan of --values values) as fast as the path takes it; a
 private mosquitto; a subscriber in its own process (a raw-socket QoS 0 reader, so it is
 not the limit) counting what arrives.
 
-  outbox   UnsPublisher -> OutboxWriter (SQLite WAL, group commit on its thread)
+  outbox   UnsEncoder -> OutboxWriter (SQLite WAL, group commit on its thread)
            -> UnsDelivery (paho on the loop, QoS 1) -> PUBACK -> ack -> delete
-  bypass   UnsPublisher -> MqttSession.publish (paho's own queue, QoS 1): the path
+  bypass   UnsEncoder -> MqttSession.publish (paho's own queue, QoS 1): the path
            before issue 5, nothing durable
 
 The producer keeps at most --window messages unacknowledged (closed loop), so each path
@@ -42,11 +42,12 @@ from pathlib import Path
 from typing import Any
 
 from cellctl.config.cell import Backbone, Publish
+from cellctl.deliver.mqtt import Message, MqttSession
+from cellctl.deliver.uns import UnsDelivery
+from cellctl.encode.uns import UnsEncoder
 from cellctl.localbroker import Mosquitto
+from cellctl.model import DeviceUpdate
 from cellctl.outbox import Outbox, OutboxWriter, Record
-from cellctl.publish.mqtt import Message, MqttSession
-from cellctl.publish.uns import UnsPublisher
-from cellctl.publish.uns_delivery import UnsDelivery
 
 HOST = "127.0.0.1"
 ROOT = "bench/outbox/site/area/line/cell"
@@ -173,7 +174,7 @@ def scans(devices: int, values: int, variants: int = 32) -> list[dict[str, float
 
 
 async def produce(
-    publisher: UnsPublisher,
+    publisher: UnsEncoder,
     *,
     devices: int,
     variants: list[dict[str, float]],
@@ -199,7 +200,7 @@ async def produce(
         vals = variants[k % len(variants)]
         k += 1
         for d in range(devices):
-            publisher.device_data(f"dev{d:02d}", ts, vals, {}, None)
+            publisher.device_update(DeviceUpdate(f"dev{d:02d}", ts, vals, {}))
         produced += devices
         await asyncio.sleep(0)
     return produced
@@ -242,7 +243,7 @@ async def live_run(
             )
             writer.on_stored = delivery.on_stored
             session = delivery.session
-            publisher = UnsPublisher(writer, ROOT, Publish(), 1)
+            publisher = UnsEncoder(writer, ROOT, Publish(), 1)
 
             base = ob.acked_total
 
@@ -264,7 +265,7 @@ async def live_run(
 
             session = MqttSession(backbone, client_id=f"bench-{mode}", events=acks)
             sink = Bypass(session)
-            publisher = UnsPublisher(sink, ROOT, Publish(), 1)
+            publisher = UnsEncoder(sink, ROOT, Publish(), 1)
 
             base = acks.n
 
@@ -326,10 +327,10 @@ async def replay_run(
         tmp / f"replay-{time.monotonic_ns()}.sqlite", max_bytes=1 << 34, max_age_s=86400, fsync=args.fsync
     )
     variants = scans(args.devices, args.values)
-    filler = UnsPublisher(ob_sink := _Collect(), ROOT, Publish(), 1)
+    filler = UnsEncoder(ob_sink := _Collect(), ROOT, Publish(), 1)
     for k in range(args.backlog // args.devices):
         for d in range(args.devices):
-            filler.device_data(f"dev{d:02d}", 1_764_000_000_000 + k, variants[k % len(variants)], {}, None)
+            filler.device_update(DeviceUpdate(f"dev{d:02d}", 1_764_000_000_000 + k, variants[k % len(variants)], {}))
     for i in range(0, len(ob_sink.records), 1000):
         ob.append_many(ob_sink.records[i : i + 1000])
     backlog = len(ob)
@@ -338,7 +339,7 @@ async def replay_run(
         backbone, client_id="bench-replay", writer=writer, replay_rate=1_000_000, root=ROOT
     )
     writer.on_stored = delivery.on_stored
-    publisher = UnsPublisher(writer, ROOT, Publish(), 1)
+    publisher = UnsEncoder(writer, ROOT, Publish(), 1)
     m0, h0 = sub.count()
     try:
         async with asyncio.TaskGroup() as tg:

@@ -1,9 +1,11 @@
 """The daemon shell: wire config, engine, outbox and publishers together; run until SIGINT
 or SIGTERM; shut down cleanly and within bounded time.
 
-    runners ──DeviceSink──▶ FanOut ──▶ UnsPublisher ─┐              ┌─▶ UnsDelivery  (session "uns")
-                                   └─▶ SparkplugNode ┴▶ OutboxWriter ┴─▶ SparkplugNode (session "sparkplug")
-                                                       (SQLite WAL)     on_stored, per format
+    engine/     runners ──DeviceUpdate──▶ FanOut
+    encode/       ──▶ UnsEncoder ──────┐                     ┌─▶ UnsDelivery   (session "uns")
+                  └─▶ SparkplugEncoder ┴▶ outbox/ OutboxWriter ┴─▶ SparkplugNode (session "sparkplug")
+                                          (SQLite WAL)   deliver/ on_stored, per format
+    commands/   NCMD/DCMD ──▶ CommandRouter (validate, policy) ──▶ WriteExecutor ──▶ runner.write
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ from pathlib import Path
 import structlog
 
 from cellctl import __version__, systemd
+from cellctl.commands.executor import WriteExecutor
 from cellctl.config.loader import CompiledCell
+from cellctl.deliver.delivery import Delivery
+from cellctl.deliver.mqtt import MqttSession
+from cellctl.deliver.report import OutboxReporter
+from cellctl.deliver.sparkplug import SparkplugNode
+from cellctl.deliver.uns import UnsDelivery
+from cellctl.encode.fanout import FanOut
+from cellctl.encode.uns import UnsEncoder, cell_root
 from cellctl.engine.cell import Cell
 from cellctl.engine.runner import now_ms
 from cellctl.errors import ConfigError
 from cellctl.outbox import DropEvent, Outbox, OutboxError, OutboxWriter, Record
-from cellctl.publish.delivery import Delivery
-from cellctl.publish.fanout import FanOut
-from cellctl.publish.mqtt import MqttSession
-from cellctl.publish.outbox_report import OutboxReporter
-from cellctl.publish.sparkplug_node import SparkplugNode
-from cellctl.publish.uns import UnsPublisher, cell_root
-from cellctl.publish.uns_delivery import UnsDelivery
 from cellctl.sparkplug.state import StateFileError
 from cellctl.sparkplug.topics import case_collisions
 
@@ -116,6 +119,7 @@ class Daemon:
         formats = cfg.publish.formats
         self.fanout = FanOut()
         self.cell = Cell(self.compiled, self.fanout)
+        self.executor = WriteExecutor(self.cell.runner)
         self.reporter: OutboxReporter | None = None
         self.writer = OutboxWriter(
             self.outbox, on_drop=self._on_drop, min_interval_s=cfg.outbox.commit_interval
@@ -134,7 +138,7 @@ class Daemon:
                 root=self.root,
                 on_live=self._uns_live,
             )
-            self.publisher: UnsPublisher | None = UnsPublisher(
+            self.publisher: UnsEncoder | None = UnsEncoder(
                 self.writer, self.root, cfg.publish, cfg.backbone.qos
             )
             self.fanout.sinks.append(self.publisher)
@@ -159,8 +163,8 @@ class Daemon:
                 )
             except StateFileError as exc:
                 raise ConfigError([f"{self.compiled.path}: state_dir: {exc}"]) from None
-            self.node.attach(self.cell.runners)
-            self.fanout.sinks.append(self.node)
+            self.node.attach(self.cell.snapshots, self.executor)
+            self.fanout.sinks.append(self.node.encoder)
             deliveries.append(self.node)
             for a, b in case_collisions([d.config.id for d in self.compiled.devices]):
                 log.warning("sparkplug_device_ids_differ_only_by_case", first=a, second=b)
@@ -172,7 +176,7 @@ class Daemon:
         """The UNS session is live: retained messages of current state go out again."""
         self.cell.republish_all()
         if self.publisher is not None:
-            self.publisher.republish_points(self.cell.runners, now_ms())
+            self.publisher.republish_points(self.cell.snapshots(), now_ms())
 
     def _on_drop(self, event: DropEvent) -> None:
         if self.reporter is not None:
@@ -214,6 +218,7 @@ class Daemon:
                     helpers = [tg.create_task(d.run(), name=f"delivery:{d.fmt}") for d in self.deliveries]
                     assert self.reporter is not None
                     helpers.append(tg.create_task(self.reporter.run(), name="outbox-report"))
+                    helpers.append(tg.create_task(self.executor.run(), name="command-executor"))
                     cell_task = tg.create_task(self.cell.run(self.stop), name="cell")
                     interval = systemd.watchdog_interval()
                     if interval:

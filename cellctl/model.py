@@ -6,8 +6,10 @@ finer MTConnect execution state beside them; see docs/topics.md for the wire for
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class Quality(StrEnum):
@@ -67,16 +69,17 @@ class Program:
         return {"name": self.name, "line": self.line, "progress": self.progress, "eta": self.eta}
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class MachineState:
-    """Per-device machine state; `raw_state` keeps the vendor's own value beside it."""
+    """Per-device machine state; `raw_state` keeps the vendor's own value beside it.
+    Immutable: the engine builds a new one whenever an input changes."""
 
     item_state: ItemState = ItemState.NOT_AVAILABLE
     operation_mode: OperationMode = OperationMode.NONE
     execution: Execution = Execution.UNAVAILABLE
     raw_state: str | None = None
-    alarms: list[Alarm] = field(default_factory=list)
-    counters: dict[str, int | float] = field(default_factory=dict)
+    alarms: tuple[Alarm, ...] = ()
+    counters: Mapping[str, int | float] = field(default_factory=dict)
     program: Program | None = None
 
     def as_dict(self) -> dict[str, object]:
@@ -91,3 +94,57 @@ class MachineState:
         if self.program is not None:
             out["program"] = self.program.as_dict()
         return out
+
+
+# -- what the engine hands to the encoders ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class QualityChange:
+    """A point's quality became `quality` (with `reason` unless good)."""
+
+    quality: Quality
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceUpdate:
+    """One scan's changes of one device: the engine's output on the hot path.
+
+    `values` holds the points whose value changed beyond their deadband (engineering
+    units, by point id); `quality` the points whose quality changed (a point may be in
+    both); `machine` the new machine state when it changed, else None. The mappings are
+    built for this update and never mutated afterwards."""
+
+    device_id: str
+    ts_ms: int
+    values: Mapping[str, Any]
+    quality: Mapping[str, QualityChange]
+    machine: MachineState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PointState:
+    """One point as it stands now (for births and retained state messages)."""
+
+    id: str
+    value: Any
+    quality: Quality
+    reason: str | None
+    unit: str | None
+    src_ts: float | None  # epoch seconds from the device, when it has a clock
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSnapshot:
+    """Everything known about one device now: what a retained state message or a
+    Sparkplug DBIRTH says. Taken on demand, never on the per-sample path."""
+
+    device_id: str
+    ts_ms: int
+    profile: str
+    driver: str
+    available: bool
+    reason: str | None
+    machine: MachineState
+    points: tuple[PointState, ...]

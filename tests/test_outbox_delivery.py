@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from cellctl_sim.modbus.server import SimModbusServer
 
+from cellctl.deliver.mqtt import MAX_INFLIGHT
 from cellctl.localbroker import Mosquitto
-from cellctl.publish.mqtt import MAX_INFLIGHT
 from tests.support.cell import modbus_device, root_topic, running_daemon, write_config
 from tests.support.mqtt import Collector, Message
 

@@ -10,7 +10,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from cellctl.outbox import AckTracker, Outbox, Record, Replay, uns_historical
+from cellctl.deliver.acks import AckTracker
+from cellctl.deliver.replay import Replay
+from cellctl.encode.uns import uns_historical
+from cellctl.outbox import Outbox, Record
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from cellctl.config.profile import PointDef
 from cellctl.driver import Reading
 from cellctl.engine.points import BAD, GOOD, UNCERTAIN, PointTable
+from cellctl.model import QualityChange
 
 ADDR = {"table": "holding", "start": 0, "type": "uint16"}
 
@@ -24,7 +25,7 @@ def test_scale_and_offset_applied_once() -> None:
     t = PointTable([point(scale=0.1, offset=-40)])
     changed, quality = t.apply(Reading([650]))
     assert changed == {"p": pytest.approx(25.0)}
-    assert quality == {"p": {"q": GOOD}}
+    assert quality == {"p": QualityChange(GOOD)}
 
 
 def test_int_point_with_integral_scale_stays_int() -> None:
@@ -68,21 +69,21 @@ def test_point_error_marks_only_that_point_bad_once() -> None:
     t.apply(Reading([1.0, 2]))
     changed, quality = t.apply(Reading([None, 3], errors={0: "modbus exception 2 (illegal data address)"}))
     assert changed == {"q": 3}
-    assert quality == {"p": {"q": BAD, "reason": "modbus exception 2 (illegal data address)"}}
+    assert quality == {"p": QualityChange(BAD, "modbus exception 2 (illegal data address)")}
     # the same error again is not news
     assert t.apply(Reading([None, 3], errors={0: "modbus exception 2 (illegal data address)"})) == ({}, {})
     # recovery reports the value even if it equals the last one reported
     changed, quality = t.apply(Reading([1.0, 3]))
     assert changed == {"p": 1.0}
-    assert quality == {"p": {"q": GOOD}}
+    assert quality == {"p": QualityChange(GOOD)}
 
 
 def test_nan_is_bad_and_limits_make_uncertain() -> None:
     t = PointTable([point(min=0, max=10)])
-    assert t.apply(Reading([math.nan]))[1]["p"]["q"] == BAD
+    assert t.apply(Reading([math.nan]))[1]["p"].quality == BAD
     changed, quality = t.apply(Reading([11.0]))
     assert changed == {"p": 11.0}
-    assert quality == {"p": {"q": UNCERTAIN, "reason": "above max 10.0"}}
+    assert quality == {"p": QualityChange(UNCERTAIN, "above max 10.0")}
 
 
 def test_partial_readings_by_index() -> None:
@@ -95,7 +96,7 @@ def test_partial_readings_by_index() -> None:
 def test_mark_all_bad_reports_each_point_once() -> None:
     t = PointTable([point()])
     t.apply(Reading([1.0]))
-    assert t.mark_all_bad("timeout") == {"p": {"q": BAD, "reason": "timeout"}}
+    assert t.mark_all_bad("timeout") == {"p": QualityChange(BAD, "timeout")}
     assert t.mark_all_bad("timeout") == {}
 
 
@@ -137,6 +138,6 @@ def test_uncertain_value_is_taken_with_its_reason() -> None:
     t = PointTable([point()])
     changed, quality = t.apply(Reading([3.5], uncertain={0: "UncertainLastUsableValue"}))
     assert changed == {"p": 3.5}
-    assert quality == {"p": {"q": UNCERTAIN, "reason": "UncertainLastUsableValue"}}
+    assert quality == {"p": QualityChange(UNCERTAIN, "UncertainLastUsableValue")}
     changed, quality = t.apply(Reading([3.5]))
-    assert quality == {"p": {"q": GOOD}}
+    assert quality == {"p": QualityChange(GOOD)}

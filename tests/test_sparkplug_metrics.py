@@ -4,6 +4,7 @@ losing the message."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,9 @@ import pytest
 
 from cellctl.config.loader import CompiledDevice, load_cell
 from cellctl.driver import Reading
+from cellctl.encode.sparkplug import DataBuilder, birth_metrics, device_model, encode_safely
 from cellctl.engine.runner import DeviceRunner
-from cellctl.publish.sparkplug_metrics import DataBuilder, birth_metrics, device_model, encode_safely
+from cellctl.model import DeviceUpdate, ItemState, Quality, QualityChange
 from cellctl.sparkplug.codec import (
     QUALITY_KEY,
     QUALITY_REASON_KEY,
@@ -26,7 +28,7 @@ from tests.support.cell import modbus_device, write_config
 
 
 class Sink:
-    def device_data(self, *a: Any) -> None: ...
+    def device_update(self, *a: Any) -> None: ...
     def device_state(self, *a: Any) -> None: ...
     def device_available(self, *a: Any) -> None: ...
 
@@ -58,27 +60,28 @@ def test_data_carries_only_changes_and_quality_with_the_last_value(
 ) -> None:
     model = device_model(plc, AliasBook(None))
     runner = DeviceRunner(plc, Sink())
-    b = DataBuilder(model, runner)
+    b = DataBuilder(model)
     n = len(plc.points)
     values = [0] * n
     values[plc.points.index(next(p for p in plc.points if p.id == "program_name"))] = "O1"
     runner.on_reading(Reading(values=values))
-    b.reset_machine(runner.machine.as_dict())  # as a BIRTH does
-    birth = {m.name: m for m in birth_metrics(model, runner, 1)}
+    snap = runner.snapshot()
+    b.reset(snap)  # as a BIRTH does
+    birth = {m.name: m for m in birth_metrics(model, snap, 1)}
     assert birth["temperature"].properties is not None
     assert birth["temperature"].properties[QUALITY_KEY].value == 192
     temp = model.by_point["temperature"][1]
     # a quality change alone: the point's last value with Quality BAD and the reason
-    ms = b.metrics(2, {}, {"temperature": {"q": "bad", "reason": "timeout"}}, None)
+    ms = b.metrics(DeviceUpdate("plc", 2, {}, {"temperature": QualityChange(Quality.BAD, "timeout")}))
     assert [(m.alias, m.value) for m in ms] == [(temp.alias, 0.0)]
     assert ms[0].properties is not None
     assert ms[0].properties[QUALITY_KEY].value == 0
     assert ms[0].properties[QUALITY_REASON_KEY].value == "timeout"
     # machine: only the fields that changed since the last DATA or BIRTH
-    machine = runner.machine.as_dict()
-    assert b.metrics(3, {}, {}, machine) == []
-    changed = {**machine, "item_state": "executing"}
-    ms = b.metrics(4, {}, {}, changed)
+    machine = runner.machine
+    assert b.metrics(DeviceUpdate("plc", 3, {}, {}, machine)) == []
+    changed = dataclasses.replace(machine, item_state=ItemState.EXECUTING)
+    ms = b.metrics(DeviceUpdate("plc", 4, {}, {}, changed))
     assert [m.alias for m in ms] == [model.machine["item_state"].alias]
     assert ms[0].value == "executing"
 

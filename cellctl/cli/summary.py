@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cellctl.config.loader import CompiledCell
-from cellctl.publish.uns import cell_root
+from cellctl.encode.uns import cell_root
 
 
 def summary(compiled: CompiledCell) -> dict[str, Any]:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
 from cellctl.config.loader import CompiledCell
 from cellctl.engine.runner import DeviceRunner, DeviceSink
+from cellctl.model import DeviceSnapshot
 
 
 class Cell:
@@ -26,6 +26,7 @@ class Cell:
             )
             for d in compiled.devices
         ]
+        self._by_id = {r.id: r for r in self.runners}
         publish = compiled.config.publish
         self.state_min_interval = publish.state_min_interval
         self.full_refresh = publish.full_refresh
@@ -38,7 +39,7 @@ class Cell:
     def _publish_state(self, runner: DeviceRunner) -> None:
         runner.state_dirty = False
         runner.state_published_at = self.clock()
-        self.sink.device_state(runner.id, runner.snapshot())
+        self.sink.device_state(runner.snapshot())
 
     def refresh_states(self) -> None:
         now = self.clock()
@@ -72,5 +73,8 @@ class Cell:
             r.mark_stopped("cellctl stopped")
         self.republish_all()
 
-    def status(self) -> list[dict[str, Any]]:
+    def runner(self, device_id: str) -> DeviceRunner | None:
+        return self._by_id.get(device_id)
+
+    def snapshots(self) -> list[DeviceSnapshot]:
         return [r.snapshot() for r in self.runners]

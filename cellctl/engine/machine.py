@@ -73,20 +73,16 @@ class MachineMapper:
                 mapped = self.profile.state.map.get(raw, self.profile.state.default)
             else:
                 mapped = self.profile.state.default
-        state = MachineState(raw_state=raw)
         if mapped is None:
-            state.item_state, state.operation_mode, state.execution = (
-                ItemState.NOT_EXECUTING,
-                OperationMode.NONE,
-                Execution.READY,
-            )
+            item, mode, execution = ItemState.NOT_EXECUTING, OperationMode.NONE, Execution.READY
         else:
-            state.item_state = mapped.item_state
-            state.operation_mode = mapped.operation_mode
-            state.execution = mapped.execution or _DEFAULT_EXECUTION[mapped.item_state]
+            item, mode = mapped.item_state, mapped.operation_mode
+            execution = mapped.execution or _DEFAULT_EXECUTION[mapped.item_state]
+        counters: dict[str, int | float] = {}
         for name, i in self.counter_index.items():
             if table.quality[i] == GOOD and table.value[i] is not None:
-                state.counters[name] = table.value[i]
+                counters[name] = table.value[i]
+        alarms: list[Alarm] = []
         for i, alarm in self.alarms:
             value = table.value[i]
             if table.quality[i] != GOOD or not value:
@@ -97,29 +93,32 @@ class MachineMapper:
             else:
                 code = _raw_key(value)
                 text = alarm.texts.get(code, alarm.text or f"{alarm.point} {code}")
-            state.alarms.append(Alarm(code, text, alarm.severity))
+            alarms.append(Alarm(code, text, alarm.severity))
+        program: Program | None = None
         if self.program_index:
-            self._program(state)
-        return state
+            program, execution = self._program(item, execution)
+        return MachineState(item, mode, execution, raw, tuple(alarms), counters, program)
 
-    def _program(self, state: MachineState) -> None:
+    def _program(self, item: ItemState, execution: Execution) -> tuple[Program | None, Execution]:
+        """The job the machine runs, and the execution state it implies."""
         table, prog = self.table, self.profile.program
         if prog is None:
-            return
+            return None, execution
         got: dict[str, Any] = {
             name: table.value[i]
             for name, i in self.program_index.items()
             if table.quality[i] == GOOD and table.value[i] is not None
         }
-        state.program = Program(
+        program = Program(
             name=str(got["name"]) if got.get("name") else None,
             line=int(got["line"]) if "line" in got else None,
             progress=float(got["progress"]) if "progress" in got else None,
             eta=float(got["eta"]) if "eta" in got else None,
         )
         job_state = _raw_key(got["state"]) if "state" in got else None
-        if job_state is not None and state.item_state == ItemState.NOT_EXECUTING:
+        if job_state is not None and item == ItemState.NOT_EXECUTING:
             if job_state in prog.completed:
-                state.execution = Execution.PROGRAM_COMPLETED
-            elif job_state in prog.stopped and state.execution == Execution.READY:
-                state.execution = Execution.PROGRAM_STOPPED
+                execution = Execution.PROGRAM_COMPLETED
+            elif job_state in prog.stopped and execution == Execution.READY:
+                execution = Execution.PROGRAM_STOPPED
+        return program, execution

@@ -13,10 +13,11 @@ from typing import Any
 
 from cellctl.config.profile import PointDef
 from cellctl.driver import Reading
+from cellctl.model import PointState, Quality, QualityChange
 
-GOOD = "good"
-UNCERTAIN = "uncertain"
-BAD = "bad"
+GOOD = Quality.GOOD
+UNCERTAIN = Quality.UNCERTAIN
+BAD = Quality.BAD
 NOT_YET_READ = "not yet read"
 
 _PASS, _SCALE_FLOAT, _SCALE_INT = 0, 1, 2
@@ -87,14 +88,14 @@ class PointTable:
         self.all_good = False  # every point's quality is good (kept by apply/mark_all_bad)
         self.value: list[Any] = [None] * n  # current engineering value
         self.last: list[Any] = [None] * n  # last value reported (deadband reference)
-        self.quality = [BAD] * n
+        self.quality: list[Quality] = [BAD] * n
         self.reason: list[str | None] = [NOT_YET_READ] * n
         self.src_ts: list[float | None] = [None] * n
 
     def index_of(self, point_id: str) -> int:
         return self.ids.index(point_id)
 
-    def apply(self, reading: Reading) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    def apply(self, reading: Reading) -> tuple[dict[str, Any], dict[str, QualityChange]]:
         """Take a reading; return (changed values, quality changes) keyed by point id."""
         if (
             self.simple
@@ -125,9 +126,9 @@ class PointTable:
             self.src_ts[:] = [reading.source_ts] * len(values)
         return changed
 
-    def _apply_general(self, reading: Reading) -> tuple[dict[str, Any], dict[str, dict[str, str]]]:
+    def _apply_general(self, reading: Reading) -> tuple[dict[str, Any], dict[str, QualityChange]]:
         changed: dict[str, Any] = {}
-        qchanged: dict[str, dict[str, str]] = {}
+        qchanged: dict[str, QualityChange] = {}
         values = reading.values
         errors = reading.errors
         indexes = reading.indexes if reading.indexes is not None else range(len(values))
@@ -142,7 +143,7 @@ class PointTable:
                 problem = errors[i]
                 if quality[i] != BAD or reason[i] != problem:
                     quality[i], reason[i] = BAD, problem
-                    qchanged[ids[i]] = {"q": BAD, "reason": problem}
+                    qchanged[ids[i]] = QualityChange(BAD, problem)
                 continue
             v = values[k]
             m = mode[i]
@@ -150,7 +151,7 @@ class PointTable:
                 v = v * self.scale[i] + self.offset[i]
             elif m == _SCALE_INT:
                 v = int(v * self.scale[i] + self.offset[i])
-            q: str = GOOD
+            q: Quality = GOOD
             why: str | None = None
             if is_float[i] and not math.isfinite(v):
                 q, why = BAD, f"not a finite number ({v})"
@@ -165,7 +166,7 @@ class PointTable:
             src_ts[i] = each_ts[k] if each_ts is not None else ts
             if quality[i] != q or reason[i] != why:
                 quality[i], reason[i] = q, why
-                qchanged[ids[i]] = {"q": q, "reason": why} if why else {"q": q}
+                qchanged[ids[i]] = QualityChange(q, why)
                 if q != BAD:
                     last[i] = v
                     changed[ids[i]] = v
@@ -188,27 +189,19 @@ class PointTable:
             changed[ids[i]] = v
         return changed, qchanged
 
-    def mark_all_bad(self, why: str) -> dict[str, dict[str, str]]:
+    def mark_all_bad(self, why: str) -> dict[str, QualityChange]:
         """The device is gone: every point becomes bad (once); return the quality changes."""
-        qchanged: dict[str, dict[str, str]] = {}
+        qchanged: dict[str, QualityChange] = {}
         self.all_good = False
         for i, point_id in enumerate(self.ids):
             if self.quality[i] != BAD or self.reason[i] != why:
                 self.quality[i], self.reason[i] = BAD, why
-                qchanged[point_id] = {"q": BAD, "reason": why}
+                qchanged[point_id] = QualityChange(BAD, why)
         return qchanged
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Full per-point state for the retained state message."""
-        out: dict[str, dict[str, Any]] = {}
-        for i, point_id in enumerate(self.ids):
-            entry: dict[str, Any] = {"v": self.value[i], "q": self.quality[i]}
-            if self.reason[i]:
-                entry["reason"] = self.reason[i]
-            if self.units[i]:
-                entry["unit"] = self.units[i]
-            stamp = self.src_ts[i]
-            if stamp is not None:
-                entry["src_ts"] = int(stamp * 1000)
-            out[point_id] = entry
-        return out
+    def states(self) -> tuple[PointState, ...]:
+        """Every point as it stands now, for births and retained state messages."""
+        return tuple(
+            PointState(self.ids[i], self.value[i], self.quality[i], self.reason[i], self.units[i], self.src_ts[i])
+            for i in range(len(self.ids))
+        )

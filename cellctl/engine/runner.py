@@ -15,33 +15,28 @@ from typing import Any, Protocol
 import structlog
 
 from cellctl.config.loader import CompiledDevice
-from cellctl.driver import DeviceUnavailable, Poller, Reading, Subscriber, Writer
+from cellctl.driver import DeviceUnavailable, Poller, Reading, Subscriber, Writer, WriteRejected
 from cellctl.engine.backoff import Backoff
 from cellctl.engine.machine import MachineMapper
 from cellctl.engine.points import PointTable
-from cellctl.model import MachineState
+from cellctl.model import DeviceSnapshot, DeviceUpdate, MachineState
 
 log = structlog.get_logger("cellctl.engine")
 
 
 class DeviceSink(Protocol):
-    """Where a runner's output goes (the publisher, or a test's collector).
+    """Where a runner's output goes (the encoders, or a test's collector).
 
-    `device_available` reports the transitions only: True before the data of the first
-    reading after the device (re)appeared, False after the data that marked it bad."""
+    `device_update` gets each scan's changes; `device_state` a full snapshot when the
+    retained state is due; `device_available` the transitions only, with the snapshot
+    at that moment: available before the update of the first reading after the device
+    (re)appeared, unavailable after the update that marked it bad."""
 
-    def device_data(
-        self,
-        device_id: str,
-        ts_ms: int,
-        values: dict[str, Any],
-        quality: dict[str, dict[str, str]],
-        machine: dict[str, Any] | None,
-    ) -> None: ...
+    def device_update(self, update: DeviceUpdate) -> None: ...
 
-    def device_state(self, device_id: str, state: dict[str, Any]) -> None: ...
+    def device_state(self, snapshot: DeviceSnapshot) -> None: ...
 
-    def device_available(self, device_id: str, available: bool) -> None: ...
+    def device_available(self, snapshot: DeviceSnapshot) -> None: ...
 
 
 def now_ms() -> int:
@@ -133,14 +128,15 @@ class DeviceRunner:
 
     async def write(self, point_id: str, value: Any) -> None:
         """Write one point in engineering units (the command path has validated it):
-        undo the profile's scale and offset, then the driver's Writer. ValueError when
-        the device is not connected or its driver cannot write."""
+        undo the profile's scale and offset, then the driver's Writer. DeviceUnavailable
+        when the device is not connected, WriteRejected when its driver cannot write or
+        the device refuses."""
         conn = self.conn
         if conn is None:
-            raise ValueError(f"device {self.id!r} is not connected")
+            raise DeviceUnavailable(f"device {self.id!r} is not connected")
         writer = conn if isinstance(conn, Writer) else None
         if writer is None:
-            raise ValueError(f"driver {self.device.config.driver!r} of device {self.id!r} cannot write")
+            raise WriteRejected(f"driver {self.device.config.driver!r} of device {self.id!r} cannot write")
         i = self.table.index_of(point_id)
         p = self.device.points[i]
         raw = value
@@ -164,18 +160,17 @@ class DeviceRunner:
             self.backoff.reset()
             self.log.info("device_online", was=self.last_reason)
             self.last_reason = None
-            self.sink.device_available(self.id, True)
+            self.sink.device_available(self.snapshot())
         values, quality = self.table.apply(reading)
         machine = None
         if quality or self.machine_stale or not self.mapper.watched.isdisjoint(values):
             self.machine_stale = False
             new_state = self.mapper.compute(True)
             if new_state != self.machine:
-                self.machine = new_state
-                machine = new_state.as_dict()
+                self.machine = machine = new_state
         if values or quality or machine is not None:
             self.state_dirty = True
-            self.sink.device_data(self.id, now_ms(), values, quality, machine)
+            self.sink.device_update(DeviceUpdate(self.id, now_ms(), values, quality, machine))
 
     def mark_stopped(self, reason: str) -> None:
         """The daemon is stopping: nothing is known about the machine any more."""
@@ -198,21 +193,21 @@ class DeviceRunner:
         self.machine = machine
         if quality or machine_changed:
             self.state_dirty = True
-            self.sink.device_data(
-                self.id, now_ms(), {}, quality, machine.as_dict() if machine_changed else None
+            self.sink.device_update(
+                DeviceUpdate(self.id, now_ms(), {}, quality, machine if machine_changed else None)
             )
         if was_available:
-            self.sink.device_available(self.id, False)
+            self.sink.device_available(self.snapshot())
 
-    def snapshot(self) -> dict[str, Any]:
-        """The retained per-device state message body."""
-        return {
-            "ts": now_ms(),
-            "device": self.id,
-            "profile": self.device.profile.name,
-            "driver": self.device.config.driver,
-            "available": self.available,
-            "reason": self.last_reason,
-            "machine": self.machine.as_dict(),
-            "points": self.table.snapshot(),
-        }
+    def snapshot(self) -> DeviceSnapshot:
+        """Everything known about the device now (retained state, births)."""
+        return DeviceSnapshot(
+            device_id=self.id,
+            ts_ms=now_ms(),
+            profile=self.device.profile.name,
+            driver=self.device.config.driver,
+            available=self.available,
+            reason=self.last_reason,
+            machine=self.machine,
+            points=self.table.states(),
+        )

@@ -1,13 +1,13 @@
-"""Durable store-and-forward outbox: messages are kept on disk from before they are
-published until the broker acknowledged them (see store.py for the guarantees and the
-drop policy, writer.py for how the event loop uses it without waiting on the disk)."""
+"""Durable store-and-forward outbox: storage only. Messages are kept on disk from before
+they are published until the broker acknowledged them (see store.py for the guarantees and
+the drop policy, writer.py for how the event loop uses it without waiting on the disk).
+It knows nothing of payload formats or MQTT: `Record.fmt` is an opaque channel name chosen
+by the delivery that owns the message (cellctl/deliver/)."""
 
-from cellctl.outbox.replay import AckTracker, Replay, uns_historical
 from cellctl.outbox.store import (
     AppendResult,
     DropEvent,
     DropReason,
-    Format,
     Fsync,
     Outbox,
     OutboxCorrupt,
@@ -20,11 +20,9 @@ from cellctl.outbox.store import (
 from cellctl.outbox.writer import OutboxWriter
 
 __all__ = [
-    "AckTracker",
     "AppendResult",
     "DropEvent",
     "DropReason",
-    "Format",
     "Fsync",
     "Outbox",
     "OutboxCorrupt",
@@ -33,7 +31,5 @@ __all__ = [
     "OutboxStats",
     "OutboxWriter",
     "Record",
-    "Replay",
     "Stored",
-    "uns_historical",
 ]

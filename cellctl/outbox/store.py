@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Final, Literal
 
 Fsync = Literal["always", "batch", "off"]
-Format = Literal["uns", "sparkplug"]
 DropReason = Literal["max_age", "max_bytes", "superseded", "backlog"]
 
 ROW_OVERHEAD: Final = 48  # bytes counted per message on top of payload, topic and stream
@@ -88,7 +87,7 @@ class Record:
     payload: bytes
     qos: int = 1
     retain: bool = False
-    fmt: Format = "uns"
+    fmt: str = "uns"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +100,7 @@ class Stored:
     payload: bytes
     qos: int
     retain: bool
-    fmt: Format
+    fmt: str
     created_ms: int
 
 
@@ -433,7 +432,7 @@ class Outbox:
 
     # -- reading ---------------------------------------------------------------------
 
-    def pending(self, limit: int, after_id: int | None = None, fmt: Format | None = None) -> list[Stored]:
+    def pending(self, limit: int, after_id: int | None = None, fmt: str | None = None) -> list[Stored]:
         """Up to `limit` unacknowledged messages in insertion order, after `after_id`;
         only those of format `fmt` when given (each output format replays on its own)."""
         where = "id > ?"

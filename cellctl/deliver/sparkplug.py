@@ -17,33 +17,29 @@ Session (docs/sparkplug.md has the full picture):
   publishes NDEATH, disconnects and connects again (spec), and data waits in the outbox.
 - Clean stop: NDEATH, then DISCONNECT (MQTT 5: "disconnect with will message").
 
-The engine talks to it as to any DeviceSink (device_data / device_available).
+The engine's output reaches it through the encoder (cellctl/encode/sparkplug.py:
+DDATA into the outbox, births and deaths handed here); NCMD/DCMD are validated by
+cellctl/commands/sparkplug.py and accepted writes run in cellctl/commands/executor.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import structlog
 
+from cellctl.commands.executor import WriteExecutor
+from cellctl.commands.sparkplug import CommandRouter
 from cellctl.config.cell import Backbone, SparkplugConfig
 from cellctl.config.loader import CompiledDevice
+from cellctl.deliver.delivery import Delivery
+from cellctl.deliver.mqtt import Message
+from cellctl.encode.sparkplug import DeviceModel, SparkplugEncoder, device_model, encode_safely
+from cellctl.model import DeviceSnapshot
 from cellctl.outbox import OutboxStats, OutboxWriter, Record, Stored
-from cellctl.publish.commands import CommandRouter, PointWrite
-from cellctl.publish.delivery import Delivery
-from cellctl.publish.mqtt import Message
-from cellctl.publish.sparkplug_metrics import (
-    DataBuilder,
-    DeviceModel,
-    DeviceView,
-    birth_metrics,
-    device_model,
-    encode_safely,
-)
 from cellctl.sparkplug.codec import (
     REBIRTH_METRIC,
     DataType,
@@ -83,7 +79,9 @@ def now_ms() -> int:
 
 
 class SparkplugNode(Delivery):
-    """Edge node session + DeviceSink. Call `attach(views)` before running."""
+    """The edge node's session: births, seq, bdSeq, primary host, node metrics, and the
+    dispatch of NCMD/DCMD. Call `attach(snapshots, executor)` before running; the engine
+    feeds `encoder`."""
 
     fmt = "sparkplug"
 
@@ -115,70 +113,49 @@ class SparkplugNode(Delivery):
         self.command_table = MetricTable([MetricDef(REBIRTH_METRIC, DataType.Boolean), *self.node_table])
         self.aliases.save()  # before any birth uses them (StateFileError: the daemon exits 2)
         self.router = CommandRouter(self.command_table, self.models, device_writes=config.device_writes)
+        self.encoder = SparkplugEncoder(
+            self.models, writer, {d: self.topics.device(MessageType.DDATA, d) for d in self.models}
+        )
+        self.encoder.births = self
         self.seq = SeqCounter()
         self.bd: int | None = None  # bdSeq of the current session (its Will and NBIRTH)
         self._next_bd: int | None = None
-        self._views: dict[str, DeviceView] = {}
-        self._builders: dict[str, DataBuilder] = {}
-        self._alive: dict[str, bool] = dict.fromkeys(self.models, False)  # at put time
+        self._snapshots: Callable[[], Sequence[DeviceSnapshot]] = list
+        self.executor: WriteExecutor | None = None
         self._birthed: dict[str, bool] = {}  # as published in this session
-        self._ddata = {d: self.topics.device(MessageType.DDATA, d) for d in self.models}
         self._epoch = 0  # +1 whenever births are scheduled; older device births/deaths are moot
         self._node_values: dict[str, int] = dict.fromkeys(NODE_METRICS, 0)
         self._node_sent: dict[str, int] = {}
         self._host_ts: int | None = None  # newest primary host STATE timestamp seen
         self._host_online = False
-        self._actions: asyncio.Queue[str | list[PointWrite]] = asyncio.Queue()
+        self._restart_wanted = asyncio.Event()
         self.births = 0
         self.rebirths = 0
-        self.encode_fallbacks = 0
         self.historical_metrics_dropped = 0
         for note, what in ((self.bdseq.recovered, "bdseq"), (self.aliases.recovered, "aliases")):
             if note:
                 log.warning("sparkplug_state_recovered", file=what, detail=note)
 
-    def attach(self, views: Sequence[DeviceView]) -> None:
-        """The engine's runners, for births (current values and availability)."""
-        for v in views:
-            if v.id in self.models:
-                self._views[v.id] = v
-                self._builders[v.id] = DataBuilder(self.models[v.id], v)
+    def attach(self, snapshots: Callable[[], Sequence[DeviceSnapshot]], executor: WriteExecutor) -> None:
+        """Where births take the devices' current state from (the engine's cell), and where
+        accepted DCMD writes go."""
+        self._snapshots = snapshots
+        self.executor = executor
 
-    # -- DeviceSink ------------------------------------------------------------------------
+    @property
+    def encode_fallbacks(self) -> int:
+        fallbacks: int = self.encoder.encode_fallbacks
+        return fallbacks
 
-    def device_data(
-        self,
-        device_id: str,
-        ts_ms: int,
-        values: dict[str, Any],
-        quality: dict[str, dict[str, str]],
-        machine: dict[str, Any] | None,
-    ) -> None:
-        if not self._alive.get(device_id):
-            return  # a dead device has no DATA (its DDEATH said it)
-        metrics = self._builders[device_id].metrics(ts_ms, values, quality, machine)
-        if not metrics:
-            return
-        payload, bad = encode_safely(lambda ms: encode_data(timestamp=ts_ms, metrics=ms), metrics)
-        self.encode_fallbacks += bad
-        self.writer.put(Record(device_id, self._ddata[device_id], payload, 0, False, "sparkplug"))
+    # -- BirthScheduler (from the encoder, at put time) -----------------------------------
 
-    def device_state(self, device_id: str, state: dict[str, Any]) -> None:
-        """Sparkplug has no retained state: BIRTH messages carry it."""
-
-    def device_available(self, device_id: str, available: bool) -> None:
-        view = self._views.get(device_id)
-        if view is None:
-            return
-        self._alive[device_id] = available
+    def device_birth(self, device_id: str, ts: int, metrics: list[Metric]) -> None:
         epoch = self._epoch
-        if available:
-            ts = now_ms()
-            metrics = birth_metrics(self.models[device_id], view, ts)
-            self._builders[device_id].reset_machine(view.machine.as_dict())
-            self.writer.after_put(lambda: self._device_birth(epoch, device_id, ts, metrics))
-        else:
-            self.writer.after_put(lambda: self._device_death(epoch, device_id))
+        self.writer.after_put(lambda: self._device_birth(epoch, device_id, ts, metrics))
+
+    def device_death(self, device_id: str) -> None:
+        epoch = self._epoch
+        self.writer.after_put(lambda: self._device_death(epoch, device_id))
 
     def _device_birth(self, epoch: int, device_id: str, ts: int, metrics: list[Metric]) -> None:
         def publish() -> None:
@@ -211,7 +188,7 @@ class SparkplugNode(Delivery):
     def _publish_dbirth(self, device_id: str, ts: int, metrics: list[Metric]) -> None:
         seq = self.seq.next()
         payload, bad = encode_safely(lambda ms: encode_dbirth(seq=seq, timestamp=ts, metrics=ms), metrics)
-        self.encode_fallbacks += bad
+        self.encoder.encode_fallbacks += bad
         self._publish(self.topics.device(MessageType.DBIRTH, device_id), payload)
 
     def _node_metrics(self, ts: int) -> list[Metric]:
@@ -226,11 +203,11 @@ class SparkplugNode(Delivery):
         """What the births say, taken now: records put after this point follow them."""
         self._epoch += 1
         ts = now_ms()
-        devices = []
-        for device_id, view in self._views.items():
-            devices.append((device_id, birth_metrics(self.models[device_id], view, ts), view.available))
-            self._builders[device_id].reset_machine(view.machine.as_dict())
-            self._alive[device_id] = view.available
+        devices = [
+            (snap.device_id, self.encoder.birth(snap), snap.available)
+            for snap in self._snapshots()
+            if snap.device_id in self.models
+        ]
         return ts, self._node_metrics(ts), devices
 
     def _births(self, *, fresh: bool) -> None:
@@ -370,8 +347,8 @@ class SparkplugNode(Delivery):
             birthed = self.live and self._birthed.get(parsed.device_id, False)
             writes = self.router.device_command(parsed.device_id, payload, birthed=birthed)
             self._node_values["Commands/Refused"] = self.router.refused_total
-            if writes:
-                self._actions.put_nowait(writes)
+            if writes and self.executor is not None:
+                self.executor.submit(writes)
         self._maybe_ndata()
 
     def _host_state(self, host_id: str, payload: bytes) -> None:
@@ -399,7 +376,7 @@ class SparkplugNode(Delivery):
             self.pause()
             log.warning("sparkplug_primary_host_offline", host=host_id, was_online=was)
             if was or last is not None:
-                self._actions.put_nowait("restart")
+                self._restart_wanted.set()
 
     # -- node metrics ------------------------------------------------------------------------------
 
@@ -439,27 +416,11 @@ class SparkplugNode(Delivery):
             tg.create_task(self._act(), name="sparkplug-actions")
 
     async def _act(self) -> None:
-        """What the MQTT callbacks cannot do synchronously: reconnect, write to devices."""
+        """What the MQTT callbacks cannot do synchronously: reconnect (primary host offline)."""
         while True:
-            action = await self._actions.get()
-            if action == "restart":
-                await self.session.restart(self.farewell())
-            elif isinstance(action, list):
-                await self._write(action)
-
-    async def _write(self, writes: list[PointWrite]) -> None:
-        """Accepted DCMD writes (`device_writes: allow`), through the device's driver."""
-        for w in writes:
-            view = self._views.get(w.device_id)
-            write = getattr(view, "write", None)
-            if write is None:
-                continue
-            try:
-                async with asyncio.timeout(5):
-                    await write(w.point_id, w.value)
-                log.info("command_written", device=w.device_id, point=w.point_id, value=w.value)
-            except (TimeoutError, ValueError, OSError, RuntimeError) as exc:
-                log.warning("command_write_failed", device=w.device_id, point=w.point_id, error=repr(exc))
+            await self._restart_wanted.wait()
+            self._restart_wanted.clear()
+            await self.session.restart(self.farewell())
 
     @property
     def birthed(self) -> Mapping[str, bool]:

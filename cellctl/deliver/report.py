@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from cellctl.deliver.sparkplug import SparkplugNode
+from cellctl.deliver.uns import UnsDelivery
 from cellctl.outbox import DropEvent, OutboxStats, OutboxWriter
-from cellctl.publish.sparkplug_node import SparkplugNode
-from cellctl.publish.uns_delivery import UnsDelivery
 
 log = structlog.get_logger("cellctl.outbox")
 

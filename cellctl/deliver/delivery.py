@@ -33,22 +33,24 @@ from typing import Final
 import structlog
 
 from cellctl.config.cell import Backbone
-from cellctl.outbox import AckTracker, Format, Outbox, OutboxWriter, Record, Replay, Stored
-from cellctl.publish.mqtt import MAX_INFLIGHT, Message, MqttSession
+from cellctl.deliver.acks import AckTracker
+from cellctl.deliver.mqtt import MAX_INFLIGHT, Message, MqttSession
+from cellctl.deliver.replay import Replay
+from cellctl.outbox import Outbox, OutboxWriter, Record, Stored
 
 log = structlog.get_logger("cellctl.publish")
 
 REPLAY_BATCH: Final = 200
 
 
-def _pending(ob: Outbox, *, n: int, after: int, fmt: Format) -> list[Stored]:
+def _pending(ob: Outbox, *, n: int, after: int, fmt: str) -> list[Stored]:
     return ob.pending(n, after_id=after, fmt=fmt)
 
 
 class Delivery:
     """One format's session, ack tracking and replay. Implements `SessionEvents`."""
 
-    fmt: Format = "uns"
+    fmt: str = "uns"
 
     def __init__(
         self,

@@ -10,9 +10,10 @@ from typing import Any
 import orjson
 
 from cellctl.config.cell import Backbone
-from cellctl.outbox import OutboxStats, OutboxWriter, Stored, uns_historical
-from cellctl.publish.delivery import Delivery
-from cellctl.publish.mqtt import Message
+from cellctl.deliver.delivery import Delivery
+from cellctl.deliver.mqtt import Message
+from cellctl.encode.uns import uns_historical
+from cellctl.outbox import OutboxStats, OutboxWriter, Stored
 
 
 class UnsDelivery(Delivery):

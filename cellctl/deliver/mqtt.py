@@ -41,7 +41,7 @@ from cellctl.errors import ConfigError
 log = structlog.get_logger("cellctl.mqtt")
 
 # A topic filter nobody subscribes to: UNSUBSCRIBE from it is answered (UNSUBACK) and
-# changes nothing, which makes it a fence (see AckTracker in cellctl/outbox/replay.py).
+# changes nothing, which makes it a fence (see AckTracker in cellctl/deliver/acks.py).
 FENCE_TOPIC = "cellctl/fence"
 MAX_INFLIGHT = 200
 
@@ -122,7 +122,7 @@ class MqttSession:
             clean_session=True if self._protocol == MQTTProtocolVersion.MQTTv311 else None,
         )
         # The window (MAX_INFLIGHT) and the waiting line are the delivery's
-        # (cellctl/publish/delivery.py): paho sends at once and queues nothing, which
+        # (cellctl/deliver/delivery.py): paho sends at once and queues nothing, which
         # also spares it a scan of every in-flight message on each PUBACK.
         client.max_inflight_messages_set(0)
         client.max_queued_messages_set(0)

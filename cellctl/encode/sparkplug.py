@@ -16,8 +16,8 @@ from typing import Any, Final, Protocol
 import orjson
 
 from cellctl.config.loader import CompiledDevice
-from cellctl.engine.points import PointTable
-from cellctl.model import MachineState
+from cellctl.model import DeviceSnapshot, DeviceUpdate, MachineState, QualityChange
+from cellctl.outbox import Record
 from cellctl.sparkplug.codec import (
     POINT_DATATYPES,
     QUALITY_REASON_KEY,
@@ -27,9 +27,16 @@ from cellctl.sparkplug.codec import (
     MetricDef,
     MetricTable,
     PropertyValue,
+    encode_data,
     quality_properties,
 )
 from cellctl.sparkplug.state import AliasBook
+
+
+class RecordSink(Protocol):
+    """Where encoded messages go: the outbox writer."""
+
+    def put(self, record: Record) -> bool: ...
 
 MACHINE_PREFIX: Final = "Machine/"
 MACHINE_STRINGS: Final = ("item_state", "operation_mode", "execution", "raw_state")
@@ -40,15 +47,6 @@ PROGRAM_FIELDS: Final[Mapping[str, DataType]] = {
     "progress": DataType.Double,
     "eta": DataType.Double,
 }
-
-
-class DeviceView(Protocol):
-    """What a BIRTH needs to know about a device now (the engine's DeviceRunner)."""
-
-    id: str
-    available: bool
-    table: PointTable
-    machine: MachineState
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,34 +87,44 @@ def device_model(dev: CompiledDevice, aliases: AliasBook) -> DeviceModel:
     )
 
 
-def _machine_values(machine: Mapping[str, Any]) -> dict[str, Any]:
-    """A machine state dict (MachineState.as_dict) as metric values by field."""
-    out: dict[str, Any] = {f: machine.get(f) for f in MACHINE_STRINGS}
-    out[ALARMS] = orjson.dumps(machine.get("alarms") or []).decode()
-    for name, value in (machine.get("counters") or {}).items():
+def _machine_values(machine: MachineState) -> dict[str, Any]:
+    """A machine state as metric values by field."""
+    out: dict[str, Any] = {
+        "item_state": machine.item_state.value,
+        "operation_mode": machine.operation_mode.value,
+        "execution": machine.execution.value,
+        "raw_state": machine.raw_state,
+    }
+    out[ALARMS] = orjson.dumps([a.as_dict() for a in machine.alarms]).decode()
+    for name, value in machine.counters.items():
         out[f"counters/{name}"] = value
-    program = machine.get("program")
-    if isinstance(program, Mapping):
-        for name in PROGRAM_FIELDS:
-            out[f"program/{name}"] = program.get(name)
+    program = machine.program
+    if program is not None:
+        out["program/name"] = program.name
+        out["program/line"] = program.line
+        out["program/progress"] = program.progress
+        out["program/eta"] = program.eta
     return out
 
 
-def birth_metrics(model: DeviceModel, view: DeviceView, ts: int) -> list[Metric]:
+def _quality(change: QualityChange) -> dict[str, PropertyValue]:
+    return quality_properties(change.quality, change.reason)
+
+
+def birth_metrics(model: DeviceModel, snapshot: DeviceSnapshot, ts: int) -> list[Metric]:
     """A DBIRTH's metrics: every point's current value and quality, and the machine state."""
-    t = view.table
     out = [
         Metric(
             name=d.name,
             alias=d.alias,
             datatype=d.datatype,
-            value=t.value[i],
+            value=p.value,
             timestamp=ts,
-            properties=quality_properties(t.quality[i], t.reason[i]),
+            properties=quality_properties(p.quality, p.reason),
         )
-        for i, d in enumerate(model.points)
+        for d, p in zip(model.points, snapshot.points, strict=True)
     ]
-    values = _machine_values(view.machine.as_dict())
+    values = _machine_values(snapshot.machine)
     out += [
         Metric(name=d.name, alias=d.alias, datatype=d.datatype, value=values.get(f), timestamp=ts)
         for f, d in model.machine.items()
@@ -125,50 +133,43 @@ def birth_metrics(model: DeviceModel, view: DeviceView, ts: int) -> list[Metric]
 
 
 class DataBuilder:
-    """DDATA metrics from one `device_data` call: changed values, quality changes (with the
+    """DDATA metrics from one DeviceUpdate: changed values, quality changes (with the
     point's last value, as every DATA metric needs one) and changed machine fields."""
 
-    __slots__ = ("_machine", "model", "view")
+    __slots__ = ("_machine", "_values", "model")
 
-    def __init__(self, model: DeviceModel, view: DeviceView) -> None:
+    def __init__(self, model: DeviceModel) -> None:
         self.model = model
-        self.view = view
+        self._values: dict[str, Any] = {}  # point values last put in DATA or BIRTH
         self._machine: dict[str, Any] = {}  # machine values last put in DATA or BIRTH
 
-    def reset_machine(self, machine: Mapping[str, Any]) -> None:
-        self._machine = _machine_values(machine)
+    def reset(self, snapshot: DeviceSnapshot) -> None:
+        """A BIRTH said everything: changes count from here."""
+        self._values = {p.id: p.value for p in snapshot.points}
+        self._machine = _machine_values(snapshot.machine)
 
-    def metrics(
-        self,
-        ts: int,
-        values: Mapping[str, Any],
-        quality: Mapping[str, Mapping[str, str]],
-        machine: Mapping[str, Any] | None,
-    ) -> list[Metric]:
+    def metrics(self, update: DeviceUpdate) -> list[Metric]:
         by_point = self.model.by_point
+        ts, values, quality = update.ts_ms, update.values, update.quality
         out: list[Metric] = []
         for pid, v in values.items():
             d = by_point[pid][1]
             q = quality.get(pid)
-            props = quality_properties(q["q"], q.get("reason")) if q is not None else None
+            props = _quality(q) if q is not None else None
             out.append(Metric(alias=d.alias, datatype=d.datatype, value=v, timestamp=ts, properties=props))
+        last = self._values
+        if values:
+            last.update(values)
         if quality:
-            current = self.view.table.value
             for pid, q in quality.items():
                 if pid in values:
                     continue
-                i, d = by_point[pid]
+                d = by_point[pid][1]
                 out.append(
-                    Metric(
-                        alias=d.alias,
-                        datatype=d.datatype,
-                        value=current[i],
-                        timestamp=ts,
-                        properties=quality_properties(q["q"], q.get("reason")),
-                    )
+                    Metric(alias=d.alias, datatype=d.datatype, value=last.get(pid), timestamp=ts, properties=_quality(q))
                 )
-        if machine is not None:
-            new = _machine_values(machine)
+        if update.machine is not None:
+            new = _machine_values(update.machine)
             old, defs = self._machine, self.model.machine
             for f, d in defs.items():
                 v = new.get(f)
@@ -209,3 +210,62 @@ def encode_safely(encode: Callable[[Sequence[Metric]], bytes], metrics: list[Met
                 )
             )
     return encode(fixed), bad
+
+
+class BirthScheduler(Protocol):
+    """The session side of a device's availability (deliver/sparkplug.py): a DBIRTH or a
+    DDEATH placed in the record stream where the transition happened."""
+
+    def device_birth(self, device_id: str, ts: int, metrics: list[Metric]) -> None: ...
+
+    def device_death(self, device_id: str) -> None: ...
+
+
+class SparkplugEncoder:
+    """The engine's output as Sparkplug device messages. Implements the DeviceSink.
+
+    DDATA goes into the outbox without a seq (the session assigns it when publishing);
+    births and deaths are session messages, handed to the `BirthScheduler`."""
+
+    def __init__(
+        self, models: Mapping[str, DeviceModel], out: RecordSink, ddata_topics: Mapping[str, str]
+    ) -> None:
+        self.models = models
+        self.out = out
+        self.births: BirthScheduler | None = None
+        self._ddata = dict(ddata_topics)
+        self._builders = {device_id: DataBuilder(m) for device_id, m in models.items()}
+        self._alive: dict[str, bool] = dict.fromkeys(models, False)  # at put time
+        self.encode_fallbacks = 0
+
+    def device_update(self, update: DeviceUpdate) -> None:
+        device_id = update.device_id
+        if not self._alive.get(device_id):
+            return  # a dead device has no DATA (its DDEATH said it)
+        metrics = self._builders[device_id].metrics(update)
+        if not metrics:
+            return
+        ts = update.ts_ms
+        payload, bad = encode_safely(lambda ms: encode_data(timestamp=ts, metrics=ms), metrics)
+        self.encode_fallbacks += bad
+        self.out.put(Record(device_id, self._ddata[device_id], payload, 0, False, "sparkplug"))
+
+    def device_state(self, snapshot: DeviceSnapshot) -> None:
+        """Sparkplug has no retained state: BIRTH messages carry it."""
+
+    def device_available(self, snapshot: DeviceSnapshot) -> None:
+        device_id = snapshot.device_id
+        if device_id not in self.models or self.births is None:
+            return
+        self._alive[device_id] = snapshot.available
+        if snapshot.available:
+            self.births.device_birth(device_id, snapshot.ts_ms, self.birth(snapshot))
+        else:
+            self.births.device_death(device_id)
+
+    def birth(self, snapshot: DeviceSnapshot) -> list[Metric]:
+        """A DBIRTH's metrics for this snapshot; DATA counts its changes from here."""
+        device_id = snapshot.device_id
+        self._builders[device_id].reset(snapshot)
+        self._alive[device_id] = snapshot.available
+        return birth_metrics(self.models[device_id], snapshot, snapshot.ts_ms)

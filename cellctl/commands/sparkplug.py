@@ -15,26 +15,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import structlog
 
-from cellctl.publish.sparkplug_metrics import DeviceModel
+from cellctl.commands.executor import PointWrite
+from cellctl.encode.sparkplug import DeviceModel
 from cellctl.sparkplug.codec import REBIRTH_METRIC, CommandError, MetricTable, decode_command
 
 log = structlog.get_logger("cellctl.commands")
 
 RefusalReason = Literal["invalid", "not_birthed", "not_writable", "out_of_range", "policy"]
-
-
-@dataclass(frozen=True, slots=True)
-class PointWrite:
-    """A validated write of one point, in engineering units."""
-
-    device_id: str
-    point_id: str
-    value: Any
 
 
 class Refused(Exception):

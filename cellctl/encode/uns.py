@@ -1,0 +1,165 @@
+"""UNS JSON: the topic layout and payloads of docs/topics.md.
+
+<prefix>/<enterprise>/<site>/<area>/<line>/<cell>/status            retained, online/offline
+<prefix>/<enterprise>/<site>/<area>/<line>/<cell>/outbox            retained, outbox figures
+<prefix>/<enterprise>/<site>/<area>/<line>/<cell>/events            cell events (outbox drops)
+<prefix>/<enterprise>/<site>/<area>/<line>/<cell>/<device>/state    retained, full snapshot
+<prefix>/<enterprise>/<site>/<area>/<line>/<cell>/<device>/data     changes, one per scan
+<prefix>/<enterprise>/<site>/<area>/<line>/<cell>/<device>/points/<point>   per_point mode
+
+Device messages become outbox records here; `UnsDelivery` (cellctl/deliver/uns.py) publishes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final, Protocol
+
+import orjson
+
+from cellctl.config.cell import Identity, Publish
+from cellctl.model import DeviceSnapshot, DeviceUpdate, PointState, QualityChange
+from cellctl.outbox import Record
+
+PAYLOAD_VERSION = 1
+_HISTORICAL: Final[bytes] = b'{"historical":true,'
+
+
+def uns_historical(payload: bytes) -> bytes:
+    """`{"ts":..}` -> `{"historical":true,"ts":..}`: a splice, since replay may resend
+    hundreds of thousands of messages. Payloads that are not a non-empty JSON object
+    are returned unchanged."""
+    if len(payload) > 2 and payload[:1] == b"{" and payload[1:].lstrip()[:1] != b"}":
+        return _HISTORICAL + payload[1:]
+    return payload
+
+
+
+class RecordSink(Protocol):
+    """Where encoded messages go: the outbox writer (or, in a benchmark, a bypass)."""
+
+    def put(self, record: Record) -> bool: ...
+
+
+def cell_root(prefix: str, identity: Identity) -> str:
+    levels = [*(prefix.split("/") if prefix else []), identity.enterprise, identity.site]
+    levels += [identity.area, identity.line, identity.cell]
+    return "/".join(levels)
+
+
+def quality_json(change: QualityChange) -> dict[str, str]:
+    """`{"q": "bad", "reason": "timeout"}`; no reason key when there is none."""
+    if change.reason:
+        return {"q": change.quality, "reason": change.reason}
+    return {"q": change.quality}
+
+
+def point_json(p: PointState) -> dict[str, Any]:
+    """One point in a retained state message."""
+    entry: dict[str, Any] = {"v": p.value, "q": p.quality}
+    if p.reason:
+        entry["reason"] = p.reason
+    if p.unit:
+        entry["unit"] = p.unit
+    if p.src_ts is not None:
+        entry["src_ts"] = int(p.src_ts * 1000)
+    return entry
+
+
+def state_json(snapshot: DeviceSnapshot) -> dict[str, Any]:
+    """The retained per-device state message body."""
+    return {
+        "version": PAYLOAD_VERSION,
+        "ts": snapshot.ts_ms,
+        "device": snapshot.device_id,
+        "profile": snapshot.profile,
+        "driver": snapshot.driver,
+        "available": snapshot.available,
+        "reason": snapshot.reason,
+        "machine": snapshot.machine.as_dict(),
+        "points": {p.id: point_json(p) for p in snapshot.points},
+    }
+
+
+class UnsEncoder:
+    """Turns the engine's output into UNS JSON records. Implements the engine's DeviceSink."""
+
+    def __init__(self, out: RecordSink, root: str, publish: Publish, qos: int) -> None:
+        self.out = out
+        self.root = root
+        self.per_point = publish.mode == "per_point"
+        self.qos = qos
+        self._data_topic: dict[str, str] = {}
+        self._seq: dict[str, int] = {}
+        self._point_quality: dict[str, dict[str, str]] = {}
+
+    @property
+    def status_topic(self) -> str:
+        return f"{self.root}/status"
+
+    def state_topic(self, device_id: str) -> str:
+        return f"{self.root}/{device_id}/state"
+
+    def point_topic(self, device_id: str, point_id: str) -> str:
+        return f"{self.root}/{device_id}/points/{point_id}"
+
+    def device_update(self, update: DeviceUpdate) -> None:
+        device_id = update.device_id
+        topic = self._data_topic.get(device_id)
+        if topic is None:
+            topic = self._data_topic[device_id] = f"{self.root}/{device_id}/data"
+        seq = self._seq.get(device_id, 0) + 1
+        self._seq[device_id] = seq
+        msg: dict[str, Any] = {"ts": update.ts_ms, "seq": seq, "values": update.values}
+        if update.quality:
+            msg["quality"] = {pid: quality_json(q) for pid, q in update.quality.items()}
+        if update.machine is not None:
+            msg["machine"] = update.machine.as_dict()
+        self.out.put(Record(device_id, topic, orjson.dumps(msg), self.qos, False, "uns"))
+        if self.per_point:
+            self._publish_points(update)
+
+    def _publish_points(self, update: DeviceUpdate) -> None:
+        device_id, ts_ms, values = update.device_id, update.ts_ms, update.values
+        known = self._point_quality.setdefault(device_id, {})
+        put, qos = self.out.put, self.qos
+        for point_id, q in update.quality.items():
+            known[point_id] = q.quality
+            if point_id not in values:
+                body = {"ts": ts_ms, **quality_json(q)}
+                put(Record(device_id, self.point_topic(device_id, point_id), orjson.dumps(body), qos, True))
+        for point_id, value in values.items():
+            body = {"v": value, "ts": ts_ms, "q": known.get(point_id, "good")}
+            put(Record(device_id, self.point_topic(device_id, point_id), orjson.dumps(body), qos, True))
+
+    def device_state(self, snapshot: DeviceSnapshot) -> None:
+        self.out.put(
+            Record(
+                snapshot.device_id,
+                self.state_topic(snapshot.device_id),
+                orjson.dumps(state_json(snapshot)),
+                self.qos,
+                True,
+                "uns",
+            )
+        )
+
+    def device_available(self, snapshot: DeviceSnapshot) -> None:
+        """UNS says it in `state` and in the data's machine state; nothing extra."""
+
+    def republish_points(self, snapshots: Iterable[DeviceSnapshot], ts_ms: int) -> None:
+        """per_point mode, after (re)connecting: every point's current value, retained.
+        Point messages stored meanwhile are replayed as history (never retained), so
+        without this the broker would not hold the latest value of a point that has not
+        changed since."""
+        if not self.per_point:
+            return
+        put, qos = self.out.put, self.qos
+        for snap in snapshots:
+            known = self._point_quality.setdefault(snap.device_id, {})
+            for p in snap.points:
+                body: dict[str, Any] = {"v": p.value, "ts": ts_ms, "q": p.quality}
+                if p.reason:
+                    body["reason"] = p.reason
+                known[p.id] = p.quality
+                put(Record(snap.device_id, self.point_topic(snap.device_id, p.id), orjson.dumps(body), qos, True))
