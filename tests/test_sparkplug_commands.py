@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 from cellctl_sim.modbus.server import SimModbusServer
 
+from cellctl.config.profiles import find_profile, search_path
 from cellctl.localbroker import Mosquitto
 from cellctl.sparkplug import sparkplug_b_pb2 as pb
 from tests.support.cell import modbus_device, running_daemon, write_config
@@ -157,3 +159,68 @@ async def test_allowed_writes_reach_the_machine_in_device_units(
     snap = sim.unit(2).snapshot()
     assert snap["setpoint"] == 250.5
     assert snap["run_enable"] is False
+
+
+def plc_profile_with_a_hole(tmp_path: Path) -> Path:
+    """sim-machine-plc plus a writable point at a register the PLC does not map, as a
+    profile for the wrong firmware version would have."""
+    src = find_profile("sim-machine-plc", search_path())
+    assert src is not None
+    profile = yaml.safe_load(src.read_text(encoding="utf-8"))
+    profile["name"] = "plc-with-hole"
+    profile["points"].append(
+        {
+            "id": "limit",
+            "type": "float",
+            "access": "rw",
+            "min": 0,
+            "max": 1000,
+            "address": {"table": "holding", "start": 9000, "type": "float32"},
+        }
+    )
+    out = tmp_path / "profiles"
+    out.mkdir()
+    (out / "plc-with-hole.yaml").write_text(yaml.safe_dump(profile), encoding="utf-8")
+    return out
+
+
+async def test_a_write_the_device_refuses_is_counted_and_the_daemon_runs_on(
+    broker: Mosquitto,
+    plc: tuple[SimModbusServer, int],
+    unique: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 9 item 1: a Modbus exception answering a DCMD write ended `cellctl run`."""
+    sim, port = plc
+    group, edge = "test-lab-a1", f"l1-{unique}"
+    config = write_config(
+        tmp_path,
+        broker.port,
+        [modbus_device("plc", "plc-with-hole", port, 2, poll_interval=0.05)],
+        cell=unique,
+        publish={"formats": ["sparkplug"]},
+        sparkplug={"device_writes": "allow"},
+        profile_dirs=[str(plc_profile_with_a_hole(tmp_path))],
+    )
+    cap = Capture(broker.port, f"spBv1.0/{group}/#")
+    try:
+        async with running_daemon(config) as daemon:
+            await cap.until(
+                lambda m: [x for x in m if x.kind == "DBIRTH" and x.device == "plc"], what="DBIRTH"
+            )
+            a = aliases(cap.snapshot(), "DBIRTH", "plc")
+            dcmd = f"spBv1.0/{group}/DCMD/{edge}/plc"
+            cap.publish(dcmd, command((a["limit"], None, DOUBLE, 10.0)))
+            await cap.until(lambda _m: sum(daemon.executor.failed.values()) == 1, what="the failed write")
+            # the daemon runs on: a later valid write still reaches the machine
+            cap.publish(dcmd, command((a["setpoint"], None, DOUBLE, 321.0)))
+            await cap.until(lambda _m: daemon.executor.written == 1, what="the next write")
+            assert not daemon.stop.is_set()
+    finally:
+        cap.close()
+    assert dict(daemon.executor.failed) == {"rejected": 1}
+    assert sim.unit(2).snapshot()["setpoint"] == 321.0
+    log = capsys.readouterr().out
+    assert "command_write_failed" in log
+    assert "illegal data address" in log

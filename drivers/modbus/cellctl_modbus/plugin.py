@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
-from cellctl.driver import DeviceContext, DriverPlugin, PointSpec, Reading
+from cellctl.driver import DeviceContext, DriverPlugin, PointSpec, Reading, WriteRejected
 from cellctl_modbus import transport
 from cellctl_modbus.codec import Decoder, encode, make_decoder, merge_bit
 from cellctl_modbus.config import ModbusAddress, ModbusConnection, ModbusOptions
@@ -127,7 +127,14 @@ class ModbusDevice:
 
     async def write(self, index: int, raw_value: Any) -> None:
         """Write one raw value. ValueError for a read-only point or a value the wire type
-        cannot hold; transport.ModbusExceptionResponse if the device refuses it."""
+        cannot hold; WriteRejected when the device refuses it (an exception response or an
+        unusable answer), DeviceUnavailable when it is gone."""
+        try:
+            await self._write(index, raw_value)
+        except transport.RequestError as exc:
+            raise WriteRejected(exc.reason) from exc
+
+    async def _write(self, index: int, raw_value: Any) -> None:
         lease = self._need_lease()
         k = self._by_index.get(index)
         if k is None:

@@ -32,7 +32,7 @@ from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 from pymodbus.simulator import SimDevice
 
-from cellctl.driver import DeviceUnavailable, Poller, Writer
+from cellctl.driver import DeviceUnavailable, Poller, Writer, WriteRejected
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -274,7 +274,7 @@ async def test_writes_land_in_the_server(tcp_sim: SimFactory) -> None:
             await dev.write(0, 40000)
         with pytest.raises(ValueError, match="no point with index 99"):
             await dev.write(99, 1)
-        with pytest.raises(transport.ModbusExceptionResponse, match="modbus exception 2"):
+        with pytest.raises(WriteRejected, match="modbus exception 2"):
             await dev.write(9, 1)
         assert await sim.holding(1, 30, 1) == [0xFFFB]
         reading = await dev.poll()
