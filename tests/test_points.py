@@ -113,7 +113,9 @@ def test_reported_values_never_differ_by_less_than_the_deadband(values: list[flo
     st.lists(
         st.tuples(
             st.lists(st.integers(-3, 3), min_size=4, max_size=4),
-            st.one_of(st.none(), st.dictionaries(st.integers(0, 3), st.sampled_from(["timeout", "exception 2"]))),
+            st.one_of(
+                st.none(), st.dictionaries(st.integers(0, 3), st.sampled_from(["timeout", "exception 2"]))
+            ),
         ),
         min_size=1,
         max_size=30,

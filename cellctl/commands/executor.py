@@ -39,9 +39,7 @@ class WriteTarget(Protocol):
 class WriteExecutor:
     """Runs accepted write batches one after the other, in arrival order."""
 
-    def __init__(
-        self, targets: Callable[[str], WriteTarget | None], *, max_queued: int = MAX_QUEUED
-    ) -> None:
+    def __init__(self, targets: Callable[[str], WriteTarget | None], *, max_queued: int = MAX_QUEUED) -> None:
         self.targets = targets
         self.queue: asyncio.Queue[list[PointWrite]] = asyncio.Queue(maxsize=max_queued)
         self.written = 0

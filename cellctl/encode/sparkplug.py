@@ -38,6 +38,7 @@ class RecordSink(Protocol):
 
     def put(self, record: Record) -> bool: ...
 
+
 MACHINE_PREFIX: Final = "Machine/"
 MACHINE_STRINGS: Final = ("item_state", "operation_mode", "execution", "raw_state")
 ALARMS: Final = "alarms"
@@ -166,7 +167,13 @@ class DataBuilder:
                     continue
                 d = by_point[pid][1]
                 out.append(
-                    Metric(alias=d.alias, datatype=d.datatype, value=last.get(pid), timestamp=ts, properties=_quality(q))
+                    Metric(
+                        alias=d.alias,
+                        datatype=d.datatype,
+                        value=last.get(pid),
+                        timestamp=ts,
+                        properties=_quality(q),
+                    )
                 )
         if update.machine is not None:
             new = _machine_values(update.machine)

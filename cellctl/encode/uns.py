@@ -12,14 +12,17 @@ Device messages become outbox records here; `UnsDelivery` (cellctl/deliver/uns.p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, Protocol
 
 import orjson
+import structlog
 
 from cellctl.config.cell import Identity, Publish
-from cellctl.model import DeviceSnapshot, DeviceUpdate, PointState, QualityChange
+from cellctl.model import DeviceSnapshot, DeviceUpdate, PointState, Quality, QualityChange
 from cellctl.outbox import Record
+
+log = structlog.get_logger("cellctl.encode")
 
 PAYLOAD_VERSION = 1
 _HISTORICAL: Final[bytes] = b'{"historical":true,'
@@ -34,7 +37,6 @@ def uns_historical(payload: bytes) -> bytes:
     return payload
 
 
-
 class RecordSink(Protocol):
     """Where encoded messages go: the outbox writer (or, in a benchmark, a bypass)."""
 
@@ -45,6 +47,28 @@ def cell_root(prefix: str, identity: Identity) -> str:
     levels = [*(prefix.split("/") if prefix else []), identity.enterprise, identity.site]
     levels += [identity.area, identity.line, identity.cell]
     return "/".join(levels)
+
+
+def _dumps_point_by_point(
+    msg: dict[str, Any], values: Mapping[str, Any], quality: dict[str, Any]
+) -> tuple[bytes, list[str]]:
+    """The slow path for a message orjson refused (an integer beyond 64 bits from a
+    device, a type no driver should return): each value that cannot be encoded is sent
+    as null with quality bad and the reason, the rest as usual. Returns the names."""
+    fixed: dict[str, Any] = {}
+    bad: list[str] = []
+    for pid, v in values.items():
+        try:
+            orjson.dumps(v)
+            fixed[pid] = v
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            fixed[pid] = None
+            quality[pid] = {"q": Quality.BAD, "reason": f"cannot encode: {exc}"}
+            bad.append(pid)
+    msg["values"] = fixed
+    if quality:
+        msg["quality"] = quality
+    return orjson.dumps(msg), bad
 
 
 def quality_json(change: QualityChange) -> dict[str, str]:
@@ -92,6 +116,7 @@ class UnsEncoder:
         self._data_topic: dict[str, str] = {}
         self._seq: dict[str, int] = {}
         self._point_quality: dict[str, dict[str, str]] = {}
+        self.unencodable = 0  # values sent as null/bad because JSON cannot carry them
 
     @property
     def status_topic(self) -> str:
@@ -115,7 +140,12 @@ class UnsEncoder:
             msg["quality"] = {pid: quality_json(q) for pid, q in update.quality.items()}
         if update.machine is not None:
             msg["machine"] = update.machine.as_dict()
-        self.out.put(Record(device_id, topic, orjson.dumps(msg), self.qos, False, "uns"))
+        try:
+            payload = orjson.dumps(msg)
+        except (TypeError, orjson.JSONEncodeError):
+            payload, bad = _dumps_point_by_point(msg, update.values, msg.get("quality", {}))
+            self._unencodable(device_id, bad)
+        self.out.put(Record(device_id, topic, payload, self.qos, False, "uns"))
         if self.per_point:
             self._publish_points(update)
 
@@ -133,16 +163,28 @@ class UnsEncoder:
             put(Record(device_id, self.point_topic(device_id, point_id), orjson.dumps(body), qos, True))
 
     def device_state(self, snapshot: DeviceSnapshot) -> None:
+        body = state_json(snapshot)
+        try:
+            payload = orjson.dumps(body)
+        except (TypeError, orjson.JSONEncodeError):
+            points: dict[str, dict[str, Any]] = body["points"]
+            bad = []
+            for pid, entry in points.items():
+                try:
+                    orjson.dumps(entry["v"])
+                except (TypeError, orjson.JSONEncodeError) as exc:
+                    entry.update(v=None, q=Quality.BAD, reason=f"cannot encode: {exc}")
+                    bad.append(pid)
+            payload = orjson.dumps(body)
+            self._unencodable(snapshot.device_id, bad)
         self.out.put(
-            Record(
-                snapshot.device_id,
-                self.state_topic(snapshot.device_id),
-                orjson.dumps(state_json(snapshot)),
-                self.qos,
-                True,
-                "uns",
-            )
+            Record(snapshot.device_id, self.state_topic(snapshot.device_id), payload, self.qos, True, "uns")
         )
+
+    def _unencodable(self, device_id: str, points: list[str]) -> None:
+        self.unencodable += len(points)
+        if points:
+            log.warning("uns_value_not_encodable", device=device_id, points=points[:20])
 
     def device_available(self, snapshot: DeviceSnapshot) -> None:
         """UNS says it in `state` and in the data's machine state; nothing extra."""
@@ -162,4 +204,8 @@ class UnsEncoder:
                 if p.reason:
                     body["reason"] = p.reason
                 known[p.id] = p.quality
-                put(Record(snap.device_id, self.point_topic(snap.device_id, p.id), orjson.dumps(body), qos, True))
+                put(
+                    Record(
+                        snap.device_id, self.point_topic(snap.device_id, p.id), orjson.dumps(body), qos, True
+                    )
+                )

@@ -202,6 +202,8 @@ class PointTable:
     def states(self) -> tuple[PointState, ...]:
         """Every point as it stands now, for births and retained state messages."""
         return tuple(
-            PointState(self.ids[i], self.value[i], self.quality[i], self.reason[i], self.units[i], self.src_ts[i])
+            PointState(
+                self.ids[i], self.value[i], self.quality[i], self.reason[i], self.units[i], self.src_ts[i]
+            )
             for i in range(len(self.ids))
         )

@@ -64,6 +64,7 @@ class DeviceRunner:
         self.successes = 0
         self.polls = 0
         self.overruns = 0
+        self.rejected_readings = 0
         self.state_dirty = True
         self.machine_stale = True  # recompute the machine state at the next reading
         self.state_published_at = 0.0  # monotonic
@@ -149,6 +150,17 @@ class DeviceRunner:
     # -- state transitions ------------------------------------------------------------
 
     def on_reading(self, reading: Reading) -> None:
+        """Take one reading (from the poll loop, or a driver's push callback). A reading
+        the engine cannot take (a driver bug: wrong value types) is dropped and logged
+        once; it never raises into the driver's callback."""
+        try:
+            self._take(reading)
+        except Exception as exc:
+            self.rejected_readings += 1
+            if self.rejected_readings == 1 or self.rejected_readings % 1000 == 0:
+                self.log.error("reading_rejected", error=repr(exc), count=self.rejected_readings, exc_info=exc)
+
+    def _take(self, reading: Reading) -> None:
         self.polls += 1
         self.failures = 0
         if not self.available:
