@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from cellctl.config.cell import Backbone, Publish
-from cellctl.deliver.mqtt import Message, MqttSession
+from cellctl.deliver.mqtt import Message, MqttSession, PublishRefused
 from cellctl.deliver.uns import UnsDelivery
 from cellctl.encode.uns import UnsEncoder
 from cellctl.localbroker import Mosquitto
@@ -161,7 +161,9 @@ class Bypass:
         self.refused = 0
 
     def put(self, record: Record) -> bool:
-        if self.session.publish(record.topic, record.payload, record.qos, record.retain) is None:
+        try:
+            self.session.publish(record.topic, record.payload, record.qos, record.retain)
+        except PublishRefused:
             self.refused += 1
             return False
         return True

@@ -34,7 +34,7 @@ import structlog
 
 from cellctl.config.cell import Backbone
 from cellctl.deliver.acks import AckTracker
-from cellctl.deliver.mqtt import MAX_INFLIGHT, Message, MqttSession
+from cellctl.deliver.mqtt import MAX_INFLIGHT, Message, MqttSession, PublishRefused
 from cellctl.deliver.replay import Replay
 from cellctl.outbox import Outbox, OutboxWriter, Record, Stored
 
@@ -193,8 +193,9 @@ class Delivery:
                 self._waiting.append((rec, oid))
                 self._waiting.extend(items)  # the rest, in order
                 break
-            mid = publish(rec.topic, live_payload(rec), rec.qos, rec.retain)
-            if mid is None:
+            try:
+                mid = publish(rec.topic, live_payload(rec), rec.qos, rec.retain)
+            except PublishRefused:
                 self._behind()
                 break
             if rec.qos:
@@ -253,9 +254,11 @@ class Delivery:
         self._fence_due = False
         if not self.tracker.unconfirmed:
             return
-        mid = self.session.fence()
-        if mid is not None:
-            self.tracker.fence(mid)
+        try:
+            mid = self.session.fence()
+        except PublishRefused:
+            return  # the connection is going away; those are replayed in the next session
+        self.tracker.fence(mid)
 
     # -- the replay task ---------------------------------------------------------------------------
 
@@ -296,8 +299,9 @@ class Delivery:
                 self.replay_skipped += 1
                 continue
             payload, qos, retain = out
-            mid = self.session.publish(m.topic, payload, qos, retain)
-            if mid is None:
+            try:
+                mid = self.session.publish(m.topic, payload, qos, retain)
+            except PublishRefused:
                 self.replay.rewind(m.id - 1)
                 self._behind()
                 break

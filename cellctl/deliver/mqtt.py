@@ -13,7 +13,7 @@ is the only queue: paho must never hold a message across connections, or it woul
 it after reconnecting while the outbox replays it too (with a Sparkplug seq of the old
 session, before the new NBIRTH). A new client also carries the Will of that CONNECT,
 which for Sparkplug changes every time (bdSeq). Publishing while disconnected is refused
-(`publish` returns None) instead of queued.
+(`publish` raises `PublishRefused`) instead of queued.
 """
 
 from __future__ import annotations
@@ -44,6 +44,19 @@ log = structlog.get_logger("cellctl.mqtt")
 # changes nothing, which makes it a fence (see AckTracker in cellctl/deliver/acks.py).
 FENCE_TOPIC = "cellctl/fence"
 MAX_INFLIGHT = 200
+
+
+class MqttError(Exception):
+    """The one exception family of the session. `rc` is paho's result code, when any."""
+
+    def __init__(self, message: str, *, rc: int | None = None) -> None:
+        super().__init__(message)
+        self.rc = rc
+
+
+class PublishRefused(MqttError):
+    """A packet was not handed to the broker: not connected, or the connection is going
+    away. Nothing was queued for a later connection; the outbox still has the message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,39 +331,48 @@ class MqttSession:
 
     # -- API ----------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int | None:
+    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
         """Hand one message to paho, which sends it at once; never blocks. Returns its
-        mid, or None when it was refused (not connected): nothing is queued for a later
-        connection. Flow control is the caller's (see Delivery)."""
+        mid. PublishRefused when not connected (nothing is queued for a later
+        connection). Flow control is the caller's (see Delivery)."""
         if not self.connected.is_set():
             self.refused += 1
-            return None
+            raise PublishRefused(f"{self.name}: not connected")
         info = self.client.publish(topic, payload, qos, retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:  # the connection is going away
             self.refused += 1
-            return None
+            raise PublishRefused(f"{self.name}: {paho.error_string(info.rc)}", rc=info.rc)
         self.published += 1
         return int(info.mid)
 
-    def fence(self) -> int | None:
+    def fence(self) -> int:
         """Send a packet the broker must answer after everything sent before it; its
-        answer reaches `events.acked(mid)`. None when not connected."""
+        answer reaches `events.acked(mid)`. PublishRefused when it cannot be sent."""
         if not self.connected.is_set():
-            return None
+            raise PublishRefused(f"{self.name}: not connected")
         rc, mid = self.client.unsubscribe(FENCE_TOPIC)
-        return int(mid) if rc == paho.MQTT_ERR_SUCCESS and mid is not None else None
+        if rc != paho.MQTT_ERR_SUCCESS or mid is None:
+            raise PublishRefused(f"{self.name}: fence not sent: {paho.error_string(rc)}", rc=rc)
+        return int(mid)
 
-    def subscribe(self, topics: Sequence[tuple[str, int]]) -> bool:
-        if not self.connected.is_set() or not topics:
-            return False
+    def subscribe(self, topics: Sequence[tuple[str, int]]) -> None:
+        """Subscribe (the broker's SUBACK is not awaited). PublishRefused when not sent."""
+        if not topics:
+            return
+        if not self.connected.is_set():
+            raise PublishRefused(f"{self.name}: not connected")
         rc, _mid = self.client.subscribe(list(topics))
-        return bool(rc == paho.MQTT_ERR_SUCCESS)
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise PublishRefused(f"{self.name}: subscribe not sent: {paho.error_string(rc)}", rc=rc)
 
     @property
     def is_connected(self) -> bool:
         return self.connected.is_set()
 
     async def __aenter__(self) -> MqttSession:
+        if self._task is not None and not self._task.done():
+            raise RuntimeError(f"MQTT session {self.name!r} is already running (not reentrant)")
+        self._closing = False
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name=f"mqtt-session:{self.name}")
         return self

@@ -25,6 +25,7 @@ cellctl/commands/sparkplug.py and accepted writes run in cellctl/commands/execut
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ from cellctl.commands.sparkplug import CommandRouter
 from cellctl.config.cell import Backbone, SparkplugConfig
 from cellctl.config.loader import CompiledDevice
 from cellctl.deliver.delivery import Delivery
-from cellctl.deliver.mqtt import Message
+from cellctl.deliver.mqtt import Message, PublishRefused
 from cellctl.encode.sparkplug import DeviceModel, SparkplugEncoder, device_model, encode_safely
 from cellctl.model import DeviceSnapshot
 from cellctl.outbox import OutboxStats, OutboxWriter, Record, Stored
@@ -183,7 +184,9 @@ class SparkplugNode(Delivery):
 
     def _publish(self, topic: str, payload: bytes) -> None:
         """Session-scoped messages: QoS 0, never retained, never stored."""
-        self.session.publish(topic, payload, 0, False)
+        # when refused, the connection is going away: the next session births everything again
+        with contextlib.suppress(PublishRefused):
+            self.session.publish(topic, payload, 0, False)
 
     def _publish_dbirth(self, device_id: str, ts: int, metrics: list[Metric]) -> None:
         seq = self.seq.next()
@@ -274,7 +277,10 @@ class SparkplugNode(Delivery):
             subs.append((state_topic(self.config.primary_host), 1))
             self._host_online = False
             log.info("sparkplug_waiting_for_primary_host", host=self.config.primary_host)
-        self.session.subscribe(subs)
+        try:
+            self.session.subscribe(subs)
+        except PublishRefused:
+            return  # gone again already; session_down follows
         if self.config.primary_host is None:
             self._births(fresh=True)
 

@@ -11,7 +11,7 @@ import orjson
 
 from cellctl.config.cell import Backbone
 from cellctl.deliver.delivery import Delivery
-from cellctl.deliver.mqtt import Message
+from cellctl.deliver.mqtt import Message, PublishRefused
 from cellctl.encode.uns import uns_historical
 from cellctl.outbox import OutboxStats, OutboxWriter, Stored
 
@@ -45,7 +45,10 @@ class UnsDelivery(Delivery):
         return Message(self.status_topic, orjson.dumps({"status": "offline", "reason": "shutdown"}), 1, True)
 
     def on_session_up(self) -> None:
-        self.session.publish(self.status_topic, orjson.dumps({"status": "online"}), 1, True)
+        try:
+            self.session.publish(self.status_topic, orjson.dumps({"status": "online"}), 1, True)
+        except PublishRefused:
+            return  # gone again already; session_down follows
         self.go_live(fresh=True)
         if self.on_live is not None:
             self.on_live()  # records put now are after the cut: they go out live
@@ -65,7 +68,15 @@ class UnsDelivery(Delivery):
             "dropped_total": stats.dropped_total,
             "dropped": stats.dropped_by_reason,
         }
-        return self.session.publish(self.outbox_topic, orjson.dumps(body), 1, True) is not None
+        return self._send(self.outbox_topic, orjson.dumps(body), True)
 
     def publish_event(self, event: dict[str, Any]) -> bool:
-        return self.session.publish(self.events_topic, orjson.dumps(event), 1, False) is not None
+        return self._send(self.events_topic, orjson.dumps(event), False)
+
+    def _send(self, topic: str, payload: bytes, retain: bool) -> bool:
+        """Whether the message went out (the caller keeps it for later if not)."""
+        try:
+            self.session.publish(topic, payload, 1, retain)
+        except PublishRefused:
+            return False
+        return True

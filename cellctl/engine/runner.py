@@ -158,7 +158,7 @@ class DeviceRunner:
         except Exception as exc:
             self.rejected_readings += 1
             if self.rejected_readings == 1 or self.rejected_readings % 1000 == 0:
-                self.log.error("reading_rejected", error=repr(exc), count=self.rejected_readings, exc_info=exc)
+                self.log.exception("reading_rejected", error=repr(exc), count=self.rejected_readings)
 
     def _take(self, reading: Reading) -> None:
         self.polls += 1
