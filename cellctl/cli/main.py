@@ -219,7 +219,7 @@ def demo(ctx: click.Context, broker: str, duration: float | None, no_table: bool
     from cellctl.cli.demo import run_demo
 
     run_demo(
-        broker=broker, duration=duration, table=not no_table, log_level=ctx.obj.get("log_level") or "warning"
+        broker=broker, duration=duration, table=not no_table, log_level=ctx.obj.get("log_level") or "info"
     )
 
 
