@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from cellctl.cli.main import cli
+from cellctl.plugins import available_drivers
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = sorted(ROOT.glob("drivers/*/sample-config.yaml"))
@@ -56,3 +57,10 @@ def test_doc_config_passes_check(where: str, text: str, tmp_path: Path) -> None:
     path = tmp_path / "cell.yaml"
     path.write_text(text, encoding="utf-8")
     _check(path)
+
+
+def test_configuration_doc_names_every_installed_driver() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    row = next(line for line in text.splitlines() if line.startswith("| `driver` |"))
+    assert available_drivers(), "no driver installed: the check would pass on nothing"
+    assert [d for d in available_drivers() if f"`{d}`" not in row] == []
