@@ -67,18 +67,26 @@ def run(ctx: click.Context, config: Path) -> None:
     """Run the daemon for the cell described by CONFIG until SIGINT/SIGTERM."""
     import asyncio
 
-    compiled = _load(config)
-    _configure_logs(ctx, compiled.config.log_level)
-    from cellctl.daemon import Daemon
+    from cellctl import lifecycle
     from cellctl.errors import ConfigError
 
-    async def main() -> None:
-        await Daemon(compiled).run()
-
     try:
+        compiled = _load(config)
+        _configure_logs(ctx, compiled.config.log_level)
+        from cellctl.daemon import Daemon, state_dir
+
+        lifecycle.report_start(state_dir(compiled))
+
+        async def main() -> None:
+            await Daemon(compiled).run()
+
         asyncio.run(main())
     except ConfigError as exc:
         _fail_config(exc.problems)
+    except Exception as exc:  # a bug: one JSON line with the traceback, then exit 1 (systemd restarts)
+        _configure_logs(ctx)  # the crash may come before the config's log settings were applied
+        lifecycle.report_crash(exc)
+        sys.exit(1)
 
 
 @cli.command()
