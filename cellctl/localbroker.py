@@ -163,8 +163,8 @@ class EmbeddedBroker(Mosquitto):
             import amqtt  # noqa: F401
         except ImportError:
             raise BrokerError(
-                "neither mosquitto nor the embedded broker is available: apt-get install mosquitto, "
-                "or pip install 'cellctl[embedded-broker]'"
+                "the embedded broker needs amqtt, an optional extra that is not installed: "
+                "pip install 'cellctl[embedded-broker]'"
             ) from None
         self.command = [sys.executable, "-m", "cellctl.embedded_broker", "{port}"]
         self.host = "127.0.0.1"

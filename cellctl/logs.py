@@ -1,5 +1,11 @@
-"""structlog set-up: JSON lines when stdout is not a terminal (journald, CI), a readable
-console on a terminal."""
+"""structlog set-up: JSON lines when the log stream is not a terminal (journald, CI), a
+readable console on a terminal.
+
+Libraries (pymodbus, asyncua, asyncio, paho) log through stdlib logging. Their records go
+through the same renderer via a `ProcessorFormatter` on the root handler, so in JSON mode
+every line is one JSON object, tracebacks included (as the `exception` field), and a log
+shipper never has to guess where a record ends.
+"""
 
 from __future__ import annotations
 
@@ -12,24 +18,54 @@ import structlog
 LogLevel = Literal["debug", "info", "warning", "error"]
 
 
+def _renderer(as_json: bool) -> structlog.typing.Processor:
+    return structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=True)
+
+
+def _library_handler(out: TextIO, as_json: bool) -> logging.Handler:
+    """The root handler: stdlib records rendered like our own events, with the logger's
+    name as `logger` and any exception as one field."""
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,  # the device a library logged for
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if as_json else structlog.dev.set_exc_info,
+            _renderer(as_json),
+        ],
+    )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter)
+    return handler
+
+
 def configure(level: LogLevel = "info", *, json: bool | None = None, stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     as_json = not out.isatty() if json is None else json
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=True)
-    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info if as_json else structlog.dev.set_exc_info,
-            renderer,
+            _renderer(as_json),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        # one write per line (message and newline together), so a library record written
+        # from another thread can never land inside one of ours
+        logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
-    # Libraries (pymodbus, asyncua) log through stdlib logging: keep them quiet unless debugging.
-    logging.basicConfig(level=logging.DEBUG if level == "debug" else logging.WARNING, stream=out, force=True)
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(_library_handler(out, as_json))
+    # Libraries stay quiet unless debugging; pymodbus reports every failure we already
+    # handle and log as a device event.
+    root.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     logging.getLogger("pymodbus").setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
+    logging.captureWarnings(True)  # warnings.warn() lines too

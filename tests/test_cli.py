@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from cellctl import __version__
 from cellctl.cli.main import cli
 from cellctl.config.profiles import load_profile, shipped_profile_dir
-from cellctl.localbroker import Mosquitto, free_port
+from cellctl.localbroker import Mosquitto, find_mosquitto, free_port
 from tests.support.cell import modbus_device, root_topic, write_config
 from tests.support.mqtt import Collector
 
@@ -131,16 +132,42 @@ def test_run_publishes_and_stops_cleanly_on_sigterm(
     assert "cellctl_stopped" in events
 
 
-def test_demo_runs_end_to_end_and_stops() -> None:
+def test_demo_runs_end_to_end_logs_at_info_and_leaves_nothing_behind(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*CELLCTL, "demo", "--duration", "4", "--no-table"],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # where its temporary folders go
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "devices: meter-1, mill-1" in proc.stdout
+    # --no-table logs the daemon's events at the default level (info), as JSON lines
+    events = {json.loads(line)["event"] for line in proc.stderr.splitlines() if line.startswith("{")}
+    assert {"cellctl_starting", "cellctl_stopped"} <= events, proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("amqtt") is not None, reason="amqtt is installed here")
+def test_demo_embedded_broker_without_amqtt_says_what_is_missing(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*CELLCTL, "demo", "--broker", "embedded", "--duration", "1", "--no-table"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "the embedded broker needs amqtt" in proc.stderr
+    assert "pip install 'cellctl[embedded-broker]'" in proc.stderr
+    if find_mosquitto() is not None:
+        assert "--broker mosquitto" in proc.stderr
+        assert "neither" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # a demo that failed to start leaves nothing behind either
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("what", ["config", "profile"])

@@ -88,5 +88,5 @@ def test_unavailable_device_is_not_available_whatever_the_values() -> None:
 
 
 def test_profile_reference_to_missing_point_is_refused() -> None:
-    with pytest.raises(ValidationError, match=r"counters\.bad names point 'scrap'"):
+    with pytest.raises(ValidationError, match=r"counters\.bad: names point 'scrap'"):
         profile(counters={"good": "good", "bad": "scrap"})

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -162,19 +163,48 @@ def _stop(proc: subprocess.Popen[str] | None) -> None:
         proc.wait(5)
 
 
+def _broker(choice: str) -> Mosquitto:
+    """The broker asked for, or a failure that says what is missing and how to get it."""
+    mosquitto = find_mosquitto()
+    if choice == "mosquitto" or (choice == "auto" and mosquitto is not None):
+        return Mosquitto()
+    try:
+        return EmbeddedBroker()
+    except BrokerError as exc:
+        if mosquitto is None:
+            raise BrokerError(
+                f"mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto), and {exc}"
+            ) from None
+        raise BrokerError(f"{exc}; or use --broker mosquitto ({mosquitto} is installed)") from None
+
+
+def _log_tail(path: Path, n: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
 def run_demo(*, broker: str, duration: float | None, table: bool, log_level: str) -> None:
+    """Run the demo in a temporary folder that is removed when it ends, however it ends."""
+    workdir = Path(tempfile.mkdtemp(prefix="cellctl-demo-"))
+    try:
+        _run_in(workdir, broker=broker, duration=duration, table=table, log_level=log_level)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_in(workdir: Path, *, broker: str, duration: float | None, table: bool, log_level: str) -> None:
     from cellctl import logs
     from cellctl.config.loader import load_cell
     from cellctl.daemon import Daemon
     from cellctl.errors import ConfigError
 
-    workdir = Path(tempfile.mkdtemp(prefix="cellctl-demo-"))
     log_path = workdir / "daemon.log"
     mosquitto: Mosquitto | None = None
     sim: subprocess.Popen[str] | None = None
     try:
-        use_embedded = broker == "embedded" or (broker == "auto" and find_mosquitto() is None)
-        mosquitto = EmbeddedBroker() if use_embedded else Mosquitto()
+        mosquitto = _broker(broker)
         mosquitto.start()
         sim_port = free_port()
         sim = _start_sim(sim_port)
@@ -186,14 +216,23 @@ def run_demo(*, broker: str, duration: float | None, table: bool, log_level: str
             encoding="utf-8",
         )
         compiled = load_cell(config_path)
-        # The terminal belongs to the table: the daemon logs JSON lines to a file.
-        log_file = log_path.open("a", encoding="utf-8")
-        logs.configure(log_level, json=True, stream=log_file if table else sys.stderr)  # type: ignore[arg-type]
         click.echo(
             f"{mosquitto.name} 127.0.0.1:{mosquitto.port} (pid {mosquitto.pid}), simulator 127.0.0.1:{sim_port} "
-            f"(pid {sim.pid}), config {config_path}, daemon log {log_path}"
+            f"(pid {sim.pid}), config {config_path}"
+            + (f", daemon log {log_path}" if table else "")
+            + f" ({workdir} is removed on exit)"
         )
-        asyncio.run(_run(Daemon(compiled), mosquitto.port, duration, table))
+        # The terminal belongs to the table: the daemon then logs JSON lines to a file.
+        with log_path.open("a", encoding="utf-8") as log_file:
+            logs.configure(log_level, json=True, stream=log_file if table else sys.stderr)  # type: ignore[arg-type]
+            try:
+                asyncio.run(_run(Daemon(compiled), mosquitto.port, duration, table))
+            except Exception:
+                if table:  # the log goes with the folder: show why before it does
+                    click.echo(f"the daemon failed; its last log lines:\n{_log_tail(log_path)}", err=True)
+                raise
+            finally:
+                logs.configure(log_level, json=True, stream=sys.stderr)  # type: ignore[arg-type]
     except (BrokerError, ConfigError) as exc:
         msg = "\n".join(exc.problems) if isinstance(exc, ConfigError) else str(exc)
         raise click.ClickException(msg) from None

@@ -67,18 +67,26 @@ def run(ctx: click.Context, config: Path) -> None:
     """Run the daemon for the cell described by CONFIG until SIGINT/SIGTERM."""
     import asyncio
 
-    compiled = _load(config)
-    _configure_logs(ctx, compiled.config.log_level)
-    from cellctl.daemon import Daemon
+    from cellctl import lifecycle
     from cellctl.errors import ConfigError
 
-    async def main() -> None:
-        await Daemon(compiled).run()
-
     try:
+        compiled = _load(config)
+        _configure_logs(ctx, compiled.config.log_level)
+        from cellctl.daemon import Daemon, state_dir
+
+        lifecycle.report_start(state_dir(compiled))
+
+        async def main() -> None:
+            await Daemon(compiled).run()
+
         asyncio.run(main())
     except ConfigError as exc:
         _fail_config(exc.problems)
+    except Exception as exc:  # a bug: one JSON line with the traceback, then exit 1 (systemd restarts)
+        _configure_logs(ctx)  # the crash may come before the config's log settings were applied
+        lifecycle.report_crash(exc)
+        sys.exit(1)
 
 
 @cli.command()
@@ -219,7 +227,7 @@ def demo(ctx: click.Context, broker: str, duration: float | None, no_table: bool
     from cellctl.cli.demo import run_demo
 
     run_demo(
-        broker=broker, duration=duration, table=not no_table, log_level=ctx.obj.get("log_level") or "warning"
+        broker=broker, duration=duration, table=not no_table, log_level=ctx.obj.get("log_level") or "info"
     )
 
 

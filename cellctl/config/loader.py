@@ -4,18 +4,22 @@ check` and the daemon agree on what is valid."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from cellctl.config.cell import CellConfig, DeviceConfig
+from cellctl.config.cell import CellConfig, DeviceConfig, PointOverride
 from cellctl.config.profile import PointDef, Profile
-from cellctl.config.profiles import find_profile, load_profile_file, search_path
-from cellctl.config.yamlfile import format_validation_error, load_model
+from cellctl.config.profile_check import CheckedPoint, ProfileCheck, check_profile_file
+from cellctl.config.profiles import find_profile, search_path
+from cellctl.config.yamlfile import format_validation_error, read_yaml
 from cellctl.driver import DeviceContext, DriverPlugin, PointSpec
 from cellctl.errors import ConfigError
 from cellctl.plugins import DriverNotFound, load_driver
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -46,82 +50,142 @@ def _validate(
         return None
 
 
-def _effective_points(dev: DeviceConfig, profile: Profile, where: str, problems: list[str]) -> list[PointDef]:
+_OVERRIDES = TypeAdapter(dict[str, PointOverride])
+_NAMES = TypeAdapter(list[str])
+_DIRS = TypeAdapter(list[Path])
+
+
+def _lenient(adapter: TypeAdapter[T], data: Any, default: T) -> T:
+    """A field's value when it is valid on its own, else `default` (its error is
+    reported by the validation of the object it belongs to)."""
+    try:
+        return adapter.validate_python(data)
+    except ValidationError:
+        return default
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _effective_points(
+    overrides: dict[str, PointOverride],
+    disabled: list[str],
+    profile: Profile,
+    where: str,
+    problems: list[str],
+) -> list[CheckedPoint]:
     known = {p.id for p in profile.points}
-    for name in [*dev.points, *dev.disabled_points]:
+    for name in [*overrides, *disabled]:
         if name not in known:
             problems.append(f"{where}: point {name!r} is not in profile {profile.name!r}")
     out = []
-    for base in profile.points:
-        if base.id in dev.disabled_points:
+    for j, base in enumerate(profile.points):
+        if base.id in disabled:
             continue
-        override = dev.points.get(base.id)
+        override = overrides.get(base.id)
         if override is None:
-            out.append(base)
+            out.append(CheckedPoint(j, base, base.address))
             continue
         try:
-            out.append(
-                PointDef.model_validate({**base.model_dump(), **override.model_dump(exclude_none=True)})
-            )
+            merged = PointDef.model_validate({**base.model_dump(), **override.model_dump(exclude_none=True)})
+            out.append(CheckedPoint(j, merged, base.address))
         except ValidationError as exc:
             problems.extend(f"{where}.points.{base.id}: {e['msg']}" for e in exc.errors(include_url=False))
     return out
 
 
+def _check_addresses(
+    plugin: DriverPlugin, checked: ProfileCheck, points: list[CheckedPoint], problems: list[str]
+) -> list[PointSpec]:
+    """The driver's verdict on every point's address, also for a profile with other problems."""
+    specs: list[PointSpec] = []
+    for cp in points:
+        if cp.address is None:
+            continue
+        address = _validate(
+            plugin.address_model, cp.address, checked.path, ("points", cp.index, "address"), problems
+        )
+        if address is None or cp.point is None:
+            continue
+        p = cp.point
+        spec = PointSpec(index=len(specs), id=p.id, type=p.type, access=p.access, address=address)
+        err = plugin.check_point(spec)
+        if err:
+            problems.append(f"{checked.path}: points[{cp.index}] ({p.id}): {err}")
+        specs.append(spec)
+    return specs
+
+
 def compile_device(
-    dev: DeviceConfig,
+    raw: Any,
+    dev: DeviceConfig | None,
+    *,
     index: int,
     config_path: Path,
     dirs: list[Path],
     problems: list[str],
-    *,
-    profiles: dict[Path, Profile] | None = None,
+    profiles: dict[Path, ProfileCheck] | None = None,
 ) -> CompiledDevice | None:
+    """Check one device as far as its parts allow and compile it when all is well.
+
+    `dev` is None when the device's own fields are invalid (already reported): its
+    driver, connection, options and profile are still checked from the raw data, so one
+    bad field does not hide the problems behind it."""
     where = f"{config_path}: devices[{index}]"
-    try:
-        plugin = load_driver(dev.driver)
-    except DriverNotFound as exc:
-        problems.append(f"{where}.driver: {exc}")
+    loc: tuple[int | str, ...] = ("devices", index)
+    fields: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    n = len(problems)
+    driver = dev.driver if dev else _text(fields.get("driver"))
+    plugin: DriverPlugin | None = None
+    connection = options = None
+    if driver is not None:
+        try:
+            plugin = load_driver(driver)
+        except DriverNotFound as exc:
+            problems.append(f"{where}.driver: {exc}")
+    if plugin is not None:
+        if isinstance(raw_conn := fields.get("connection"), dict):
+            connection = _validate(
+                plugin.connection_model, raw_conn, config_path, (*loc, "connection"), problems
+            )
+        if isinstance(raw_opts := fields.get("options", {}), dict):
+            options = _validate(plugin.options_model, raw_opts, config_path, (*loc, "options"), problems)
+    name = dev.profile if dev else _text(fields.get("profile"))
+    if name is None:
         return None
-    profile_path = find_profile(dev.profile, dirs)
+    profile_path = find_profile(name, dirs)
     if profile_path is None:
         searched = ", ".join(str(d) for d in dirs)
         problems.append(
-            f"{where}.profile: device {dev.id!r}: profile {dev.profile!r} not found (searched: {searched})"
+            f"{where}.profile: device {fields.get('id', '')!r}: profile {name!r} not found (searched: {searched})"
         )
         return None
     cache = profiles if profiles is not None else {}
-    try:
-        profile = cache.get(profile_path) or load_profile_file(profile_path)
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-        return None
-    cache[profile_path] = profile
-    if profile.driver != dev.driver:
+    checked = cache.get(profile_path) or check_profile_file(profile_path)
+    cache[profile_path] = checked
+    problems.extend(checked.problems)
+    if plugin is not None and checked.driver is not None and checked.driver != driver:
         problems.append(
-            f"{where}.driver: device {dev.id!r} uses driver {dev.driver!r} "
-            f"but profile {profile.name!r} is for driver {profile.driver!r}"
+            f"{where}.driver: device {fields.get('id', '')!r} uses driver {driver!r} "
+            f"but profile {name!r} is for driver {checked.driver!r}"
         )
         return None
-    n = len(problems)
-    loc: tuple[int | str, ...] = ("devices", index)
-    connection = _validate(
-        plugin.connection_model, dev.connection, config_path, (*loc, "connection"), problems
-    )
-    options = _validate(plugin.options_model, dev.options, config_path, (*loc, "options"), problems)
-    points = _effective_points(dev, profile, where, problems)
-    specs: list[PointSpec] = []
-    for p in points:
-        j = next(i for i, q in enumerate(profile.points) if q.id == p.id)
-        address = _validate(plugin.address_model, p.address, profile_path, ("points", j, "address"), problems)
-        if address is None:
-            continue
-        spec = PointSpec(index=len(specs), id=p.id, type=p.type, access=p.access, address=address)
-        err = plugin.check_point(spec)
-        if err:
-            problems.append(f"{profile_path}: points[{j}] ({p.id}): {err}")
-        specs.append(spec)
-    if len(problems) > n or connection is None or options is None:
+    overrides = dev.points if dev else _lenient(_OVERRIDES, fields.get("points", {}), {})
+    disabled = dev.disabled_points if dev else _lenient(_NAMES, fields.get("disabled_points", []), [])
+    if checked.profile is not None:
+        points = _effective_points(overrides, disabled, checked.profile, where, problems)
+    else:
+        points = [cp for cp in checked.points if cp.point is None or cp.point.id not in disabled]
+    specs = _check_addresses(plugin, checked, points, problems) if plugin is not None else []
+    if (
+        len(problems) > n
+        or dev is None
+        or plugin is None
+        or checked.profile is None
+        or connection is None
+        or options is None
+    ):
         return None
     ctx = DeviceContext(
         device_id=dev.id, connection=connection, options=options, points=specs, timeout=dev.timeout
@@ -131,23 +195,61 @@ def compile_device(
     except ValueError as exc:
         problems.append(f"{where}: device {dev.id!r}: {exc}")
         return None
-    return CompiledDevice(dev, profile, profile_path, plugin, ctx, points)
+    effective = [cp.point for cp in points if cp.point is not None]
+    return CompiledDevice(dev, checked.profile, profile_path, plugin, ctx, effective)
+
+
+def _devices(data: dict[str, Any], path: Path, problems: list[str]) -> list[Any]:
+    raw = data.get("devices", [])
+    if isinstance(raw, list):
+        return raw
+    problems.append(f"{path}: devices: expected a list of devices, got {type(raw).__name__}")
+    return []
+
+
+def _duplicate(raw: Any, index: int, seen: dict[str, int]) -> str | None:
+    device_id = raw.get("id") if isinstance(raw, dict) else None
+    if not isinstance(device_id, str):
+        return None
+    if device_id in seen:
+        return f"device id {device_id!r} is used twice (devices[{seen[device_id]}] and devices[{index}])"
+    seen[device_id] = index
+    return None
 
 
 def load_cell(path: Path) -> CompiledCell:
-    """Load and compile a cell config; raise ConfigError listing every problem found."""
-    config = load_model(path, CellConfig)
-    base = path.parent
-    dirs = search_path([d if d.is_absolute() else base / d for d in config.profile_dirs])
+    """Load and compile a cell config; raise ConfigError listing every problem found.
+
+    The cell's own settings and each device are validated apart, and each device is
+    checked as far as its valid parts allow, so one mistake never hides another."""
+    data = read_yaml(path)
+    if data is None:
+        raise ConfigError([f"{path}: the file is empty"])
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping at the top level, got {type(data).__name__}"])
     problems: list[str] = []
-    devices = []
-    profiles: dict[Path, Profile] = {}  # each profile file is parsed once, however many devices use it
-    for i, dev in enumerate(config.devices):
-        if not dev.enabled:
-            continue
-        compiled = compile_device(dev, i, path, dirs, problems, profiles=profiles)
-        if compiled is not None:
-            devices.append(compiled)
+    _validate(CellConfig, {k: v for k, v in data.items() if k != "devices"}, path, (), problems)
+    profile_dirs = _lenient(_DIRS, data.get("profile_dirs", []), [])
+    dirs = search_path([d if d.is_absolute() else path.parent / d for d in profile_dirs])
+    compiled: dict[int, CompiledDevice] = {}
+    profiles: dict[Path, ProfileCheck] = {}  # each profile file is checked once, however many devices use it
+    seen: dict[str, int] = {}
+    for i, raw in enumerate(_devices(data, path, problems)):
+        dev = cast(DeviceConfig | None, _validate(DeviceConfig, raw, path, ("devices", i), problems))
+        if (twice := _duplicate(raw, i, seen)) is not None:
+            problems.append(f"{path}: devices: {twice}")
+        enabled = dev.enabled if dev else not (isinstance(raw, dict) and raw.get("enabled") is False)
+        if enabled and (
+            device := compile_device(
+                raw, dev, index=i, config_path=path, dirs=dirs, problems=problems, profiles=profiles
+            )
+        ):
+            compiled[i] = device
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(list(dict.fromkeys(problems)))  # a shared profile's problems once
+    try:
+        config = CellConfig.model_validate(data)
+    except ValidationError as exc:  # every part passed above; this only guards the seams
+        raise ConfigError(format_validation_error(path, exc)) from None
+    devices = [replace(d, config=config.devices[i]) for i, d in compiled.items()]
     return CompiledCell(path, config, devices, dirs)

@@ -135,30 +135,9 @@ class Profile(_Frozen):
 
     @model_validator(mode="after")
     def _references(self) -> Profile:
-        ids: set[str] = set()
-        for p in self.points:
-            if p.id in ids:
-                raise ValueError(f"duplicate point id {p.id!r}")
-            ids.add(p.id)
-        refs: list[tuple[str, str]] = []
-        if self.state:
-            refs.append(("state.point", self.state.point))
-        if self.counters:
-            refs += [
-                (f"counters.{k}", v)
-                for k, v in (("good", self.counters.good), ("bad", self.counters.bad))
-                if v
-            ]
-        refs += [(f"alarms[{i}].point", a.point) for i, a in enumerate(self.alarms)]
-        if self.program:
-            refs += [
-                (f"program.{k}", ref)
-                for k in ("name", "line", "progress", "eta", "state")
-                if (ref := getattr(self.program, k))
-            ]
-        for where, ref in refs:
-            if ref not in ids:
-                raise ValueError(f"{where} names point {ref!r}, which the profile does not define")
+        problems = reference_problems(self.model_dump(mode="json"))
+        if problems:
+            raise ValueError("; ".join(f"{where}: {msg}" for where, msg in problems))
         return self
 
     def point(self, point_id: str) -> PointDef:
@@ -166,3 +145,47 @@ class Profile(_Frozen):
             if p.id == point_id:
                 return p
         raise KeyError(point_id)
+
+
+_PROGRAM_REFS = ("name", "line", "progress", "eta", "state")
+
+
+def _point_ids(points: list[Any]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    ids: dict[str, int] = {}
+    problems: list[tuple[str, str]] = []
+    for j, p in enumerate(points):
+        pid = p.get("id") if isinstance(p, dict) else None
+        if not isinstance(pid, str):
+            continue
+        if pid in ids:
+            problems.append((f"points[{j}].id", f"duplicate point id {pid!r} (first at points[{ids[pid]}])"))
+        else:
+            ids[pid] = j
+    return ids, problems
+
+
+def _refs(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    refs: list[tuple[str, Any]] = []
+    state, counters, alarms, program = (data.get(k) for k in ("state", "counters", "alarms", "program"))
+    if isinstance(state, dict):
+        refs.append(("state.point", state.get("point")))
+    if isinstance(counters, dict):
+        refs += [(f"counters.{k}", counters.get(k)) for k in ("good", "bad")]
+    if isinstance(alarms, list):
+        refs += [(f"alarms[{i}].point", a.get("point")) for i, a in enumerate(alarms) if isinstance(a, dict)]
+    if isinstance(program, dict):
+        refs += [(f"program.{k}", program.get(k)) for k in _PROGRAM_REFS]
+    return refs
+
+
+def reference_problems(data: Any) -> list[tuple[str, str]]:
+    """Duplicate point ids and references to points the profile does not define, as
+    (field path, message). Works on raw YAML data, so the loader can report them even when
+    other fields of the same profile are invalid (pydantic skips model checks then)."""
+    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+        return []
+    ids, problems = _point_ids(data["points"])
+    for where, ref in _refs(data):
+        if isinstance(ref, str) and ref not in ids:
+            problems.append((where, f"names point {ref!r}, which the profile does not define"))
+    return problems

@@ -12,7 +12,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from cellctl.config.profile import Profile
-from cellctl.config.yamlfile import load_model
+from cellctl.config.profile_check import check_profile_file
 from cellctl.errors import ConfigError
 
 SYSTEM_PROFILE_DIR = Path("/etc/cellctl/profiles")
@@ -53,10 +53,10 @@ def list_profiles(dirs: list[Path]) -> list[FoundProfile]:
 
 
 def load_profile_file(path: Path) -> Profile:
-    profile = load_model(path, Profile)
-    if profile.name != path.stem:
-        raise ConfigError([f"{path}: name: {profile.name!r} must match the file name {path.stem!r}"])
-    return profile
+    checked = check_profile_file(path)
+    if checked.profile is None:
+        raise ConfigError(checked.problems)
+    return checked.profile
 
 
 def load_profile(name: str, dirs: list[Path]) -> Profile:

@@ -3,11 +3,13 @@ path and what was expected, quoting the value they wrote."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from cellctl.errors import ConfigError
 
@@ -46,11 +48,18 @@ def _describe(value: Any) -> str:
 
 
 def format_validation_error(
-    path: Path, exc: ValidationError, prefix: tuple[int | str, ...] = ()
+    path: Path,
+    exc: ValidationError,
+    prefix: tuple[int | str, ...] = (),
+    *,
+    keep: Callable[[ErrorDetails], bool] | None = None,
 ) -> list[str]:
-    """One line per problem: `file: field.path: message (got value)`."""
+    """One line per problem: `file: field.path: message (got value)`; `keep` filters
+    out errors the caller reports in its own way."""
     lines = []
     for err in exc.errors(include_url=False):
+        if keep is not None and not keep(err):
+            continue
         loc = tuple(
             p for p in (*prefix, *err["loc"]) if not (isinstance(p, str) and p.startswith("function-"))
         )

@@ -38,7 +38,7 @@ from cellctl.deliver.mqtt import MAX_INFLIGHT, Message, MqttSession, PublishRefu
 from cellctl.deliver.replay import Replay
 from cellctl.outbox import Outbox, OutboxWriter, Record, Stored
 
-log = structlog.get_logger("cellctl.publish")
+log = structlog.get_logger("cellctl.deliver")
 
 REPLAY_BATCH: Final = 200
 
