@@ -47,8 +47,11 @@ class Mosquitto:
         host: str = "127.0.0.1",
         persistence: bool = False,
         users: dict[str, str] | None = None,
+        max_inflight_messages: int = 1000,
     ) -> None:
-        """`users` (name -> password) turns anonymous access off, for tests of auth."""
+        """`users` (name -> password) turns anonymous access off, for tests of auth.
+        `max_inflight_messages` 20 is mosquitto's own default (QoS 1/2 messages to one
+        client beyond it are queued while QoS 0 ones go out at once)."""
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError("mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto)")
@@ -62,7 +65,7 @@ class Mosquitto:
             f"allow_anonymous {'false' if users else 'true'}",
             "set_tcp_nodelay true",
             "max_queued_messages 1000000",
-            "max_inflight_messages 1000",
+            f"max_inflight_messages {max_inflight_messages}",
             f"persistence {'true' if persistence else 'false'}",
             # a persistent session (clean_session false) then also gets the QoS 0 messages
             # published while it reconnects: tests that restart the broker see everything

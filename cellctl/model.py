@@ -146,5 +146,6 @@ class DeviceSnapshot:
     driver: str
     available: bool
     reason: str | None
+    known: bool  # a first reading or a first failure has happened (nothing is known before)
     machine: MachineState
     points: tuple[PointState, ...]

@@ -45,7 +45,7 @@ def test_the_retained_state_with_such_a_value_is_still_published() -> None:
         PointState("rx_free", 2**70, Quality.GOOD, None, None, None),
         PointState("feed", 3.0, Quality.GOOD, None, "mm/min", None),
     )
-    enc.device_state(DeviceSnapshot("mill", 1, "grbl-cnc", "gcode", True, None, MachineState(), points))
+    enc.device_state(DeviceSnapshot("mill", 1, "grbl-cnc", "gcode", True, None, True, MachineState(), points))
     body = orjson.loads(out.records[-1].payload)
     assert body["points"]["rx_free"]["v"] is None
     assert body["points"]["rx_free"]["q"] == "bad"

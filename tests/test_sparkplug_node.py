@@ -122,7 +122,7 @@ async def test_edge_node_session_checklist_from_a_capture(
     assert births[3] == (births[2] + 1) % 256, "bdSeq persisted across the restart, +1"
     assert report.wraps >= 1
     assert report.historical >= 200
-    assert report.historical_qos == {1}  # sparkplug.historical_qos default
+    assert report.historical_qos == {0}  # the specification's QoS, the default
     assert report.ddeaths.count("m1") >= 1
     # aliases: unique per (device, metric), the same in every birth, incl. after the restart
     assert len(report.aliases) == len(set(report.aliases.values()))

@@ -185,7 +185,10 @@ class SparkplugConfig(_Frozen):
     client_id: str | None = None  # default: backbone's client id (+ "-spb" with both formats)
     primary_host: Annotated[str, _sparkplug_id("host id")] | None = None
     bdseq_datatype: Literal["Int64", "UInt64"] = "Int64"
-    historical_qos: Literal[0, 1] = 1  # QoS of stored data replayed as historical DATA
+    # QoS of stored data replayed as historical DATA. 0 (the specification's): a fence
+    # proves the broker has it before it leaves the outbox. 1: every message of the node
+    # at QoS 1 (a deviation), so they still reach subscribers in seq order.
+    historical_qos: Literal[0, 1] = 0
     # DCMD writes to writable points: refused (logged, counted) until the command policy
     # lands; `allow` executes writes that pass every check.
     device_writes: Literal["refuse", "allow"] = "refuse"

@@ -69,6 +69,7 @@ class Delivery:
         self.replay = Replay(rate=replay_rate, burst=max(1, replay_rate // 4), fmt=self.fmt)
         self.log = log.bind(format=self.fmt)
         self.live = False
+        self.force_qos: int | None = None  # publish live records at this QoS instead of theirs
         self.gen = 0  # +1 on every session up/down: stale callbacks compare it
         self.live_published = 0
         self.replay_published = 0
@@ -181,24 +182,26 @@ class Delivery:
         self._send_live(zip(records, ids, strict=True))
 
     def _send_live(self, items: Iterator[tuple[Record, int]]) -> None:
-        publish, tracker, live_payload, window = (
+        publish, tracker, live_payload, window, force = (
             self.session.publish,
             self.tracker,
             self.live_payload,
             self.window,
+            self.force_qos,
         )
         unconfirmed = False
         for rec, oid in items:
+            qos = rec.qos if force is None else force
             if tracker.in_flight >= window:
                 self._waiting.append((rec, oid))
                 self._waiting.extend(items)  # the rest, in order
                 break
             try:
-                mid = publish(rec.topic, live_payload(rec), rec.qos, rec.retain)
+                mid = publish(rec.topic, live_payload(rec), qos, rec.retain)
             except PublishRefused:
                 self._behind()
                 break
-            if rec.qos:
+            if qos:
                 tracker.sent(mid, [oid])
             else:
                 tracker.sent_unconfirmed(oid)

@@ -104,6 +104,11 @@ class SparkplugNode(Delivery):
         self.topics = NodeTopics(group_id, edge_node_id)
         self.bd_datatype = DataType[config.bdseq_datatype]
         self.historical_qos = config.historical_qos
+        # QoS 1 for replay means QoS 1 for every message of the node: a broker sends QoS 0
+        # at once but queues QoS 1 beyond its in-flight limit, so mixing them would reach
+        # subscribers out of seq order (a strict host then asks for a rebirth).
+        self.message_qos = config.historical_qos
+        self.force_qos = 1 if config.historical_qos == 1 else None
         self.bdseq = BdSeqFile(state_dir / "bdseq")
         self.aliases = AliasBook(state_dir / "aliases.json")
         self.models: dict[str, DeviceModel] = {d.config.id: device_model(d, self.aliases) for d in devices}
@@ -183,10 +188,10 @@ class SparkplugNode(Delivery):
     # -- births -------------------------------------------------------------------------------
 
     def _publish(self, topic: str, payload: bytes) -> None:
-        """Session-scoped messages: QoS 0, never retained, never stored."""
+        """Session-scoped messages: QoS 0 (see `message_qos`), never retained, never stored."""
         # when refused, the connection is going away: the next session births everything again
         with contextlib.suppress(PublishRefused):
-            self.session.publish(topic, payload, 0, False)
+            self.session.publish(topic, payload, self.message_qos, False)
 
     def _publish_dbirth(self, device_id: str, ts: int, metrics: list[Metric]) -> None:
         seq = self.seq.next()
@@ -209,7 +214,7 @@ class SparkplugNode(Delivery):
         devices = [
             (snap.device_id, self.encoder.birth(snap), snap.available)
             for snap in self._snapshots()
-            if snap.device_id in self.models
+            if snap.device_id in self.models and snap.known  # the others are birthed when first heard of
         ]
         return ts, self._node_metrics(ts), devices
 

@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol
 import orjson
 
 from cellctl.config.loader import CompiledDevice
-from cellctl.model import DeviceSnapshot, DeviceUpdate, MachineState, QualityChange
+from cellctl.model import DeviceSnapshot, DeviceUpdate, MachineState, Quality, QualityChange
 from cellctl.outbox import Record
 from cellctl.sparkplug.codec import (
     POINT_DATATYPES,
@@ -137,19 +137,37 @@ class DataBuilder:
     """DDATA metrics from one DeviceUpdate: changed values, quality changes (with the
     point's last value, as every DATA metric needs one) and changed machine fields."""
 
-    __slots__ = ("_machine", "_values", "model")
+    __slots__ = ("_birth_quality", "_machine", "_values", "model")
 
     def __init__(self, model: DeviceModel) -> None:
         self.model = model
         self._values: dict[str, Any] = {}  # point values last put in DATA or BIRTH
         self._machine: dict[str, Any] = {}  # machine values last put in DATA or BIRTH
+        self._birth_quality: dict[str, Quality] | None = None  # until the first DATA after a BIRTH
 
     def reset(self, snapshot: DeviceSnapshot) -> None:
         """A BIRTH said everything: changes count from here."""
         self._values = {p.id: p.value for p in snapshot.points}
         self._machine = _machine_values(snapshot.machine)
+        self._birth_quality = {p.id: p.quality for p in snapshot.points}
+
+    def _after_birth(self, update: DeviceUpdate, births: dict[str, Quality]) -> DeviceUpdate:
+        """The first update after a BIRTH without what the BIRTH already said (the reading
+        a device's birth was taken from comes through as an update too)."""
+        last = self._values
+        return DeviceUpdate(
+            update.device_id,
+            update.ts_ms,
+            {k: v for k, v in update.values.items() if k not in last or last[k] != v},
+            {k: q for k, q in update.quality.items() if births.get(k) != q.quality},
+            update.machine,
+        )
 
     def metrics(self, update: DeviceUpdate) -> list[Metric]:
+        births = self._birth_quality
+        if births is not None:
+            self._birth_quality = None
+            update = self._after_birth(update, births)
         by_point = self.model.by_point
         ts, values, quality = update.ts_ms, update.values, update.quality
         out: list[Metric] = []
@@ -243,6 +261,7 @@ class SparkplugEncoder:
         self._ddata = dict(ddata_topics)
         self._builders = {device_id: DataBuilder(m) for device_id, m in models.items()}
         self._alive: dict[str, bool] = dict.fromkeys(models, False)  # at put time
+        self._told: set[str] = set()  # devices with a birth scheduled since start
         self.encode_fallbacks = 0
 
     def device_update(self, update: DeviceUpdate) -> None:
@@ -264,10 +283,12 @@ class SparkplugEncoder:
         device_id = snapshot.device_id
         if device_id not in self.models or self.births is None:
             return
-        self._alive[device_id] = snapshot.available
-        if snapshot.available:
+        if snapshot.available or device_id not in self._told:
+            # a device whose first outcome is a failure is birthed too (with its points bad),
+            # so hosts learn it exists, then declared dead
             self.births.device_birth(device_id, snapshot.ts_ms, self.birth(snapshot))
-        else:
+        if not snapshot.available:
+            self._alive[device_id] = False
             self.births.device_death(device_id)
 
     def birth(self, snapshot: DeviceSnapshot) -> list[Metric]:
@@ -275,4 +296,5 @@ class SparkplugEncoder:
         device_id = snapshot.device_id
         self._builders[device_id].reset(snapshot)
         self._alive[device_id] = snapshot.available
+        self._told.add(device_id)
         return birth_metrics(self.models[device_id], snapshot, snapshot.ts_ms)

@@ -29,8 +29,10 @@ class DeviceSink(Protocol):
 
     `device_update` gets each scan's changes; `device_state` a full snapshot when the
     retained state is due; `device_available` the transitions only, with the snapshot
-    at that moment: available before the update of the first reading after the device
-    (re)appeared, unavailable after the update that marked it bad."""
+    at that moment: available once the first reading after the device (re)appeared is
+    taken (the snapshot holds its values) and before that reading's update; unavailable
+    after the update that marked it bad, and also on the very first failure of a device
+    never read, so a consumer learns it exists."""
 
     def device_update(self, update: DeviceUpdate) -> None: ...
 
@@ -59,6 +61,7 @@ class DeviceRunner:
         self.mapper = MachineMapper(device.profile, self.table)
         self.machine: MachineState = self.mapper.compute(False)
         self.available = False
+        self.known = False  # a first reading or failure happened
         self.last_reason: str | None = "not connected yet"
         self.failures = 0
         self.successes = 0
@@ -163,16 +166,16 @@ class DeviceRunner:
     def _take(self, reading: Reading) -> None:
         self.polls += 1
         self.failures = 0
+        appeared = False
         if not self.available:
             self.successes += 1
             if self.successes < self.device.config.availability.online_after:
                 return
-            self.available = True
+            self.available = appeared = self.known = True
             self.machine_stale = True
             self.backoff.reset()
             self.log.info("device_online", was=self.last_reason)
             self.last_reason = None
-            self.sink.device_available(self.snapshot())
         values, quality = self.table.apply(reading)
         machine = None
         if quality or self.machine_stale or not self.mapper.watched.isdisjoint(values):
@@ -180,6 +183,8 @@ class DeviceRunner:
             new_state = self.mapper.compute(True)
             if new_state != self.machine:
                 self.machine = machine = new_state
+        if appeared:  # after taking the reading, so a birth carries its values
+            self.sink.device_available(self.snapshot())
         if values or quality or machine is not None:
             self.state_dirty = True
             self.sink.device_update(DeviceUpdate(self.id, now_ms(), values, quality, machine))
@@ -190,6 +195,8 @@ class DeviceRunner:
         self._on_failure(reason, expected=True)
 
     def _on_failure(self, reason: str, *, expected: bool = False) -> None:
+        first = not self.known and not expected  # the first thing learned is that it is down
+        self.known = self.known or first
         self.successes = 0
         self.failures += 1
         if reason != self.last_reason:
@@ -208,7 +215,7 @@ class DeviceRunner:
             self.sink.device_update(
                 DeviceUpdate(self.id, now_ms(), {}, quality, machine if machine_changed else None)
             )
-        if was_available:
+        if was_available or first:
             self.sink.device_available(self.snapshot())
 
     def snapshot(self) -> DeviceSnapshot:
@@ -220,6 +227,7 @@ class DeviceRunner:
             driver=self.device.config.driver,
             available=self.available,
             reason=self.last_reason,
+            known=self.known,
             machine=self.machine,
             points=self.table.states(),
         )
