@@ -53,13 +53,13 @@ async def test_values_read_equal_what_the_server_holds(rtu_sim: SimFactory) -> N
 async def test_exception_response_marks_only_those_points(rtu_sim: SimFactory) -> None:
     sim = await rtu_sim(bus)
     points = [reg(0, "int16", start=0), reg(1, "int16", start=250), reg(2, "uint16", start=40)]
-    sim.behaviour.fail_once[(1, 40)] = ExcCodes.ILLEGAL_VALUE
+    sim.behaviour.fail_once[(1, 40)] = ExcCodes.DEVICE_FAILURE  # transient: not remembered
     async with plugin.open(device_ctx(sim.connection(1), points)) as dev:
         first = await dev.poll()
         second = await dev.poll()
     assert first.errors == {
         1: "modbus exception 2 (illegal data address)",
-        2: "modbus exception 3 (illegal data value)",
+        2: "modbus exception 4 (server device failure)",
     }
     assert first.values[0] == -1234
     assert second.errors == {1: "modbus exception 2 (illegal data address)"}

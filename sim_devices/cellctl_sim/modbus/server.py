@@ -41,6 +41,7 @@ from cellctl_sim.modbus.devices import DEVICE_TYPES, DeviceModel
 from cellctl_sim.modbus.faults import (
     DEVICE_FAILURE,
     GATEWAY_NO_RESPONSE,
+    ILLEGAL_ADDRESS,
     ILLEGAL_FUNCTION,
     Access,
     ExceptionRule,
@@ -346,6 +347,14 @@ class SimModbusServer:
         rule = ExceptionRule(code, Table(table) if table is not None else None, start, end)
         self.fault_target(unit).exceptions.append(rule)
         return rule
+
+    def add_hole(
+        self, table: Table | str, start: int, end: int | None = None, *, unit: int | None = None
+    ) -> ExceptionRule:
+        """Take `start`..`end` (inclusive) out of the device's map, as real devices have
+        holes: any request touching them is refused with exception 2 (illegal data
+        address), also when it reads valid addresses around them."""
+        return self.set_exception(ILLEGAL_ADDRESS, unit=unit, table=table, start=start, end=start if end is None else end)
 
     def stop_answering(self, *, unit: int | None = None) -> None:
         """Drop requests silently (connections stay open; clients time out)."""
