@@ -83,6 +83,46 @@ class ModbusExceptionResponse(RequestError):
         self.code = code
 
 
+def check_read_response(resp: Any, table: str, count: int) -> Sequence[Any]:
+    """The values of a decoded read response (a pymodbus PDU), or RequestError /
+    ModbusExceptionResponse when it is not an answer to a read of `count` from `table`."""
+    if resp.isError():
+        raise ModbusExceptionResponse(int(resp.exception_code))
+    fc = _READ_METHOD[table][1]
+    if resp.function_code != fc:
+        raise RequestError(f"bad response: function {resp.function_code} to a function {fc} request")
+    if fc in (1, 2):
+        bits: Sequence[bool] = resp.bits
+        # Bits come padded to whole bytes.
+        if not count <= len(bits) < count + 8:
+            raise RequestError(f"bad response: {len(bits)} bits for a read of {count}")
+        return bits[:count] if len(bits) != count else bits
+    regs: Sequence[int] = resp.registers
+    if len(regs) != count:
+        raise RequestError(f"bad response: {len(regs)} registers for a read of {count}")
+    return regs
+
+
+def guard_receive(protocol: Any, on_garbage: Callable[[str], None]) -> None:
+    """Make `protocol.data_received` (pymodbus's client protocol) never raise.
+
+    pymodbus raises ModbusIOException out of `data_received` when a frame cannot be
+    decoded; asyncio would log that as a fatal protocol error with a traceback and close
+    the socket. Here the bytes received are dropped and `on_garbage` is told why, so the
+    link reports a device fault (DeviceUnavailable, then reconnect) in our words.
+    """
+    received: Callable[[bytes], None] = protocol.data_received
+
+    def data_received(data: bytes) -> None:
+        try:
+            received(data)
+        except Exception as exc:  # garbage on the wire, whatever pymodbus makes of it
+            protocol.recv_buffer = b""
+            on_garbage(f"undecodable answer ({type(exc).__name__}: {exc})")
+
+    protocol.data_received = data_received
+
+
 LinkKey = tuple[str, str, int]
 
 
@@ -189,8 +229,16 @@ class Link:
             if not up and not lost.done():
                 lost.set_result("connection closed by the other end")
 
+        def on_garbage(reason: str) -> None:
+            if not lost.done():
+                lost.set_result(reason)
+            transport = client.ctx.transport
+            if transport is not None:
+                transport.close()  # the byte stream cannot be trusted any more
+
         client = self._make_client(on_connect)
         client.set_max_no_responses(1 << 30)  # never let pymodbus drop the link itself
+        guard_receive(client.ctx, on_garbage)
         try:
             async with asyncio.timeout(timeout):
                 ok = await client.connect()
@@ -290,27 +338,13 @@ class Link:
         self, unit: int, table: str, start: int, count: int, timeout: float
     ) -> Sequence[Any]:
         """Read `count` registers/bits; raise RequestError for an unusable answer."""
-        method, fc = _READ_METHOD[table]
+        method, _ = _READ_METHOD[table]
 
         def call(client: Any) -> Awaitable[Any]:
             fn: Callable[..., Awaitable[Any]] = getattr(client, method)
             return fn(start, count=count, device_id=unit)
 
-        resp = await self._transact(unit, call, timeout)
-        if resp.isError():
-            raise ModbusExceptionResponse(int(resp.exception_code))
-        if resp.function_code != fc:
-            raise RequestError(f"bad response: function {resp.function_code} to a function {fc} request")
-        if fc in (1, 2):
-            bits: Sequence[bool] = resp.bits
-            # Bits come padded to whole bytes.
-            if not count <= len(bits) < count + 8:
-                raise RequestError(f"bad response: {len(bits)} bits for a read of {count}")
-            return bits[:count] if len(bits) != count else bits
-        regs: Sequence[int] = resp.registers
-        if len(regs) != count:
-            raise RequestError(f"bad response: {len(regs)} registers for a read of {count}")
-        return regs
+        return check_read_response(await self._transact(unit, call, timeout), table, count)
 
     async def write_registers_locked(
         self, unit: int, start: int, values: Sequence[int], timeout: float
