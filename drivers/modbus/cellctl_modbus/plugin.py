@@ -141,7 +141,10 @@ class ModbusDevice:
 
     async def start(self) -> None:
         self._lease = await transport.acquire(
-            self.connection, timeout=self.timeout, pause=self.options.pause_between_requests
+            self.connection,
+            timeout=self.timeout,
+            pause=self.options.pause_between_requests,
+            breaker_after=self.options.breaker_after,
         )
 
     def close(self) -> None:
