@@ -82,7 +82,7 @@ async def test_pipelining_keeps_healthy_units_on_time_beside_a_slow_one(sim: Sim
             await neighbour
         (link,) = transport.links().values()
         assert link.pipelining
-        assert link._client.max_in_flight >= 2  # noqa: SLF001 - the instrument
+        assert link._client.max_in_flight >= 2
     for total, on_time in results:
         assert total >= 20  # without pipelining: about 5 in 1.5 s (one slow read per round)
         assert on_time >= 0.9 * total
