@@ -25,6 +25,7 @@ and auto-reconnect turned off, so there is exactly one policy and it is this one
 from __future__ import annotations
 
 import asyncio
+import errno
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -129,6 +130,23 @@ def guard_receive(protocol: Any, on_garbage: Callable[[str], None]) -> None:
             on_garbage(f"undecodable answer ({type(exc).__name__}: {exc})")
 
     protocol.data_received = data_received
+
+
+def open_error(conn: ModbusConnection, where: str, exc: BaseException) -> str:
+    """Why a connection could not be opened, in the user's terms. Linux pseudo-terminals
+    (socat, simulators) reject any parity but N with EINVAL; say so rather than only
+    ``(22, 'Invalid argument')``."""
+    text = f"cannot open {where}: {exc}"
+    code = getattr(exc, "errno", None)
+    if code is None and exc.args and isinstance(exc.args[0], int):
+        code = exc.args[0]  # termios.error carries (errno, text) without .errno
+    einval = code == errno.EINVAL or "Invalid argument" in str(exc)
+    if conn.transport == "rtu" and conn.parity != "N" and einval:
+        return (
+            f"{text}; the serial port refused parity {conn.parity}; "
+            "pseudo-terminals accept only parity N (set 'parity: N' for a virtual serial port)"
+        )
+    return text
 
 
 LinkKey = tuple[str, str, int]
@@ -305,7 +323,7 @@ class Link:
             raise DeviceUnavailable(f"connect to {self.where} timed out after {timeout:g} s") from None
         except Exception as exc:  # pyserial/termios errors are not all OSErrors
             client.close()
-            raise DeviceUnavailable(f"cannot open {self.where}: {exc}") from exc
+            raise DeviceUnavailable(open_error(self.conn, self.where, exc)) from exc
         if not ok:
             client.close()
             raise DeviceUnavailable(f"cannot connect to {self.where}")

@@ -4,7 +4,9 @@ ModbusSerialServer (an RS-485 bus with two units)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import tty
 
 import pytest
 from cellctl_modbus import transport
@@ -153,3 +155,20 @@ async def test_missing_serial_port_is_unavailable(tmp_path: object) -> None:
         async with plugin.open(device_ctx(conn, [reg(0, "uint16", start=0)])):
             pass
     assert transport.links() == {}
+
+
+async def test_parity_on_a_pty_says_what_works() -> None:
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave)
+        conn = ModbusConnection(transport="rtu", serial_port=os.ttyname(slave), parity="E")
+        with pytest.raises(
+            DeviceUnavailable,
+            match=r"refused parity E; pseudo-terminals accept only parity N \(set 'parity: N'",
+        ):
+            async with plugin.open(device_ctx(conn, [reg(0, "uint16", start=0)])):
+                pass
+        assert transport.links() == {}
+    finally:
+        os.close(master)
+        os.close(slave)
