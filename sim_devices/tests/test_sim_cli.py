@@ -76,8 +76,9 @@ async def test_rtu_only_with_bench_units_and_sigint() -> None:
         _,
     ):
         line = await _line(proc)
-        kind, path, word, units = line.split(" ")
+        kind, path, baud, framing, word, units = line.split(" ")
         assert (kind, word, units) == ("rtu", "units", "7=type-test,8=bench,9=bench")
+        assert (baud, framing) == ("19200", "8N1")  # the parity a pty accepts
         client = AsyncModbusSerialClient(path, timeout=2.0, retries=0)
         assert await client.connect()
         try:

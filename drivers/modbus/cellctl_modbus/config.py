@@ -81,7 +81,7 @@ class ModbusAddress(_Frozen):
         return self.start + self.count
 
 
-_TCP_FIELDS = ("host", "port")
+_TCP_FIELDS = ("host", "port", "pipelining")
 _RTU_FIELDS = ("serial_port", "baudrate", "parity", "stopbits", "bytesize")
 
 
@@ -95,6 +95,8 @@ class ModbusConnection(_Frozen):
     transport: Literal["tcp", "rtu"]
     host: Annotated[str, Field(min_length=1)] | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 502
+    # Requests to different units in flight at once on one TCP connection (a gateway).
+    pipelining: Literal["off", "on"] = "off"
     serial_port: Annotated[str, Field(min_length=1)] | None = None
     baudrate: Annotated[int, Field(gt=0)] = 19200
     parity: Literal["N", "E", "O"] = "E"  # the Modbus-over-serial default
@@ -135,3 +137,6 @@ class ModbusOptions(_Frozen):
     request_mode: RequestMode = "merged"
     # Silence on the connection between the end of one transaction and the next frame.
     pause_between_requests: Duration = 0.0
+    # After this many timeouts in a row the unit stops taking the link: it is reported
+    # unavailable at once and probed at a slower rate (1 s, doubling to 30 s); 0 = never.
+    breaker_after: Annotated[int, Field(ge=0)] = 3

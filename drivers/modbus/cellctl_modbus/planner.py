@@ -8,13 +8,17 @@ span stays within the table's limit (`max_registers`, `max_bits`). Greedy is opt
 here: no plan within the same rules has fewer requests. The one exception is a run of
 overlapping points wider than the limit itself: it is cut, and those cuts overlap.
 
+`barriers` (per table) are places a request must not span, learned from a device that
+refuses reads across them: a barrier at `b` keeps addresses below `b` and from `b` on
+in separate requests.
+
 Planning happens when the config is checked, so a point that cannot fit in one request
 is a config error (`PlanError`, a ValueError), never a poll-time surprise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -76,6 +80,7 @@ def plan(
     max_bits: int = MAX_BITS,
     max_gap: int = 10,
     mode: RequestMode = "merged",
+    barriers: Mapping[str, Collection[int]] | None = None,
 ) -> list[ReadRequest]:
     """Plan the read requests for `points`, ordered by table then start address."""
     if not 1 <= max_registers <= MAX_REGISTERS:
@@ -110,11 +115,17 @@ def plan(
             requests.extend(ReadRequest(table, p.start, p.count, ((p.index, 0),)) for p in pts)
             continue
         limit = limit_for(table, max_registers, max_bits)
+        bars = sorted((barriers or {}).get(table, ()))
         group: list[PlanPoint] = []
         start = end = 0
         for run in _units(pts, limit):
             r_start, r_end = run[0].start, max(p.end for p in run)
-            if group and r_start - end <= max_gap and max(end, r_end) - start <= limit:
+            if (
+                group
+                and r_start - end <= max_gap
+                and max(end, r_end) - start <= limit
+                and not any(end <= b <= r_start for b in bars)
+            ):
                 group.extend(run)
                 end = max(end, r_end)
                 continue

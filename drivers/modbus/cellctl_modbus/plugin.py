@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
+import structlog
 from pydantic import BaseModel
 
 from cellctl.driver import DeviceContext, DriverPlugin, PointSpec, Reading, WriteRejected
 from cellctl_modbus import transport
 from cellctl_modbus.codec import Decoder, encode, make_decoder, merge_bit
 from cellctl_modbus.config import ModbusAddress, ModbusConnection, ModbusOptions
-from cellctl_modbus.planner import PlanPoint, ReadRequest, describe, plan
+from cellctl_modbus.holes import UNREADABLE_CODES, Learned, ranges
+from cellctl_modbus.planner import TABLES, PlanPoint, ReadRequest, describe, plan
+
+log = structlog.get_logger("cellctl.modbus")
 
 _VALUE_TYPES: Final[dict[str, tuple[str, ...]]] = {
     "bool": ("bool",),
@@ -43,27 +47,62 @@ def _addresses(points: Sequence[PointSpec]) -> list[ModbusAddress]:
     return out
 
 
-def build_plan(ctx: DeviceContext) -> list[ReadRequest]:
-    """The device's read requests; PlanError (a ValueError) if a point cannot fit."""
+def build_plan(
+    ctx: DeviceContext,
+    *,
+    skip: Collection[int] = (),
+    barriers: Mapping[str, Collection[int]] | None = None,
+) -> list[ReadRequest]:
+    """The device's read requests; PlanError (a ValueError) if a point cannot fit.
+    `skip` (point positions) and `barriers` come from what a device refused."""
     options: ModbusOptions = _model(ctx.options, ModbusOptions)
     addrs = _addresses(ctx.points)
     return plan(
-        (PlanPoint(k, a.table, a.start, a.count) for k, a in enumerate(addrs)),
+        (PlanPoint(k, a.table, a.start, a.count) for k, a in enumerate(addrs) if k not in skip),
         max_registers=options.max_registers,
         max_bits=options.max_bits,
         max_gap=options.max_gap,
         mode=options.request_mode,
+        barriers=barriers,
     )
 
 
 @dataclass(frozen=True, slots=True)
+class _Item:
+    """One point of a read: its position, absolute first address, width and decoder."""
+
+    k: int
+    start: int
+    count: int
+    decode: Decoder
+
+    @property
+    def end(self) -> int:
+        return self.start + self.count
+
+
+@dataclass(frozen=True, slots=True)
 class _Step:
-    """A planned read with each point's decoder bound: (position, offset, decoder)."""
+    """A planned read with each point's decoder bound."""
 
     table: str
     start: int
     count: int
-    items: tuple[tuple[int, int, Decoder], ...]
+    items: tuple[_Item, ...]
+
+
+def _runs(items: Sequence[_Item]) -> list[list[_Item]]:
+    """Items grouped into runs of overlapping points (a split never cuts a run)."""
+    runs: list[list[_Item]] = []
+    run_end = -1
+    for it in sorted(items, key=lambda i: (i.start, i.end)):
+        if runs and it.start < run_end:
+            runs[-1].append(it)
+            run_end = max(run_end, it.end)
+        else:
+            runs.append([it])
+            run_end = it.end
+    return runs
 
 
 class ModbusDevice:
@@ -75,12 +114,9 @@ class ModbusDevice:
         self.options: ModbusOptions = _model(ctx.options, ModbusOptions)
         self.addresses = _addresses(ctx.points)
         self.timeout = ctx.timeout
-        decoders = [make_decoder(a.type, a.order, bit=a.bit, length=a.length) for a in self.addresses]
+        self._decoders = [make_decoder(a.type, a.order, bit=a.bit, length=a.length) for a in self.addresses]
         self.requests = build_plan(ctx)
-        self._steps = tuple(
-            _Step(r.table, r.start, r.count, tuple((k, off, decoders[k]) for k, off in r.points))
-            for r in self.requests
-        )
+        self._base_steps = self._steps = self._make_steps(self.requests)
         self._n = len(ctx.points)
         self._by_index = {p.index: k for k, p in enumerate(ctx.points)}
         self._indexes = (
@@ -88,10 +124,27 @@ class ModbusDevice:
         )
         self._error_keys = [p.index for p in ctx.points]
         self._lease: transport.Lease | None = None
+        self.learned = Learned()
+        self._logged: dict[str, tuple[str, str]] = {}  # table -> what was last logged
+
+    def _make_steps(self, requests: Sequence[ReadRequest]) -> tuple[_Step, ...]:
+        addrs, decs = self.addresses, self._decoders
+        return tuple(
+            _Step(
+                r.table,
+                r.start,
+                r.count,
+                tuple(_Item(k, r.start + off, addrs[k].count, decs[k]) for k, off in r.points),
+            )
+            for r in requests
+        )
 
     async def start(self) -> None:
         self._lease = await transport.acquire(
-            self.connection, timeout=self.timeout, pause=self.options.pause_between_requests
+            self.connection,
+            timeout=self.timeout,
+            pause=self.options.pause_between_requests,
+            breaker_after=self.options.breaker_after,
         )
 
     def close(self) -> None:
@@ -108,22 +161,126 @@ class ModbusDevice:
         """Read every point once; per-point problems go to `errors`, a lost device raises
         DeviceUnavailable."""
         lease = self._need_lease()
+        if self.learned.session != lease.link.connects:  # a new connection: probe afresh
+            self.learned.clear(lease.link.connects)
+            self._steps = self._base_steps
         values: list[Any] = [None] * self._n
         errors: dict[int, str] = {}
         keys = self._error_keys
+        learned_before = (len(self.learned.unreadable), sum(map(len, self.learned.barriers.values())))
         for step in self._steps:
             try:
                 block = await lease.read(step.table, step.start, step.count, self.timeout)
-            except transport.RequestError as exc:
-                for k, _, _ in step.items:
-                    errors[keys[k]] = exc.reason
+            except transport.ModbusExceptionResponse as exc:
+                if exc.code not in UNREADABLE_CODES:
+                    for it in step.items:
+                        errors[keys[it.k]] = exc.reason
+                    continue
+                await self._isolate(lease, step.table, _runs(step.items), exc, values=values, errors=errors)
                 continue
-            for k, off, dec in step.items:
-                try:
-                    values[k] = dec(block, off)
-                except Exception as exc:  # garbage from the device: this point only
-                    errors[keys[k]] = f"undecodable value: {exc}"
+            except transport.RequestError as exc:
+                for it in step.items:
+                    errors[keys[it.k]] = exc.reason
+                continue
+            self._decode(step.items, block, step.start, values, errors)
+        for k, reason in self.learned.unreadable.items():
+            errors[keys[k]] = reason
+        learned_now = (len(self.learned.unreadable), sum(map(len, self.learned.barriers.values())))
+        if learned_now != learned_before:
+            self._replan()
         return Reading(values=values, indexes=self._indexes, errors=errors or None)
+
+    def _decode(
+        self, items: Sequence[_Item], block: Sequence[Any], base: int, values: list[Any], errors: dict[int, str]
+    ) -> None:
+        keys = self._error_keys
+        for it in items:
+            try:
+                values[it.k] = it.decode(block, it.start - base)
+            except Exception as exc:  # garbage from the device: this point only
+                errors[keys[it.k]] = f"undecodable value: {exc}"
+
+    async def _isolate(
+        self,
+        lease: transport.Lease,
+        table: str,
+        runs: list[list[_Item]],
+        refused: transport.ModbusExceptionResponse,
+        *,
+        values: list[Any],
+        errors: dict[int, str],
+    ) -> None:
+        """`runs` were refused together: read the halves separately (recursively, so at
+        most about twice as many reads as runs), learning unreadable points and barriers."""
+        if len(runs) == 1:
+            for it in runs[0]:
+                self.learned.unreadable[it.k] = refused.reason
+            return
+        mid = len(runs) // 2
+        whole = [
+            await self._read_runs(lease, table, half, values=values, errors=errors)
+            for half in (runs[:mid], runs[mid:])
+        ]
+        if all(whole):  # each half reads fine on its own: a hole (or a size limit) between them
+            self.learned.add_barrier(table, runs[mid][0].start)
+
+    async def _read_runs(
+        self,
+        lease: transport.Lease,
+        table: str,
+        runs: list[list[_Item]],
+        *,
+        values: list[Any],
+        errors: dict[int, str],
+    ) -> bool:
+        """Read `runs` in one request; True if that worked without splitting."""
+        items = [it for run in runs for it in run]
+        start, end = items[0].start, max(it.end for it in items)
+        try:
+            block = await lease.read(table, start, end - start, self.timeout)
+        except transport.ModbusExceptionResponse as exc:
+            if exc.code in UNREADABLE_CODES:
+                await self._isolate(lease, table, runs, exc, values=values, errors=errors)
+            else:
+                for it in items:
+                    errors[self._error_keys[it.k]] = exc.reason
+            return False
+        except transport.RequestError as exc:
+            for it in items:
+                errors[self._error_keys[it.k]] = exc.reason
+            return False
+        self._decode(items, block, start, values, errors)
+        return True
+
+    def _replan(self) -> None:
+        """Plan around what was learned, and say once what it was."""
+        learned = self.learned
+        barriers = {t: set(b) for t, b in learned.barriers.items()}
+        for k in learned.unreadable:  # never read across an unreadable point either
+            a = self.addresses[k]
+            barriers.setdefault(a.table, set()).update((a.start, a.end))
+        requests = build_plan(self.ctx, skip=learned.unreadable, barriers=barriers)
+        self._steps = self._make_steps(requests)
+        for table in TABLES:
+            bad = [k for k in learned.unreadable if self.addresses[k].table == table]
+            bars = learned.barriers.get(table, set())
+            if not bad and not bars:
+                continue
+            unreadable = ranges(a for k in bad for a in range(self.addresses[k].start, self.addresses[k].end))
+            split_at = ranges(bars)
+            if self._logged.get(table) == (unreadable, split_at):
+                continue
+            self._logged[table] = (unreadable, split_at)
+            log.warning(
+                "modbus_unreadable_addresses",
+                device=self.ctx.device_id,
+                table=table,
+                unreadable=unreadable,
+                points=sorted(self.ctx.points[k].id for k in bad),
+                reason=sorted({learned.unreadable[k] for k in bad}),
+                split_before=split_at,
+                reads=describe(r for r in requests if r.table == table),
+            )
 
     async def write(self, index: int, raw_value: Any) -> None:
         """Write one raw value. ValueError for a read-only point or a value the wire type

@@ -25,17 +25,26 @@ and auto-reconnect turned off, so there is exactly one policy and it is this one
 from __future__ import annotations
 
 import asyncio
+import errno
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
+import structlog
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from cellctl.driver import DeviceUnavailable
 from cellctl_modbus.config import ModbusConnection
+from cellctl_modbus.tcpmux import PipelinedTcpClient
+
+log = structlog.get_logger("cellctl.modbus")
+
+# Circuit breaker: first probe of a tripped unit after this long, doubling up to the cap.
+BREAKER_FIRST_PROBE: Final = 1.0
+BREAKER_MAX_PROBE: Final = 30.0
 
 EXCEPTION_NAMES: Final[dict[int, str]] = {
     1: "illegal function",
@@ -83,6 +92,63 @@ class ModbusExceptionResponse(RequestError):
         self.code = code
 
 
+def check_read_response(resp: Any, table: str, count: int) -> Sequence[Any]:
+    """The values of a decoded read response (a pymodbus PDU), or RequestError /
+    ModbusExceptionResponse when it is not an answer to a read of `count` from `table`."""
+    if resp.isError():
+        raise ModbusExceptionResponse(int(resp.exception_code))
+    fc = _READ_METHOD[table][1]
+    if resp.function_code != fc:
+        raise RequestError(f"bad response: function {resp.function_code} to a function {fc} request")
+    if fc in (1, 2):
+        bits: Sequence[bool] = resp.bits
+        # Bits come padded to whole bytes.
+        if not count <= len(bits) < count + 8:
+            raise RequestError(f"bad response: {len(bits)} bits for a read of {count}")
+        return bits[:count] if len(bits) != count else bits
+    regs: Sequence[int] = resp.registers
+    if len(regs) != count:
+        raise RequestError(f"bad response: {len(regs)} registers for a read of {count}")
+    return regs
+
+
+def guard_receive(protocol: Any, on_garbage: Callable[[str], None]) -> None:
+    """Make `protocol.data_received` (pymodbus's client protocol) never raise.
+
+    pymodbus raises ModbusIOException out of `data_received` when a frame cannot be
+    decoded; asyncio would log that as a fatal protocol error with a traceback and close
+    the socket. Here the bytes received are dropped and `on_garbage` is told why, so the
+    link reports a device fault (DeviceUnavailable, then reconnect) in our words.
+    """
+    received: Callable[[bytes], None] = protocol.data_received
+
+    def data_received(data: bytes) -> None:
+        try:
+            received(data)
+        except Exception as exc:  # garbage on the wire, whatever pymodbus makes of it
+            protocol.recv_buffer = b""
+            on_garbage(f"undecodable answer ({type(exc).__name__}: {exc})")
+
+    protocol.data_received = data_received
+
+
+def open_error(conn: ModbusConnection, where: str, exc: BaseException) -> str:
+    """Why a connection could not be opened, in the user's terms. Linux pseudo-terminals
+    (socat, simulators) reject any parity but N with EINVAL; say so rather than only
+    ``(22, 'Invalid argument')``."""
+    text = f"cannot open {where}: {exc}"
+    code = getattr(exc, "errno", None)
+    if code is None and exc.args and isinstance(exc.args[0], int):
+        code = exc.args[0]  # termios.error carries (errno, text) without .errno
+    einval = code == errno.EINVAL or "Invalid argument" in str(exc)
+    if conn.transport == "rtu" and conn.parity != "N" and einval:
+        return (
+            f"{text}; the serial port refused parity {conn.parity}; "
+            "pseudo-terminals accept only parity N (set 'parity: N' for a virtual serial port)"
+        )
+    return text
+
+
 LinkKey = tuple[str, str, int]
 
 
@@ -104,25 +170,30 @@ class Lease:
     link: Link
     unit: int
     pause: float
+    breaker_after: int = 0
     released: bool = field(default=False)
 
     async def read(self, table: str, start: int, count: int, timeout: float) -> Sequence[Any]:
-        async with self.link.lock:
+        self.link.admit(self.unit)
+        async with self.link.slot(self.unit):
             return await self.link.read_locked(self.unit, table, start, count, timeout)
 
     async def write_registers(self, start: int, values: Sequence[int], timeout: float) -> None:
-        async with self.link.lock:
+        self.link.admit(self.unit)
+        async with self.link.slot(self.unit):
             await self.link.write_registers_locked(self.unit, start, values, timeout)
 
     async def write_coil(self, start: int, value: bool, timeout: float) -> None:
-        async with self.link.lock:
+        self.link.admit(self.unit)
+        async with self.link.slot(self.unit):
             await self.link.write_coil_locked(self.unit, start, value, timeout)
 
     @asynccontextmanager
     async def exclusive(self) -> AsyncIterator[Link]:
-        """Hold the link for several transactions (read-modify-write); use the
-        ``*_locked`` methods of the yielded link, with this lease's unit."""
-        async with self.link.lock:
+        """Hold this unit's turn on the link for several transactions (read-modify-write);
+        use the ``*_locked`` methods of the yielded link, with this lease's unit."""
+        self.link.admit(self.unit)
+        async with self.link.slot(self.unit):
             yield self.link
 
 
@@ -140,6 +211,11 @@ class Link:
         self._lost: asyncio.Future[str] | None = None
         self._last_end = float("-inf")
         self._silent: set[int] = set()
+        self.pipelining = conn.transport == "tcp" and conn.pipelining == "on"
+        self._unit_locks: dict[int, asyncio.Lock] = {}
+        self._streak: dict[int, int] = {}  # consecutive timeouts per unit
+        self._probe_at: dict[int, float] = {}  # tripped units: when the next probe may go
+        self._probe_gap: dict[int, float] = {}
         # Counters for diagnostics and tests.
         self.transactions = 0
         self.connects = 0
@@ -159,8 +235,46 @@ class Link:
     def _lost_done(self) -> bool:
         return self._lost is not None and self._lost.done()
 
-    def _make_client(self, on_connect: Callable[[bool], None]) -> Any:
+    def slot(self, unit: int) -> asyncio.Lock:
+        """What a request must hold: the whole link, or with pipelining only its unit
+        (one request per unit at a time; different units overlap)."""
+        if not self.pipelining:
+            return self.lock
+        lock = self._unit_locks.get(unit)
+        if lock is None:
+            lock = self._unit_locks[unit] = asyncio.Lock()
+        return lock
+
+    def admit(self, unit: int) -> None:
+        """The circuit breaker: a unit that keeps timing out does not wait for (or hold)
+        the link except for one probe now and then; meanwhile it is unavailable at once."""
+        probe_at = self._probe_at.get(unit)
+        if probe_at is None:
+            return
+        now = self.loop.time()
+        if now < probe_at:
+            raise DeviceUnavailable(
+                f"unit {unit} at {self.where} is not answering ({self._streak.get(unit, 0)} timeouts "
+                f"in a row); next probe in {probe_at - now:.1f} s"
+            )
+        gap = self._probe_gap.get(unit, BREAKER_FIRST_PROBE)
+        self._probe_at[unit] = now + gap  # this request is the probe; others still fail fast
+        self._probe_gap[unit] = min(gap * 2, BREAKER_MAX_PROBE)
+
+    def _answered(self, unit: int) -> None:
+        self._silent.clear()
+        self._streak.pop(unit, None)
+        if self._probe_at.pop(unit, None) is not None:
+            self._probe_gap.pop(unit, None)
+            log.info("modbus_unit_answering", link=self.where, unit=unit)
+
+    def _breaker_after(self, unit: int) -> int:
+        return max((lease.breaker_after for lease in self.leases if lease.unit == unit), default=0)
+
+    def _make_client(self, on_connect: Callable[[bool], None], on_garbage: Callable[[str], None]) -> Any:
         c = self.conn
+        if self.pipelining:
+            return PipelinedTcpClient(str(c.host), c.port, trace_connect=on_connect, on_garbage=on_garbage)
         common: dict[str, Any] = {
             "reconnect_delay": 0,  # 0 disables pymodbus's automatic reconnect
             "retries": 0,
@@ -189,8 +303,18 @@ class Link:
             if not up and not lost.done():
                 lost.set_result("connection closed by the other end")
 
-        client = self._make_client(on_connect)
-        client.set_max_no_responses(1 << 30)  # never let pymodbus drop the link itself
+        def on_garbage(reason: str) -> None:
+            if not lost.done():
+                lost.set_result(reason)
+            if not self.pipelining:
+                transport = client.ctx.transport
+                if transport is not None:
+                    transport.close()  # the byte stream cannot be trusted any more
+
+        client = self._make_client(on_connect, on_garbage)
+        if not self.pipelining:
+            client.set_max_no_responses(1 << 30)  # never let pymodbus drop the link itself
+            guard_receive(client.ctx, on_garbage)
         try:
             async with asyncio.timeout(timeout):
                 ok = await client.connect()
@@ -199,13 +323,16 @@ class Link:
             raise DeviceUnavailable(f"connect to {self.where} timed out after {timeout:g} s") from None
         except Exception as exc:  # pyserial/termios errors are not all OSErrors
             client.close()
-            raise DeviceUnavailable(f"cannot open {self.where}: {exc}") from exc
+            raise DeviceUnavailable(open_error(self.conn, self.where, exc)) from exc
         if not ok:
             client.close()
             raise DeviceUnavailable(f"cannot connect to {self.where}")
         self._client, self._lost = client, lost
         self.closed_reason = None
         self._silent.clear()
+        self._streak.clear()
+        self._probe_at.clear()
+        self._probe_gap.clear()
         self._last_end = float("-inf")
         self.connects += 1
 
@@ -233,7 +360,7 @@ class Link:
         client, lost = self._client, self._lost
         if client is None or lost is None or not client.connected:
             raise DeviceUnavailable(self.closed_reason or f"not connected to {self.where}")
-        pause = self._pause()
+        pause = 0.0 if self.pipelining else self._pause()
         if pause > 0:
             wait = self._last_end + pause - self.loop.time()
             if wait > 0:
@@ -269,17 +396,24 @@ class Link:
             self.drop(reason)
             raise DeviceUnavailable(reason) from exc
         except ModbusException as exc:  # e.g. a response that does not match the request
-            self._silent.clear()
+            self._answered(unit)
             raise RequestError(f"bad response: {exc}") from exc
         finally:
             active[0] = False
             lost.remove_done_callback(on_lost)
             self._last_end = self.loop.time()
-        self._silent.clear()
+        self._answered(unit)
         return result
 
     def _on_timeout(self, unit: int, timeout: float) -> NoReturn:
         self._silent.add(unit)
+        streak = self._streak[unit] = self._streak.get(unit, 0) + 1
+        after = self._breaker_after(unit)
+        if after and streak >= after and unit not in self._probe_at and len(self._units()) > 1:
+            self._probe_at[unit] = self.loop.time() + BREAKER_FIRST_PROBE
+            self._probe_gap[unit] = 2 * BREAKER_FIRST_PROBE
+            log.warning("modbus_unit_not_answering", link=self.where, unit=unit, timeouts=streak,
+                        probe_in=BREAKER_FIRST_PROBE)
         reason = f"no response from unit {unit} at {self.where} within {timeout:g} s"
         if self._silent >= self._units():
             # Nobody on this link answers any more: the link itself is suspect.
@@ -290,27 +424,13 @@ class Link:
         self, unit: int, table: str, start: int, count: int, timeout: float
     ) -> Sequence[Any]:
         """Read `count` registers/bits; raise RequestError for an unusable answer."""
-        method, fc = _READ_METHOD[table]
+        method, _ = _READ_METHOD[table]
 
         def call(client: Any) -> Awaitable[Any]:
             fn: Callable[..., Awaitable[Any]] = getattr(client, method)
             return fn(start, count=count, device_id=unit)
 
-        resp = await self._transact(unit, call, timeout)
-        if resp.isError():
-            raise ModbusExceptionResponse(int(resp.exception_code))
-        if resp.function_code != fc:
-            raise RequestError(f"bad response: function {resp.function_code} to a function {fc} request")
-        if fc in (1, 2):
-            bits: Sequence[bool] = resp.bits
-            # Bits come padded to whole bytes.
-            if not count <= len(bits) < count + 8:
-                raise RequestError(f"bad response: {len(bits)} bits for a read of {count}")
-            return bits[:count] if len(bits) != count else bits
-        regs: Sequence[int] = resp.registers
-        if len(regs) != count:
-            raise RequestError(f"bad response: {len(regs)} registers for a read of {count}")
-        return regs
+        return check_read_response(await self._transact(unit, call, timeout), table, count)
 
     async def write_registers_locked(
         self, unit: int, start: int, values: Sequence[int], timeout: float
@@ -351,7 +471,9 @@ def links() -> dict[LinkKey, Link]:
     return _registry.setdefault(asyncio.get_running_loop(), {})
 
 
-async def acquire(conn: ModbusConnection, *, timeout: float, pause: float = 0.0) -> Lease:
+async def acquire(
+    conn: ModbusConnection, *, timeout: float, pause: float = 0.0, breaker_after: int = 0
+) -> Lease:
     """Join (or open) the physical connection for `conn`; raise DeviceUnavailable if it
     cannot be opened or is already open with different serial settings."""
     loop = asyncio.get_running_loop()
@@ -366,7 +488,12 @@ async def acquire(conn: ModbusConnection, *, timeout: float, pause: float = 0.0)
             f"{link.where} is already open at {have.baudrate} {have.bytesize}{have.parity}{have.stopbits}; "
             f"this device wants {want.baudrate} {want.bytesize}{want.parity}{want.stopbits}"
         )
-    lease = Lease(link, conn.unit, pause)
+    elif conn.transport == "tcp" and conn.pipelining != link.conn.pipelining:
+        raise DeviceUnavailable(
+            f"{link.where} is already open with pipelining {link.conn.pipelining}; "
+            f"this device wants pipelining {conn.pipelining}"
+        )
+    lease = Lease(link, conn.unit, pause, breaker_after)
     link.leases.append(lease)
     try:
         async with link.lock:

@@ -190,3 +190,17 @@ def test_merged_is_minimal_for_disjoint_points(case: tuple[list[PlanPoint], int,
         limit = max_bits if table in BIT_TABLES else max_registers
         got = sum(1 for r in requests if r.table == table)
         assert got == fewest_requests(disjoint, table, limit, max_gap)
+
+
+@settings(max_examples=200)
+@given(case=point_sets(), cuts=st.lists(st.integers(0, 400), max_size=5))
+def test_no_request_spans_a_barrier(case: tuple[list[PlanPoint], int, int, int], cuts: list[int]) -> None:
+    points, max_registers, max_bits, max_gap = case
+    barriers = {t: set(cuts) for t in TABLES}
+    requests = plan(points, max_registers=max_registers, max_bits=max_bits, max_gap=max_gap, barriers=barriers)
+    assert sorted(i for r in requests for i, _ in r.points) == sorted(p.index for p in points)
+    by_index = {p.index: p for p in points}
+    for r in requests:
+        for b in cuts:
+            if r.start < b < r.end:  # only where a point itself straddles it (never cut)
+                assert any(by_index[i].start < b < by_index[i].end for i, _ in r.points)

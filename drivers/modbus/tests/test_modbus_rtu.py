@@ -4,7 +4,9 @@ ModbusSerialServer (an RS-485 bus with two units)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import tty
 
 import pytest
 from cellctl_modbus import transport
@@ -53,13 +55,13 @@ async def test_values_read_equal_what_the_server_holds(rtu_sim: SimFactory) -> N
 async def test_exception_response_marks_only_those_points(rtu_sim: SimFactory) -> None:
     sim = await rtu_sim(bus)
     points = [reg(0, "int16", start=0), reg(1, "int16", start=250), reg(2, "uint16", start=40)]
-    sim.behaviour.fail_once[(1, 40)] = ExcCodes.ILLEGAL_VALUE
+    sim.behaviour.fail_once[(1, 40)] = ExcCodes.DEVICE_FAILURE  # transient: not remembered
     async with plugin.open(device_ctx(sim.connection(1), points)) as dev:
         first = await dev.poll()
         second = await dev.poll()
     assert first.errors == {
         1: "modbus exception 2 (illegal data address)",
-        2: "modbus exception 3 (illegal data value)",
+        2: "modbus exception 4 (server device failure)",
     }
     assert first.values[0] == -1234
     assert second.errors == {1: "modbus exception 2 (illegal data address)"}
@@ -153,3 +155,20 @@ async def test_missing_serial_port_is_unavailable(tmp_path: object) -> None:
         async with plugin.open(device_ctx(conn, [reg(0, "uint16", start=0)])):
             pass
     assert transport.links() == {}
+
+
+async def test_parity_on_a_pty_says_what_works() -> None:
+    master, slave = os.openpty()
+    try:
+        tty.setraw(slave)
+        conn = ModbusConnection(transport="rtu", serial_port=os.ttyname(slave), parity="E")
+        with pytest.raises(
+            DeviceUnavailable,
+            match=r"refused parity E; pseudo-terminals accept only parity N \(set 'parity: N'",
+        ):
+            async with plugin.open(device_ctx(conn, [reg(0, "uint16", start=0)])):
+                pass
+        assert transport.links() == {}
+    finally:
+        os.close(master)
+        os.close(slave)

@@ -4,7 +4,10 @@ Prints one line per listener on stdout (flushed), so scripts and tests can wait 
 it and read the actual port or pty path:
 
     tcp 127.0.0.1:5020 units 1=energy-meter,2=machine-plc
-    rtu /dev/pts/7 units 1=energy-meter,2=machine-plc
+    rtu /dev/pts/7 19200 8N1 units 1=energy-meter,2=machine-plc
+
+The RTU line gives the serial settings a client must use: parity N, because Linux
+pseudo-terminals refuse even or odd parity (EINVAL).
 """
 
 from __future__ import annotations
@@ -75,7 +78,8 @@ async def _serve(
             click.echo(f"tcp {host}:{port} units {described}")
         if rtu_pty:
             path = await sim.serve_rtu_pty(link=rtu_link)
-            click.echo(f"rtu {path} units {described}" + (f" link {rtu_link}" if rtu_link else ""))
+            # Parity N: Linux pseudo-terminals refuse any other (clients must use it too).
+            click.echo(f"rtu {path} 19200 8N1 units {described}" + (f" link {rtu_link}" if rtu_link else ""))
         sys.stdout.flush()
         await stop.wait()
 

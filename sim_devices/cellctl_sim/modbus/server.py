@@ -31,7 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import NotImplementedException
+from pymodbus.exceptions import ModbusIOException, NotImplementedException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
@@ -41,6 +41,7 @@ from cellctl_sim.modbus.devices import DEVICE_TYPES, DeviceModel
 from cellctl_sim.modbus.faults import (
     DEVICE_FAILURE,
     GATEWAY_NO_RESPONSE,
+    ILLEGAL_ADDRESS,
     ILLEGAL_FUNCTION,
     Access,
     ExceptionRule,
@@ -100,13 +101,42 @@ class _Datastore:
 
 
 class _SimRequestHandler(ServerRequestHandler):
-    """Per-connection handler: hands each request to the simulator, answers or not."""
+    """Per-connection handler: hands each request to the simulator, answers or not.
 
-    async def handle_request(self) -> None:
-        pdu: ModbusPDU | None = self.last_pdu
-        addr = self.last_addr
-        if pdu is None:
-            return
+    Requests are taken from the byte stream as soon as they are complete, several per
+    read if a client pipelines them (Modbus TCP transaction ids allow that), and each
+    is answered by its own task, so a slow unit does not hold up the others' answers,
+    as on a real multi-port gateway.
+    """
+
+    _tasks: set[asyncio.Task[None]]
+
+    def callback_data(self, data: bytes, addr: tuple[Any, ...] | None = None) -> int:
+        used = 0
+        while used < len(data):
+            try:
+                n, pdu = self.framer.handleFrame(self.trace_packet(False, data[used:]), 0, 0)
+            except ModbusIOException:
+                return len(data)  # undecodable request: drop what we have, as pymodbus would
+            if not n:
+                break
+            used += n
+            if pdu is None:
+                continue
+            pdu = self.trace_pdu(False, pdu)
+            if not hasattr(self, "_tasks"):
+                self._tasks = set()
+            task = asyncio.get_running_loop().create_task(self._handle(pdu, addr), name="cellctl-sim request")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return used
+
+    def send(self, data: bytes, addr: tuple[Any, ...] | None = None) -> None:
+        keep = self.recv_buffer  # pymodbus clears it on send; pipelined requests may wait there
+        super().send(data, addr)
+        self.recv_buffer = keep
+
+    async def _handle(self, pdu: ModbusPDU, addr: tuple[Any, ...] | None) -> None:
         owner: _SimListener = self.server
         try:
             response = await owner.sim._respond(pdu, gateway=owner.gateway)
@@ -346,6 +376,14 @@ class SimModbusServer:
         rule = ExceptionRule(code, Table(table) if table is not None else None, start, end)
         self.fault_target(unit).exceptions.append(rule)
         return rule
+
+    def add_hole(
+        self, table: Table | str, start: int, end: int | None = None, *, unit: int | None = None
+    ) -> ExceptionRule:
+        """Take `start`..`end` (inclusive) out of the device's map, as real devices have
+        holes: any request touching them is refused with exception 2 (illegal data
+        address), also when it reads valid addresses around them."""
+        return self.set_exception(ILLEGAL_ADDRESS, unit=unit, table=table, start=start, end=start if end is None else end)
 
     def stop_answering(self, *, unit: int | None = None) -> None:
         """Drop requests silently (connections stay open; clients time out)."""
