@@ -76,6 +76,7 @@ class GcodeDevice:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.noise_lines = 0
+        self.failed_lines = 0
         self._probe_lines: list[str] | None = None
         self._probe_event = asyncio.Event()
         self._flush_scheduled = False
@@ -263,10 +264,17 @@ class GcodeDevice:
         session = self.session
         if session is None:
             if self._probe_lines is not None:
+                if len(self._probe_lines) >= 512:  # noise while probing: keep the newest
+                    del self._probe_lines[:256]
                 self._probe_lines.append(text)
                 self._probe_event.set()
             return
-        session.on_line(text)
+        try:
+            session.on_line(text)
+        except Exception as exc:  # a parser bug must not take the link (or the loop) down
+            self.failed_lines += 1
+            if self.failed_lines <= 3 or self.failed_lines % 1000 == 0:
+                self.log.exception("gcode_line_failed", text=text[:80], error=repr(exc), count=self.failed_lines)
 
     def _batch_end(self) -> None:
         self.fields.flush()

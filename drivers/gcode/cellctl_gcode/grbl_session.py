@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from cellctl.driver import DeviceUnavailable
 from cellctl_gcode import grbl
+from cellctl_gcode.bounds import Bad, small_int
 from cellctl_gcode.grbl import LineKind, StatusReport
 from cellctl_gcode.job import Job, JobRejected, JobState
 from cellctl_gcode.program import FLAG_KIND_MASK, FLAG_WAITS
@@ -36,10 +37,18 @@ if TYPE_CHECKING:
     from cellctl_gcode.device import GcodeDevice
 
 DEFAULT_RX = 128
+RX_MIN, RX_MAX = 90, 65536  # an RX size learnt from the machine outside this is noise
+NO_BF = Bad("not reported by this machine ($10 status mask has no buffer data)")
 _AXES = "xyzabc"
 _READY_STATES = frozenset({"Idle", "Check"})
 # (bytes, tag, job): tag is the job line index, or the Command
 _Entry = tuple[int, Any, Job | None]
+
+
+def _code(text: str, default: int) -> int:
+    """The N of ``error:N`` / ``ALARM:N`` (`default` when it is not a sane number)."""
+    code = small_int(text, default)
+    return code if 0 <= code <= 0xFFFF else default
 
 
 class GrblSession(Session):
@@ -93,12 +102,10 @@ class GrblSession(Session):
                 self._on_status(rep)
             return
         if text.startswith("error:"):
-            code = text[6:].strip()
-            self._ack(int(code) if code.isdigit() else -1)
+            self._ack(_code(text[6:], -1))
             return
         if text.startswith("ALARM:"):
-            code = text[6:].strip()
-            self._on_alarm(int(code) if code.isdigit() else 0)
+            self._on_alarm(_code(text[6:], 0))
             return
         m = grbl.BANNER_RE.match(text)
         if m:
@@ -112,7 +119,7 @@ class GrblSession(Session):
         if self.in_flight:
             tag = self.in_flight[0][1]
             if isinstance(tag, Command):
-                tag.lines.append(text)
+                tag.add_line(text)
 
     def _ack(self, code: int) -> None:
         if not self.in_flight:
@@ -184,6 +191,11 @@ class GrblSession(Session):
         if rep.planner_free is not None:
             f.set("buffer.planner", rep.planner_free)
             f.set("buffer.rx", rep.rx_free)
+        elif "buffer.rx" not in rep.errors:
+            # $10 decides whether reports carry Bf:, and GRBL's default leaves it out; it
+            # is an EEPROM setting, so it is not changed behind the operator's back.
+            f.set("buffer.planner", NO_BF)
+            f.set("buffer.rx", NO_BF)
         if rep.feed is not None:
             f.set("feed", rep.feed)
         if rep.spindle is not None:
@@ -196,6 +208,10 @@ class GrblSession(Session):
             f.set("ov.rapid", rep.overrides[1])
             f.set("ov.spindle", rep.overrides[2])
             f.set("accessories", rep.accessories)  # A: rides with Ov:; absent there = none
+        for name, reason in rep.errors.items():
+            f.set(name, Bad(reason))
+            if name.startswith(("mpos.", "wpos.")):  # the other one is derived from it
+                f.set(("wpos." if name[0] == "m" else "mpos.") + name[5:], Bad(reason))
         if rep.base_state != "Alarm":
             self.critical = False
             f.set("alarm_code", 0)
@@ -207,6 +223,7 @@ class GrblSession(Session):
             and not self.in_flight
             and self.planner_size is None  # $I did not tell us
             and rep.rx_free > self.rx_size
+            and rep.rx_free <= RX_MAX
         ):
             self.rx_size = rep.rx_free
             self.log.info("grbl_rx_buffer", size=self.rx_size, source="Bf")
@@ -278,7 +295,7 @@ class GrblSession(Session):
             planner, rx = grbl.parse_opt(text)
             if planner is not None:
                 self.planner_size = planner
-            if rx is not None and self.rx_auto:
+            if rx is not None and self.rx_auto and RX_MIN <= rx <= RX_MAX:
                 self.rx_size = rx
                 self.log.info("grbl_rx_buffer", size=rx, source="$I")
 

@@ -146,7 +146,7 @@ class MarlinSession(Session):
         elif marlin.is_position_report(text):
             f.update(marlin.parse_position(text))
         elif (sd := marlin.parse_sd(text)) is not None:
-            self.sd_printing = bool(sd.get("sd.printing", False))
+            self.sd_printing = sd.get("sd.printing") is True
             f.update(sd)
         elif marlin.parse_m115(text, self.firmware):
             if text.startswith("FIRMWARE_NAME:"):
@@ -168,7 +168,7 @@ class MarlinSession(Session):
             self.dev.noise(text)
             return
         if isinstance(head, Command) and not head.quiet:
-            head.lines.append(text)
+            head.add_line(text)
 
     def _on_ok(self, text: str) -> None:
         self.last_progress = time.monotonic()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cellctl.driver import PointSpec, Reading
+from cellctl_gcode.bounds import check
 from cellctl_gcode.fields import FIELDS, Dialect
 from cellctl_gcode.job import Job
 
@@ -24,7 +25,11 @@ NOT_KNOWN = "not known yet"  # a job value that cannot be computed yet (eta befo
 
 class FieldCache:
     """Latest value of every field some point uses; `flush` turns the changes since the
-    last flush into one partial Reading (only the points whose field changed)."""
+    last flush into one partial Reading (only the points whose field changed).
+
+    A value may be `bounds.Bad(reason)`: the field's points go bad with that reason. Any
+    other value that does not fit a point's type (an int beyond int64, an infinite float)
+    makes that point bad too, so nothing unencodable ever leaves the driver."""
 
     def __init__(self, points: Sequence[PointSpec]) -> None:
         self.by_field: dict[str, list[tuple[int, str]]] = {}
@@ -71,12 +76,13 @@ class FieldCache:
             v = self.values.get(name)
             for index, kind in self.by_field[name]:
                 indexes.append(index)
-                if v is None:
-                    errors = errors or {}
-                    errors[index] = NOT_KNOWN if name.startswith("job.") else NOT_REPORTED
-                    values.append(None)
-                else:
+                reason = (NOT_KNOWN if name.startswith("job.") else NOT_REPORTED) if v is None else check(v, kind)
+                if reason is None:
                     values.append(_coerce(v, kind))
+                else:
+                    errors = errors or {}
+                    errors[index] = reason
+                    values.append(None)
         self.dirty.clear()
         self.readings += 1
         self.sink(Reading(values=values, indexes=indexes, errors=errors))
@@ -110,6 +116,9 @@ class CommandFailed(Exception):
         self.reason = reason
 
 
+MAX_REPLY_LINES = 1000  # an answer longer than this ($$ is ~35, M503 ~100) is noise: not kept
+
+
 class Command:
     """One line sent on behalf of a caller (handshake, console, polls) awaiting its ok."""
 
@@ -121,6 +130,11 @@ class Command:
         self.quiet = quiet  # a poll: its answer lines are reports, not a reply
         self.lines: list[str] = []
         self.future: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+
+    def add_line(self, text: str) -> None:
+        """A line of the answer (at most MAX_REPLY_LINES are kept: a chatty link is bounded)."""
+        if len(self.lines) < MAX_REPLY_LINES:
+            self.lines.append(text)
 
     def finish(self, ok: bool, error: str = "", code: int = 0) -> None:
         if not self.future.done():

@@ -57,13 +57,14 @@ async def _serve(sim: GrblSim, link: str | None) -> None:
 @click.option("--rx-size", type=click.IntRange(min=16), default=128, show_default=True, help="Serial RX buffer size in bytes.")
 @click.option("--planner-blocks", type=click.IntRange(min=1), default=15, show_default=True)
 @click.option("--no-soft-limits", is_flag=True, help="Do not raise ALARM:2 for moves outside the work area.")
+@click.option("--report-buffer", is_flag=True, help="Status reports carry Bf: ($10=3); default $10=1, GRBL's own default, without it.")
 @click.option("--homing", is_flag=True, help="Homing enabled: the machine starts locked (Alarm) until $H or $X.")
 @click.option("--noise", type=click.FloatRange(0, 1), default=0.0, help="Probability that a received line has a flipped byte.")
 @click.option("--seed", type=int, default=None, help="Seed for reproducible noise.")
 @click.option("-v", "--verbose", is_flag=True, help="Log simulator details to stderr.")
 def grbl(
     *, speedup: str, baud: int | None, link: str | None, rx_size: int, planner_blocks: int,
-    no_soft_limits: bool, homing: bool, noise: float, seed: int | None, verbose: bool,
+    no_soft_limits: bool, report_buffer: bool, homing: bool, noise: float, seed: int | None, verbose: bool,
 ) -> None:
     """A simulated GRBL 1.1 CNC controller on a pseudo-terminal."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr,
@@ -71,6 +72,7 @@ def grbl(
     sim = GrblSim(
         speedup=parse_speedup(speedup), baudrate=baud, link=link, seed=seed, rx_size=rx_size,
         planner_blocks=planner_blocks, soft_limits=not no_soft_limits, homing=homing,
+        report_buffer=report_buffer,
     )
     sim.line.noise_rx = noise
     try:

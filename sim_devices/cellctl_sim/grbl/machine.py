@@ -13,8 +13,10 @@ What it models, because hosts get these wrong:
   (`lost_bytes`). Hosts must send these ping-pong.
 * **Real-time bytes** (`?`, `!`, `~`, 0x18, 0x84, 0x85, 0x90-0xA1) act at once, never
   enter RX, never get an `ok`.
-* **Status reports** in every state, with `Bf:`, `FS:`, `WCO:`/`Ov:` every tenth report
-  or on change, `Pn:`, `A:`, `Ln:`; none during homing or a critical alarm.
+* **Status reports** in every state, with `FS:`, `WCO:`/`Ov:` every tenth report or on
+  change, `Pn:`, `A:`, `Ln:`; none during homing or a critical alarm. `$10` starts at
+  GRBL's default, 1 (MPos, no `Bf:`), as real machines ship; `report_buffer=True` (or
+  `$10=3`) adds `Bf:planner,rx`.
 * **Errors and alarms**: `error:N` for bad blocks, and a critical soft-limit `ALARM:2`
   when a move would leave `work_area` (nothing but a soft reset is accepted after it).
 
@@ -87,7 +89,7 @@ class _Move:
 class _Settings:
     values: dict[int, float] = field(
         default_factory=lambda: {
-            0: 10, 1: 25, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 10: 3, 11: 0.010, 12: 0.002, 13: 0,
+            0: 10, 1: 25, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 10: 1, 11: 0.010, 12: 0.002, 13: 0,
             20: 1, 21: 0, 22: 0, 23: 0, 24: 25, 25: 500, 26: 250, 27: 1, 30: 1000, 31: 0, 32: 0,
             100: 250, 101: 250, 102: 250, 110: 3000, 111: 3000, 112: 1000,
             120: 10, 121: 10, 122: 10, 130: 300, 131: 200, 132: 100,
@@ -110,7 +112,7 @@ class GrblSim:
         planner_blocks: int = 15,
         soft_limits: bool = True,
         work_area: tuple[Vec, Vec] = ((0.0, 0.0, -100.0), (300.0, 200.0, 50.0)),
-        report_buffer: bool = True,
+        report_buffer: bool = False,
         eeprom_write_time: float = 0.01,
         homing: bool = False,
     ) -> None:
