@@ -23,18 +23,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cellctl.driver import DeviceUnavailable
 from cellctl_gcode import grbl
 from cellctl_gcode.bounds import Bad, small_int
 from cellctl_gcode.grbl import LineKind, StatusReport
-from cellctl_gcode.job import Job, JobRejected, JobState
+from cellctl_gcode.job import Job, JobState
 from cellctl_gcode.program import FLAG_KIND_MASK, FLAG_WAITS
-from cellctl_gcode.session import Command, Session
-
-if TYPE_CHECKING:
-    from cellctl_gcode.device import GcodeDevice
+from cellctl_gcode.session import Command, Session, SessionHost
+from cellctl_gcode.timing import Ticker
 
 DEFAULT_RX = 128
 RX_MIN, RX_MAX = 90, 65536  # an RX size learnt from the machine outside this is noise
@@ -54,7 +52,7 @@ def _code(text: str, default: int) -> int:
 class GrblSession(Session):
     dialect = "grbl"
 
-    def __init__(self, dev: GcodeDevice) -> None:
+    def __init__(self, dev: SessionHost) -> None:
         super().__init__(dev)
         opts = self.options.grbl
         self.streaming = opts.streaming
@@ -67,7 +65,6 @@ class GrblSession(Session):
         self.in_flight_bytes = 0
         self.max_in_flight_bytes = 0
         self.sync_in_flight = False
-        self.commands: deque[Command] = deque()
         self.state: str | None = None
         self.status: StatusReport | None = None
         self.status_seq = 0
@@ -245,18 +242,14 @@ class GrblSession(Session):
         job = self.job
         if job is not None and job.active and not job.cancel_requested:
             near = self._oldest_job_line()
-            reason = f"ALARM:{code} ({text})" + (f" near {near}" if near else "")
-            job.fail(reason)
-            self.log.warning("job_failed", job=job.name, reason=reason)
-            self.job_changed()
+            self.fail_job(f"ALARM:{code} ({text})" + (f" near {near}" if near else ""))
 
     def _on_banner(self, text: str, version: str) -> None:
         self.banners += 1
         self.dev.fields.set("firmware", f"Grbl {version}")
         lost = len(self.in_flight)
-        for _, tag, _job in self.in_flight:
-            if isinstance(tag, Command):
-                tag.abort(f"the machine reset ({text!r}) before answering")
+        for cmd in self._answering():
+            cmd.abort(f"the machine reset ({text!r}) before answering")
         self.in_flight.clear()
         self.in_flight_bytes = 0
         self.sync_in_flight = False
@@ -268,13 +261,10 @@ class GrblSession(Session):
             if self.expect_reset or job.cancel_requested:
                 pass  # our own reset: cancel() finishes the job
             else:
-                reason = (
+                self.fail_job(
                     f"the machine reset (banner {text!r}) after {job.acked} of {job.total} lines were "
                     f"acknowledged; {lost} line(s) in its buffer were lost and the rest was not sent"
                 )
-                job.fail(reason)
-                self.log.warning("job_failed", job=job.name, reason=reason)
-                self.job_changed()
         self.expect_reset = False
         self.log.info("grbl_reset", banner=text, lines_lost=lost)
         self._banner_event.set()
@@ -418,7 +408,7 @@ class GrblSession(Session):
                 break
         cmd = self.submit("$I")
         try:
-            async with asyncio.timeout(max(2.0, self.dev.ctx.timeout)):
+            async with asyncio.timeout(max(2.0, self.dev.timeout)):
                 reply = await cmd.future
         except TimeoutError:
             self.log.warning("grbl_no_build_info", port=self.dev.port)
@@ -435,26 +425,17 @@ class GrblSession(Session):
     # -- background tasks -------------------------------------------------------------
 
     async def status_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.options.status_interval
         silence = self.options.silence_timeout
-        next_at = loop.time()
+        ticker = Ticker(self.options.status_interval)
         while True:
-            next_at += interval
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                next_at = loop.time()
+            await ticker.tick()
             if self.critical or self.homing or self.state == "Home":
                 self.status_at = time.monotonic()  # silence is expected: GRBL answers nothing
                 continue
             self.ask_status()
             if time.monotonic() - self.status_at > silence:
                 reason = f"no status report from {self.dev.port!r} for {silence:g} s"
-                job = self.job
-                if job is not None and job.fail(f"machine silent: {reason}"):
-                    self.job_changed()
+                self.fail_job(f"machine silent: {reason}")
                 self.dev.lost(reason)
                 return
 
@@ -489,11 +470,9 @@ class GrblSession(Session):
     async def _resync(self, idle_for: float) -> None:
         """No ack for a while with lines in flight: ask the machine what it is doing."""
         rep = await self.fresh_status(max(2.0, 3 * self.options.status_interval))
-        job = self.job
         if rep is None:
             reason = f"machine silent: no acknowledgement for {idle_for:.1f} s and no answer to a status query"
-            if job is not None and job.fail(reason):
-                self.job_changed()
+            self.fail_job(reason)
             self.dev.lost(reason)
             return
         base = rep.base_state
@@ -502,8 +481,7 @@ class GrblSession(Session):
             self.last_ack_at = time.monotonic()
             return
         if base == "Alarm":
-            if job is not None and job.active and job.fail(f"the machine is in Alarm with {len(self.in_flight)} line(s) unacknowledged"):
-                self.job_changed()
+            self.fail_job(f"the machine is in Alarm with {len(self.in_flight)} line(s) unacknowledged")
             return
         empty = rep.rx_free is None or (
             rep.rx_free >= self.rx_size - 1
@@ -519,15 +497,12 @@ class GrblSession(Session):
                 f"acknowledgement lost: the machine is {rep.state} with empty buffers, but {n} line(s) "
                 f"from {first} were never answered; they may or may not have run"
             )
-            for _, tag, _job in self.in_flight:
-                if isinstance(tag, Command):
-                    tag.abort(reason)
+            for cmd in self._answering():
+                cmd.abort(reason)
             self.in_flight.clear()
             self.in_flight_bytes = 0
             self.sync_in_flight = False
-            if job is not None and job.fail(reason):
-                self.log.warning("job_failed", job=job.name, reason=reason)
-                self.job_changed()
+            self.fail_job(reason)
             return
         self.log.warning("acks_lost_resumed", lines=n, first=first)
         for _ in range(n):
@@ -535,88 +510,48 @@ class GrblSession(Session):
 
     # -- jobs ---------------------------------------------------------------------------
 
-    def not_ready(self) -> str | None:
-        if self.job is not None and self.job.active:
-            return f"job {self.job.name!r} is {self.job.state.value}"
+    def _machine_not_ready(self) -> str | None:
         if self.critical or self.state not in _READY_STATES:
             return f"the machine is {self.state or 'in an unknown state'}, not Idle"
         if any(job is not None for _, _, job in self.in_flight):
             return "lines of the previous job are still unacknowledged"
         return None
 
-    def start_job(self, job: Job) -> None:
-        why = self.not_ready()
-        if why:
-            raise JobRejected(f"job {job.name!r} not started: {why}")
-        self.job = job
+    def _mark_progress(self) -> None:
         self.last_ack_at = time.monotonic()
-        self.log.info("job_started", job=job.name, lines=job.total, bytes=job.program.bytes_total, streaming=self.streaming)
-        self.job_changed()
-        if job.total == 0:
-            job.finish(JobState.COMPLETED)
-            self.job_changed()
-            return
-        self._pump()
 
-    def pause(self) -> None:
-        job = self.job
-        if job is None or job.state != JobState.RUNNING:
-            return
-        job.state = JobState.PAUSED
+    def _job_log(self) -> dict[str, Any]:
+        return {"streaming": self.streaming}
+
+    def _hold(self) -> None:
         self.dev.link.write_realtime(grbl.FEED_HOLD)
-        self.log.info("job_paused", job=job.name, acked=job.acked)
-        self.job_changed()
 
-    def resume(self) -> None:
-        job = self.job
-        if job is None or job.state != JobState.PAUSED:
-            return
-        job.state = JobState.RUNNING
-        self.last_ack_at = time.monotonic()
+    def _release(self) -> None:
         self.dev.link.write_realtime(grbl.CYCLE_START)
-        self.log.info("job_resumed", job=job.name)
-        self.job_changed()
-        self._pump()
 
-    async def cancel(self) -> None:
-        """Stop streaming, feed-hold until motion stops (a reset in motion loses the
-        position), then soft-reset to flush GRBL's buffers."""
-        job = self.job
-        if job is None or not job.active:
-            return
-        job.cancel_requested = True
-        self.log.info("job_cancelling", job=job.name, acked=job.acked)
+    def _answering(self) -> list[Command]:
+        return [tag for _, tag, _job in self.in_flight if isinstance(tag, Command)]
+
+    async def _stop_for_cancel(self, job: Job) -> None:
+        """Feed-hold until motion stops (a reset in motion loses the position), then
+        soft-reset to flush GRBL's buffers."""
         loop = asyncio.get_running_loop()
-        if self.in_flight or (self.state not in _READY_STATES and self.state != "Alarm"):
-            self.dev.link.write_realtime(grbl.FEED_HOLD)
-            deadline = loop.time() + 5.0
-            while loop.time() < deadline:
-                rep = await self.fresh_status(0.5)
-                if rep is not None and (rep.state in ("Hold:0", "Idle", "Alarm", "Check") or rep.base_state == "Door"):
-                    break
-            self.expect_reset = True
-            banners = self.banners
-            self._banner_event.clear()
-            self.dev.link.write_realtime(grbl.SOFT_RESET)
-            try:
-                async with asyncio.timeout(5.0):
-                    while self.banners == banners:
-                        await self._banner_event.wait()
-                        self._banner_event.clear()
-            except TimeoutError:
-                self.log.warning("grbl_no_banner_after_reset", job=job.name)
-        job.finish(JobState.CANCELLED, "cancelled")
-        self.log.info("job_cancelled", job=job.name, acked=job.acked, total=job.total)
-        self.job_changed()
-
-    def on_lost(self, reason: str) -> None:
-        for _, tag, _job in self.in_flight:
-            if isinstance(tag, Command):
-                tag.abort(reason)
-        for cmd in self.commands:
-            cmd.abort(reason)
-        self.commands.clear()
-        job = self.job
-        if job is not None and job.fail(f"connection lost: {reason}"):
-            self.log.warning("job_failed", job=job.name, reason=reason)
-            self.job_changed()
+        if not (self.in_flight or (self.state not in _READY_STATES and self.state != "Alarm")):
+            return
+        self.dev.link.write_realtime(grbl.FEED_HOLD)
+        deadline = loop.time() + 5.0
+        while loop.time() < deadline:
+            rep = await self.fresh_status(0.5)
+            if rep is not None and (rep.state in ("Hold:0", "Idle", "Alarm", "Check") or rep.base_state == "Door"):
+                break
+        self.expect_reset = True
+        banners = self.banners
+        self._banner_event.clear()
+        self.dev.link.write_realtime(grbl.SOFT_RESET)
+        try:
+            async with asyncio.timeout(5.0):
+                while self.banners == banners:
+                    await self._banner_event.wait()
+                    self._banner_event.clear()
+        except TimeoutError:
+            self.log.warning("grbl_no_banner_after_reset", job=job.name)
