@@ -5,7 +5,7 @@ its memory stays bounded, the points concerned go bad with a reason, and the dev
 recovers when sane lines resume. Each scenario takes seconds.
 
 The machines are the simulators, stalled (they answer nothing) while the test writes the
-hostile bytes straight onto the wire (`sim.line.write`)."""
+hostile bytes straight onto the wire (`sim.inject`)."""
 
 from __future__ import annotations
 
@@ -110,26 +110,26 @@ async def test_grbl_garbage_never_raises_stays_bounded_and_the_machine_recovers(
 
             # random bytes, with and without newlines
             junk = _random_lines(rng, 2000) + rng.randbytes(50_000)
-            sim.line.write(junk)
+            sim.inject(junk)
             await _fed(dev, start, len(junk))
             # an endless line: 2 MB, no newline
             endless = 0
             for _ in range(64):
                 chunk = bytes(rng.choice(b"<Idle|MPos:0123456789,.>") for _ in range(32_768))
-                sim.line.write(chunk)
+                sim.inject(chunk)
                 endless += len(chunk)
                 await _fed(dev, start, len(junk) + endless)
                 assert link.buffered <= MAX_LINE_BYTES
             assert link.noise_dropped >= endless - MAX_LINE_BYTES
             # answer lines the waiting command collects: bounded too
             chatty = b"\n" + b"[GC:G0 G54]\n" * (MAX_REPLY_LINES * 3)
-            sim.line.write(chatty)
+            sim.inject(chatty)
             await _fed(dev, start, len(junk) + endless + len(chatty))
             assert len(cmd.lines) <= MAX_REPLY_LINES
             # invalid UTF-8 inside what look like reports and answers
-            sim.line.write(b"<Idle|MPos:\xff\xfe0,0,0|FS:0,0>\r\nok\xc3\x28\r\nALARM:\xe2\x82\r\n<\xf0\x9f\x92|Bf:1,1>\r\n")
+            sim.inject(b"<Idle|MPos:\xff\xfe0,0,0|FS:0,0>\r\nok\xc3\x28\r\nALARM:\xe2\x82\r\n<\xf0\x9f\x92|Bf:1,1>\r\n")
             # malformed and oversized status fields: the points they feed go bad, with reasons
-            sim.line.write(
+            sim.inject(
                 f"<Idle|MPos:1e999,0,0|Bf:15,{HUGE}|FS:nan,0|Pn:{'X' * 3000}>\r\n".encode()
                 + b"<Idle|MPos:0,0|FS:1,2,3>\r\n<Idle|Ov:100,100>\r\n"
             )
@@ -162,7 +162,7 @@ async def test_grbl_that_only_sends_garbage_is_lost_with_a_reason_and_reconnects
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 10
             while not dev.closed.is_set() and loop.time() < deadline:
-                sim.line.write(_random_lines(rng, 50))
+                sim.inject(_random_lines(rng, 50))
                 await asyncio.sleep(0.02)  # a steady trickle of noise, not synchronisation
             assert dev.closed.is_set()
             assert "no status report" in dev.close_reason
@@ -181,20 +181,20 @@ async def test_marlin_garbage_never_raises_stays_bounded_and_the_printer_recover
         async with open_device(_ctx(sim.path, MARLIN_FIELDS, status_interval=1.0)) as dev, watched(dev, points) as errors:
             await until(lambda: points.values.get("temp_hotend") == 25.0, what="sane temperatures")
             sim.stall()
-            sim.line.write(b"M105 answer follows\n")
+            sim.inject(b"M105 answer follows\n")
             start, link = dev.link.bytes_in, dev.link
             junk = _random_lines(rng, 2000) + rng.randbytes(50_000)
-            sim.line.write(junk)
+            sim.inject(junk)
             await _fed(dev, start, len(junk))
             endless = 0
             for _ in range(64):
                 chunk = bytes(rng.choice(b"T:0123456789. /B@") for _ in range(32_768))
-                sim.line.write(chunk)
+                sim.inject(chunk)
                 endless += len(chunk)
                 await _fed(dev, start, len(junk) + endless)
                 assert link.buffered <= MAX_LINE_BYTES
-            sim.line.write(b"\nok T:\xff\xfe21.0 /0.0\n\xc3\x28Resend: \xe2\x82\n")
-            sim.line.write(
+            sim.inject(b"\nok T:\xff\xfe21.0 /0.0\n\xc3\x28Resend: \xe2\x82\n")
+            sim.inject(
                 f"T:{'9' * 400}.0 /210.0 B:nan /0.0 @:{HUGE} B@:0\n".encode()
                 + f"X:1e999 Y:0.00 Z:0.00 E:0.00 Count X:0\nSD printing byte {'9' * 400}/3\n".encode()
                 + f"Resend: {HUGE}\nok N{HUGE}\n".encode()

@@ -217,7 +217,7 @@ async def test_a_status_field_wider_than_int64_makes_its_points_bad_and_the_daem
         async with running_daemon(config) as daemon:
             await collector.until(lambda _m: point_state(collector, "mill", "rx_free").get("v") == 128, what="Bf good")
             sim.stall()  # only the injected report answers now
-            sim.line.write(line)
+            sim.inject(line)
             await collector.until(
                 lambda _m: point_state(collector, "mill", "rx_free").get("q") == "bad", what="rx_free bad"
             )
