@@ -38,7 +38,7 @@ async def test_path_is_a_tty_and_status_reports_every_field(sim: GrblSim, port: 
     rep = await port.status()
     assert state_of(rep) == "Idle"
     assert field_of(rep, "MPos") == "0.000,0.000,0.000"
-    assert field_of(rep, "Bf") == "15,128"
+    assert field_of(rep, "Bf") is None  # $10=1, GRBL's default: no buffer data
     assert field_of(rep, "FS") == "0,0"
     assert field_of(rep, "WCO") == "0.000,0.000,0.000"  # first report carries WCO
     rep2 = await port.status()
@@ -312,3 +312,16 @@ def test_cli_prints_the_pty_path_and_serves_it(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_bf_only_with_the_buffer_bit_of_the_status_mask() -> None:
+    async with GrblSim(speedup=math.inf, report_buffer=True) as s:
+        p = RawPort(s.path)
+        try:
+            assert field_of(await p.status(), "Bf") == "15,128"
+            since = p.mark()
+            p.send("$10=1")
+            await p.count("ok", 1, since=since)
+            assert field_of(await p.status(), "Bf") is None
+        finally:
+            p.close()

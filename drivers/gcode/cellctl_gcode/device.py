@@ -20,10 +20,14 @@ import structlog
 from cellctl.driver import DeviceContext, DeviceUnavailable, Reading
 from cellctl_gcode.config import GcodeAddress, GcodeConnection, GcodeOptions
 from cellctl_gcode.fields import FIELDS, Dialect, dialect_of
+from cellctl_gcode.grbl_session import GrblSession
 from cellctl_gcode.job import Job, JobRejected, JobState
+from cellctl_gcode.marlin_session import MarlinSession
 from cellctl_gcode.program import Program
 from cellctl_gcode.serialport import SerialLink
 from cellctl_gcode.session import Command, FieldCache, Reply, Session
+from cellctl_gcode.spool import JobSpool, start_named
+from cellctl_gcode.timing import Ticker
 
 log = structlog.get_logger("cellctl.gcode")
 
@@ -65,6 +69,7 @@ class GcodeDevice:
         self.options: GcodeOptions = model(ctx.options, GcodeOptions)
         self.port = self.connection.port
         self.baudrate = self.connection.baudrate
+        self.timeout = ctx.timeout
         self.log = log.bind(device=ctx.device_id)
         self.fields = FieldCache(ctx.points)
         self._point_field = {p.index: model(p.address, GcodeAddress).field for p in ctx.points}
@@ -76,6 +81,7 @@ class GcodeDevice:
         self.closed = asyncio.Event()
         self.close_reason = ""
         self.noise_lines = 0
+        self.failed_lines = 0
         self._probe_lines: list[str] | None = None
         self._probe_event = asyncio.Event()
         self._flush_scheduled = False
@@ -117,11 +123,7 @@ class GcodeDevice:
 
     def _make_session(self, dialect: Dialect) -> Session:
         if dialect == "grbl":
-            from cellctl_gcode.grbl_session import GrblSession
-
             return GrblSession(self)
-        from cellctl_gcode.marlin_session import MarlinSession
-
         return MarlinSession(self)
 
     async def _detect(self) -> Dialect:
@@ -220,8 +222,6 @@ class GcodeDevice:
             tg.create_task(self._guard("watchdog", session.watchdog_loop), name=f"gcode-watchdog:{self.ctx.device_id}")
             tg.create_task(self._guard("progress", self._progress_loop), name=f"gcode-progress:{self.ctx.device_id}")
             if self.options.job_dir is not None:
-                from cellctl_gcode.spool import JobSpool
-
                 spool = JobSpool(self, self.options.job_dir, self.options.job_suffixes)
                 tg.create_task(self._guard("job_dir", spool.run), name=f"gcode-spool:{self.ctx.device_id}")
 
@@ -236,24 +236,17 @@ class GcodeDevice:
             self.lost(f"internal error in {name}: {exc!r}")
 
     async def _progress_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.options.progress_interval
-        next_at = loop.time()
+        ticker = Ticker(self.options.progress_interval)
         while True:
             job = self._need_session().job
             if job is None or not job.active:
                 self._job_event.clear()
                 await self._job_event.wait()
-                next_at = loop.time()
+                ticker.restart()
                 continue
             self.fields.update(job.fields())
             self._schedule_flush()
-            next_at += interval
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                next_at = loop.time()
+            await ticker.tick()
 
     # -- input ------------------------------------------------------------------------
 
@@ -263,10 +256,17 @@ class GcodeDevice:
         session = self.session
         if session is None:
             if self._probe_lines is not None:
+                if len(self._probe_lines) >= 512:  # noise while probing: keep the newest
+                    del self._probe_lines[:256]
                 self._probe_lines.append(text)
                 self._probe_event.set()
             return
-        session.on_line(text)
+        try:
+            session.on_line(text)
+        except Exception as exc:  # a parser bug must not take the link (or the loop) down
+            self.failed_lines += 1
+            if self.failed_lines <= 3 or self.failed_lines % 1000 == 0:
+                self.log.exception("gcode_line_failed", text=text[:80], error=repr(exc), count=self.failed_lines)
 
     def _batch_end(self) -> None:
         self.fields.flush()
@@ -316,8 +316,6 @@ class GcodeDevice:
             raise ValueError(f"field {name!r} is read-only")
         session = self._need_session()
         if name == "control.start":
-            from cellctl_gcode.spool import start_named
-
             await start_named(self, str(raw_value))
         elif not raw_value:
             return
@@ -329,6 +327,10 @@ class GcodeDevice:
             await session.cancel()
 
     # -- jobs and commands (CLI, spool) ---------------------------------------------------
+
+    def not_ready(self) -> str | None:
+        """Why a job cannot start now, or None."""
+        return "not connected" if self.session is None else self.session.not_ready()
 
     def load_program(self, path: Path, *, name: str | None = None) -> Program:
         return Program.from_file(path, dialect=self.dialect, name=name)

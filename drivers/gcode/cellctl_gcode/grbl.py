@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Final
 
+from cellctl_gcode.bounds import OutOfRange, shown, small_int, wire_float, wire_int
+
 # Real-time commands: single bytes, no newline, act at once, never answered with ok.
 STATUS: Final = b"?"
 CYCLE_START: Final = b"~"
@@ -137,7 +139,9 @@ def compact(line: str) -> str:
 
 @dataclass(slots=True)
 class StatusReport:
-    """One `<...>` report. Fields GRBL left out are None (keep the last known value)."""
+    """One `<...>` report. Fields GRBL left out are None (keep the last known value);
+    a field whose numbers no point can carry is None too, with the driver fields it
+    feeds named in `errors` (field name -> reason)."""
 
     state: str
     mpos: tuple[float, ...] | None = None
@@ -152,26 +156,65 @@ class StatusReport:
     overrides: tuple[int, int, int] | None = None
     accessories: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def base_state(self) -> str:
         return self.state.split(":", 1)[0]
 
 
+AXES: Final = "xyzabc"
+MAX_AXES: Final = len(AXES)
+MAX_STATE: Final = 16  # the longest real state word is "Hold:0"/"Door:3"; a longer one is noise
+
+
 def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(","))
+    parts = text.split(",")
+    if len(parts) > MAX_AXES:
+        raise ValueError(f"more than {MAX_AXES} axes")
+    return tuple(wire_float(v) for v in parts)
+
+
+def _ints(text: str, n: int) -> tuple[int, ...]:
+    parts = text.split(",")
+    if len(parts) != n:
+        raise ValueError(f"expected {n} values")
+    return tuple(wire_int(v) for v in parts)
+
+
+MAX_LETTERS: Final = 16  # Pn: and A: are a few letters (XYZABCPDHRS, SCFM)
+
+
+def _letters(value: str) -> str:
+    if len(value) > MAX_LETTERS:
+        raise OutOfRange(f"value {shown(value)} longer than {MAX_LETTERS} characters")
+    return value
+
+
+def _fields_of(key: str, value: str) -> list[str]:
+    """The driver fields a status field feeds (named in errors when it is out of range)."""
+    if key in ("MPos", "WPos", "WCO"):
+        prefix = {"MPos": "mpos", "WPos": "wpos", "WCO": "wco"}[key]
+        n = min(MAX_AXES, value.count(",") + 1)
+        return [f"{prefix}.{a}" for a in AXES[:n]]
+    return {
+        "Bf": ["buffer.planner", "buffer.rx"], "Ln": ["line"], "FS": ["feed", "spindle"], "F": ["feed"],
+        "Ov": ["ov.feed", "ov.rapid", "ov.spindle"], "Pn": ["pins"], "A": ["accessories"],
+    }.get(key, [])
 
 
 def parse_status(text: str) -> StatusReport | None:
     """Parse ``<Idle|MPos:0.000,0.000,0.000|FS:0,0>``; None if it is not a status report.
 
     Fields may come in any order and any may be missing; unknown fields are kept in
-    `extra`. A malformed field makes the whole report None (line noise)."""
+    `extra`. A malformed field makes the whole report None (line noise); a well-formed
+    number no point can carry (wider than int64, not finite) leaves its field None and
+    names the fields it feeds in `errors`. Never raises."""
     if len(text) < 3 or text[0] != "<" or text[-1] != ">":
         return None
     parts = text[1:-1].split("|")
     state = parts[0]
-    if not state or not state[0].isalpha():
+    if not state or not state[0].isalpha() or len(state) > MAX_STATE or not state.isascii():
         return None
     rep = StatusReport(state=state)
     try:
@@ -180,40 +223,47 @@ def parse_status(text: str) -> StatusReport | None:
             if not sep:
                 rep.extra[key] = ""
                 continue
-            if key == "MPos":
-                rep.mpos = _floats(value)
-            elif key == "WPos":
-                rep.wpos = _floats(value)
-            elif key == "WCO":
-                rep.wco = _floats(value)
-            elif key == "Bf":
-                planner, rx = value.split(",")
-                rep.planner_free, rep.rx_free = int(planner), int(rx)
-            elif key == "Ln":
-                rep.line = int(value)
-            elif key == "FS":
-                feed, speed = value.split(",")
-                rep.feed, rep.spindle = float(feed), float(speed)
-            elif key == "F":
-                rep.feed = float(value)
-            elif key == "Pn":
-                rep.pins = value
-            elif key == "Ov":
-                f, r, s = value.split(",")
-                rep.overrides = (int(f), int(r), int(s))
-            elif key == "A":
-                rep.accessories = value
-            else:
-                rep.extra[key] = value
+            try:
+                _parse_field(rep, key, value)
+            except OutOfRange as exc:
+                for name in _fields_of(key, value):
+                    rep.errors[name] = str(exc)
     except ValueError:
         return None
     return rep
+
+
+def _parse_field(rep: StatusReport, key: str, value: str) -> None:
+    if key == "MPos":
+        rep.mpos = _floats(value)
+    elif key == "WPos":
+        rep.wpos = _floats(value)
+    elif key == "WCO":
+        rep.wco = _floats(value)
+    elif key == "Bf":
+        rep.planner_free, rep.rx_free = _ints(value, 2)
+    elif key == "Ln":
+        rep.line = wire_int(value)
+    elif key == "FS":
+        feed, speed = value.split(",")
+        rep.feed, rep.spindle = wire_float(feed), wire_float(speed)
+    elif key == "F":
+        rep.feed = wire_float(value)
+    elif key == "Pn":
+        rep.pins = _letters(value)
+    elif key == "Ov":
+        f, r, s = _ints(value, 3)
+        rep.overrides = (f, r, s)
+    elif key == "A":
+        rep.accessories = _letters(value)
+    else:
+        rep.extra[key] = value
 
 
 def parse_opt(text: str) -> tuple[int | None, int | None]:
     """``[OPT:V,15,128]`` -> (planner blocks, rx buffer size); None where absent."""
     body = text[5:-1] if text.startswith("[OPT:") and text.endswith("]") else ""
     parts = body.split(",")
-    planner = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
-    rx = int(parts[2]) if len(parts) > 2 and parts[2].isdigit() else None
-    return planner, rx
+    planner = small_int(parts[1], -1) if len(parts) > 1 else -1
+    rx = small_int(parts[2], -1) if len(parts) > 2 else -1
+    return (planner if planner >= 0 else None), (rx if rx >= 0 else None)

@@ -23,29 +23,36 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cellctl.driver import DeviceUnavailable
 from cellctl_gcode import grbl
+from cellctl_gcode.bounds import Bad, small_int
 from cellctl_gcode.grbl import LineKind, StatusReport
-from cellctl_gcode.job import Job, JobRejected, JobState
+from cellctl_gcode.job import Job, JobState
 from cellctl_gcode.program import FLAG_KIND_MASK, FLAG_WAITS
-from cellctl_gcode.session import Command, Session
-
-if TYPE_CHECKING:
-    from cellctl_gcode.device import GcodeDevice
+from cellctl_gcode.session import Command, Session, SessionHost
+from cellctl_gcode.timing import Ticker
 
 DEFAULT_RX = 128
+RX_MIN, RX_MAX = 90, 65536  # an RX size learnt from the machine outside this is noise
+NO_BF = Bad("not reported by this machine ($10 status mask has no buffer data)")
 _AXES = "xyzabc"
 _READY_STATES = frozenset({"Idle", "Check"})
 # (bytes, tag, job): tag is the job line index, or the Command
 _Entry = tuple[int, Any, Job | None]
 
 
+def _code(text: str, default: int) -> int:
+    """The N of ``error:N`` / ``ALARM:N`` (`default` when it is not a sane number)."""
+    code = small_int(text, default)
+    return code if 0 <= code <= 0xFFFF else default
+
+
 class GrblSession(Session):
     dialect = "grbl"
 
-    def __init__(self, dev: GcodeDevice) -> None:
+    def __init__(self, dev: SessionHost) -> None:
         super().__init__(dev)
         opts = self.options.grbl
         self.streaming = opts.streaming
@@ -58,7 +65,6 @@ class GrblSession(Session):
         self.in_flight_bytes = 0
         self.max_in_flight_bytes = 0
         self.sync_in_flight = False
-        self.commands: deque[Command] = deque()
         self.state: str | None = None
         self.status: StatusReport | None = None
         self.status_seq = 0
@@ -93,12 +99,10 @@ class GrblSession(Session):
                 self._on_status(rep)
             return
         if text.startswith("error:"):
-            code = text[6:].strip()
-            self._ack(int(code) if code.isdigit() else -1)
+            self._ack(_code(text[6:], -1))
             return
         if text.startswith("ALARM:"):
-            code = text[6:].strip()
-            self._on_alarm(int(code) if code.isdigit() else 0)
+            self._on_alarm(_code(text[6:], 0))
             return
         m = grbl.BANNER_RE.match(text)
         if m:
@@ -112,7 +116,7 @@ class GrblSession(Session):
         if self.in_flight:
             tag = self.in_flight[0][1]
             if isinstance(tag, Command):
-                tag.lines.append(text)
+                tag.add_line(text)
 
     def _ack(self, code: int) -> None:
         if not self.in_flight:
@@ -184,6 +188,11 @@ class GrblSession(Session):
         if rep.planner_free is not None:
             f.set("buffer.planner", rep.planner_free)
             f.set("buffer.rx", rep.rx_free)
+        elif "buffer.rx" not in rep.errors:
+            # $10 decides whether reports carry Bf:, and GRBL's default leaves it out; it
+            # is an EEPROM setting, so it is not changed behind the operator's back.
+            f.set("buffer.planner", NO_BF)
+            f.set("buffer.rx", NO_BF)
         if rep.feed is not None:
             f.set("feed", rep.feed)
         if rep.spindle is not None:
@@ -196,6 +205,10 @@ class GrblSession(Session):
             f.set("ov.rapid", rep.overrides[1])
             f.set("ov.spindle", rep.overrides[2])
             f.set("accessories", rep.accessories)  # A: rides with Ov:; absent there = none
+        for name, reason in rep.errors.items():
+            f.set(name, Bad(reason))
+            if name.startswith(("mpos.", "wpos.")):  # the other one is derived from it
+                f.set(("wpos." if name[0] == "m" else "mpos.") + name[5:], Bad(reason))
         if rep.base_state != "Alarm":
             self.critical = False
             f.set("alarm_code", 0)
@@ -207,6 +220,7 @@ class GrblSession(Session):
             and not self.in_flight
             and self.planner_size is None  # $I did not tell us
             and rep.rx_free > self.rx_size
+            and rep.rx_free <= RX_MAX
         ):
             self.rx_size = rep.rx_free
             self.log.info("grbl_rx_buffer", size=self.rx_size, source="Bf")
@@ -228,18 +242,14 @@ class GrblSession(Session):
         job = self.job
         if job is not None and job.active and not job.cancel_requested:
             near = self._oldest_job_line()
-            reason = f"ALARM:{code} ({text})" + (f" near {near}" if near else "")
-            job.fail(reason)
-            self.log.warning("job_failed", job=job.name, reason=reason)
-            self.job_changed()
+            self.fail_job(f"ALARM:{code} ({text})" + (f" near {near}" if near else ""))
 
     def _on_banner(self, text: str, version: str) -> None:
         self.banners += 1
         self.dev.fields.set("firmware", f"Grbl {version}")
         lost = len(self.in_flight)
-        for _, tag, _job in self.in_flight:
-            if isinstance(tag, Command):
-                tag.abort(f"the machine reset ({text!r}) before answering")
+        for cmd in self._answering():
+            cmd.abort(f"the machine reset ({text!r}) before answering")
         self.in_flight.clear()
         self.in_flight_bytes = 0
         self.sync_in_flight = False
@@ -251,13 +261,10 @@ class GrblSession(Session):
             if self.expect_reset or job.cancel_requested:
                 pass  # our own reset: cancel() finishes the job
             else:
-                reason = (
+                self.fail_job(
                     f"the machine reset (banner {text!r}) after {job.acked} of {job.total} lines were "
                     f"acknowledged; {lost} line(s) in its buffer were lost and the rest was not sent"
                 )
-                job.fail(reason)
-                self.log.warning("job_failed", job=job.name, reason=reason)
-                self.job_changed()
         self.expect_reset = False
         self.log.info("grbl_reset", banner=text, lines_lost=lost)
         self._banner_event.set()
@@ -278,7 +285,7 @@ class GrblSession(Session):
             planner, rx = grbl.parse_opt(text)
             if planner is not None:
                 self.planner_size = planner
-            if rx is not None and self.rx_auto:
+            if rx is not None and self.rx_auto and RX_MIN <= rx <= RX_MAX:
                 self.rx_size = rx
                 self.log.info("grbl_rx_buffer", size=rx, source="$I")
 
@@ -401,7 +408,7 @@ class GrblSession(Session):
                 break
         cmd = self.submit("$I")
         try:
-            async with asyncio.timeout(max(2.0, self.dev.ctx.timeout)):
+            async with asyncio.timeout(max(2.0, self.dev.timeout)):
                 reply = await cmd.future
         except TimeoutError:
             self.log.warning("grbl_no_build_info", port=self.dev.port)
@@ -418,26 +425,17 @@ class GrblSession(Session):
     # -- background tasks -------------------------------------------------------------
 
     async def status_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.options.status_interval
         silence = self.options.silence_timeout
-        next_at = loop.time()
+        ticker = Ticker(self.options.status_interval)
         while True:
-            next_at += interval
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                next_at = loop.time()
+            await ticker.tick()
             if self.critical or self.homing or self.state == "Home":
                 self.status_at = time.monotonic()  # silence is expected: GRBL answers nothing
                 continue
             self.ask_status()
             if time.monotonic() - self.status_at > silence:
                 reason = f"no status report from {self.dev.port!r} for {silence:g} s"
-                job = self.job
-                if job is not None and job.fail(f"machine silent: {reason}"):
-                    self.job_changed()
+                self.fail_job(f"machine silent: {reason}")
                 self.dev.lost(reason)
                 return
 
@@ -472,11 +470,9 @@ class GrblSession(Session):
     async def _resync(self, idle_for: float) -> None:
         """No ack for a while with lines in flight: ask the machine what it is doing."""
         rep = await self.fresh_status(max(2.0, 3 * self.options.status_interval))
-        job = self.job
         if rep is None:
             reason = f"machine silent: no acknowledgement for {idle_for:.1f} s and no answer to a status query"
-            if job is not None and job.fail(reason):
-                self.job_changed()
+            self.fail_job(reason)
             self.dev.lost(reason)
             return
         base = rep.base_state
@@ -485,8 +481,7 @@ class GrblSession(Session):
             self.last_ack_at = time.monotonic()
             return
         if base == "Alarm":
-            if job is not None and job.active and job.fail(f"the machine is in Alarm with {len(self.in_flight)} line(s) unacknowledged"):
-                self.job_changed()
+            self.fail_job(f"the machine is in Alarm with {len(self.in_flight)} line(s) unacknowledged")
             return
         empty = rep.rx_free is None or (
             rep.rx_free >= self.rx_size - 1
@@ -502,15 +497,12 @@ class GrblSession(Session):
                 f"acknowledgement lost: the machine is {rep.state} with empty buffers, but {n} line(s) "
                 f"from {first} were never answered; they may or may not have run"
             )
-            for _, tag, _job in self.in_flight:
-                if isinstance(tag, Command):
-                    tag.abort(reason)
+            for cmd in self._answering():
+                cmd.abort(reason)
             self.in_flight.clear()
             self.in_flight_bytes = 0
             self.sync_in_flight = False
-            if job is not None and job.fail(reason):
-                self.log.warning("job_failed", job=job.name, reason=reason)
-                self.job_changed()
+            self.fail_job(reason)
             return
         self.log.warning("acks_lost_resumed", lines=n, first=first)
         for _ in range(n):
@@ -518,88 +510,48 @@ class GrblSession(Session):
 
     # -- jobs ---------------------------------------------------------------------------
 
-    def not_ready(self) -> str | None:
-        if self.job is not None and self.job.active:
-            return f"job {self.job.name!r} is {self.job.state.value}"
+    def _machine_not_ready(self) -> str | None:
         if self.critical or self.state not in _READY_STATES:
             return f"the machine is {self.state or 'in an unknown state'}, not Idle"
         if any(job is not None for _, _, job in self.in_flight):
             return "lines of the previous job are still unacknowledged"
         return None
 
-    def start_job(self, job: Job) -> None:
-        why = self.not_ready()
-        if why:
-            raise JobRejected(f"job {job.name!r} not started: {why}")
-        self.job = job
+    def _mark_progress(self) -> None:
         self.last_ack_at = time.monotonic()
-        self.log.info("job_started", job=job.name, lines=job.total, bytes=job.program.bytes_total, streaming=self.streaming)
-        self.job_changed()
-        if job.total == 0:
-            job.finish(JobState.COMPLETED)
-            self.job_changed()
-            return
-        self._pump()
 
-    def pause(self) -> None:
-        job = self.job
-        if job is None or job.state != JobState.RUNNING:
-            return
-        job.state = JobState.PAUSED
+    def _job_log(self) -> dict[str, Any]:
+        return {"streaming": self.streaming}
+
+    def _hold(self) -> None:
         self.dev.link.write_realtime(grbl.FEED_HOLD)
-        self.log.info("job_paused", job=job.name, acked=job.acked)
-        self.job_changed()
 
-    def resume(self) -> None:
-        job = self.job
-        if job is None or job.state != JobState.PAUSED:
-            return
-        job.state = JobState.RUNNING
-        self.last_ack_at = time.monotonic()
+    def _release(self) -> None:
         self.dev.link.write_realtime(grbl.CYCLE_START)
-        self.log.info("job_resumed", job=job.name)
-        self.job_changed()
-        self._pump()
 
-    async def cancel(self) -> None:
-        """Stop streaming, feed-hold until motion stops (a reset in motion loses the
-        position), then soft-reset to flush GRBL's buffers."""
-        job = self.job
-        if job is None or not job.active:
-            return
-        job.cancel_requested = True
-        self.log.info("job_cancelling", job=job.name, acked=job.acked)
+    def _answering(self) -> list[Command]:
+        return [tag for _, tag, _job in self.in_flight if isinstance(tag, Command)]
+
+    async def _stop_for_cancel(self, job: Job) -> None:
+        """Feed-hold until motion stops (a reset in motion loses the position), then
+        soft-reset to flush GRBL's buffers."""
         loop = asyncio.get_running_loop()
-        if self.in_flight or (self.state not in _READY_STATES and self.state != "Alarm"):
-            self.dev.link.write_realtime(grbl.FEED_HOLD)
-            deadline = loop.time() + 5.0
-            while loop.time() < deadline:
-                rep = await self.fresh_status(0.5)
-                if rep is not None and (rep.state in ("Hold:0", "Idle", "Alarm", "Check") or rep.base_state == "Door"):
-                    break
-            self.expect_reset = True
-            banners = self.banners
-            self._banner_event.clear()
-            self.dev.link.write_realtime(grbl.SOFT_RESET)
-            try:
-                async with asyncio.timeout(5.0):
-                    while self.banners == banners:
-                        await self._banner_event.wait()
-                        self._banner_event.clear()
-            except TimeoutError:
-                self.log.warning("grbl_no_banner_after_reset", job=job.name)
-        job.finish(JobState.CANCELLED, "cancelled")
-        self.log.info("job_cancelled", job=job.name, acked=job.acked, total=job.total)
-        self.job_changed()
-
-    def on_lost(self, reason: str) -> None:
-        for _, tag, _job in self.in_flight:
-            if isinstance(tag, Command):
-                tag.abort(reason)
-        for cmd in self.commands:
-            cmd.abort(reason)
-        self.commands.clear()
-        job = self.job
-        if job is not None and job.fail(f"connection lost: {reason}"):
-            self.log.warning("job_failed", job=job.name, reason=reason)
-            self.job_changed()
+        if not (self.in_flight or (self.state not in _READY_STATES and self.state != "Alarm")):
+            return
+        self.dev.link.write_realtime(grbl.FEED_HOLD)
+        deadline = loop.time() + 5.0
+        while loop.time() < deadline:
+            rep = await self.fresh_status(0.5)
+            if rep is not None and (rep.state in ("Hold:0", "Idle", "Alarm", "Check") or rep.base_state == "Door"):
+                break
+        self.expect_reset = True
+        banners = self.banners
+        self._banner_event.clear()
+        self.dev.link.write_realtime(grbl.SOFT_RESET)
+        try:
+            async with asyncio.timeout(5.0):
+                while self.banners == banners:
+                    await self._banner_event.wait()
+                    self._banner_event.clear()
+        except TimeoutError:
+            self.log.warning("grbl_no_banner_after_reset", job=job.name)

@@ -7,6 +7,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Final
 
+from cellctl_gcode.bounds import Bad, wire_float, wire_int
+
+# A report value: a number, or Bad when the number is one no point can carry.
+Value = float | int | bool | Bad
+
 MAX_LINE: Final = 95  # MAX_CMD_SIZE 96 including the terminator
 
 # Commands that keep the firmware busy without an ok for a long time (and, with
@@ -33,13 +38,13 @@ ALARM_TEXTS: Final[dict[int, str]] = {
     8: "emergency stop (M112)",
 }
 
-_TEMP = re.compile(r"(?<![A-Za-z@])(T\d?|B|C|P|A|R)\s*:\s*(-?\d+(?:\.\d+)?)(?:\s*/\s*(-?\d+(?:\.\d+)?))?")
-_POWER = re.compile(r"(B|C|T\d?)?@\s*:\s*(\d+)")
-_POS = re.compile(r"\b([XYZE])\s*:\s*(-?\d+(?:\.\d+)?)")
-_SD = re.compile(r"SD printing byte (\d+)\s*/\s*(\d+)")
-_RESEND = re.compile(r"^(?:Resend|rs)\s*:?\s*N?(\d+)", re.IGNORECASE)
-_LAST_LINE = re.compile(r"Last Line\s*:\s*(\d+)", re.IGNORECASE)
-_OK_N = re.compile(r"^ok\s+N(\d+)")
+_TEMP = re.compile(r"(?<![A-Za-z@])(T\d?|B|C|P|A|R)\s*:\s*(-?\d+(?:\.\d+)?)(?:\s*/\s*(-?\d+(?:\.\d+)?))?", re.ASCII)
+_POWER = re.compile(r"(B|C|T\d?)?@\s*:\s*(\d+)", re.ASCII)
+_POS = re.compile(r"\b([XYZE])\s*:\s*(-?\d+(?:\.\d+)?)", re.ASCII)
+_SD = re.compile(r"SD printing byte (\d+)\s*/\s*(\d+)", re.ASCII)
+_RESEND = re.compile(r"^(?:Resend|rs)\s*:?\s*N?(\d+)", re.IGNORECASE | re.ASCII)
+_LAST_LINE = re.compile(r"Last Line\s*:\s*(\d+)", re.IGNORECASE | re.ASCII)
+_OK_N = re.compile(r"^ok\s+N(\d+)", re.ASCII)
 
 
 def checksum(data: bytes) -> int:
@@ -69,21 +74,37 @@ def clean(line: str) -> str:
     return line.split(";", 1)[0].strip()
 
 
+def _line_number(digits: str) -> int | None:
+    """A line number as Marlin counts them (a long); None if wider (noise)."""
+    try:
+        return wire_int(digits)
+    except ValueError:
+        return None
+
+
 def parse_resend(text: str) -> int | None:
-    """``Resend: 12`` / ``rs 12`` / ``rs N12`` -> 12."""
+    """``Resend: 12`` / ``rs 12`` / ``rs N12`` -> 12 (None: not a resend request)."""
     m = _RESEND.match(text)
-    return int(m.group(1)) if m else None
+    return _line_number(m.group(1)) if m else None
 
 
 def parse_last_line(text: str) -> int | None:
     m = _LAST_LINE.search(text)
-    return int(m.group(1)) if m else None
+    return _line_number(m.group(1)) if m else None
 
 
 def parse_ok_number(text: str) -> int | None:
     """ADVANCED_OK: ``ok N12 P15 B3`` -> 12."""
     m = _OK_N.match(text)
-    return int(m.group(1)) if m else None
+    return _line_number(m.group(1)) if m else None
+
+
+def _number(text: str, *, integer: bool = False) -> float | int | Bad:
+    """A report number, or Bad (with the reason) when no point could carry it."""
+    try:
+        return wire_int(text) if integer else wire_float(text)
+    except ValueError as exc:  # OutOfRange, or digits the patterns let through
+        return Bad(str(exc))
 
 
 def is_temperature_report(text: str) -> bool:
@@ -96,9 +117,9 @@ def is_temperature_report(text: str) -> bool:
 _TEMP_KEYS: Final = {"T": "hotend", "B": "bed", "C": "chamber"}
 
 
-def parse_temperatures(text: str) -> dict[str, float | int]:
+def parse_temperatures(text: str) -> dict[str, Value]:
     """`` T:210.0 /210.0 B:60.0 /60.0 @:127 B@:0`` -> field values (fields.py names)."""
-    out: dict[str, float | int] = {}
+    out: dict[str, Value] = {}
     body = text.split("ok", 1)[1] if text.startswith("ok") else text
     for key, cur, target in _TEMP.findall(body):
         if key in _TEMP_KEYS:
@@ -107,13 +128,13 @@ def parse_temperatures(text: str) -> dict[str, float | int]:
             name = f"tool{key[1]}"
         else:
             continue
-        out[f"temp.{name}"] = float(cur)
+        out[f"temp.{name}"] = _number(cur)
         if target:
-            out[f"target.{name}"] = float(target)
+            out[f"target.{name}"] = _number(target)
     for key, power in _POWER.findall(body):
         heater = {"": "hotend", "T": "hotend", "B": "bed"}.get(key)
         if heater is not None:
-            out[f"power.{heater}"] = int(power)
+            out[f"power.{heater}"] = _number(power, integer=True)
     return out
 
 
@@ -121,17 +142,20 @@ def is_position_report(text: str) -> bool:
     return text.startswith("X:") and "Y:" in text and "Z:" in text
 
 
-def parse_position(text: str) -> dict[str, float]:
+def parse_position(text: str) -> dict[str, Value]:
     """``X:10.00 Y:0.00 Z:0.30 E:1.20 Count X:800 ...`` -> pos.* (the part before Count)."""
     head = text.split("Count", 1)[0]
-    return {f"pos.{axis.lower()}": float(v) for axis, v in _POS.findall(head)}
+    return {f"pos.{axis.lower()}": _number(v) for axis, v in _POS.findall(head)}
 
 
-def parse_sd(text: str) -> dict[str, float | int | bool] | None:
+def parse_sd(text: str) -> dict[str, Value] | None:
     """M27 answers; None if `text` is not one."""
     m = _SD.search(text)
     if m:
-        cur, total = int(m.group(1)), int(m.group(2))
+        cur, total = _number(m.group(1), integer=True), _number(m.group(2), integer=True)
+        if isinstance(cur, Bad) or isinstance(total, Bad):
+            bad = cur if isinstance(cur, Bad) else total
+            return {"sd.printing": bad, "sd.byte": cur, "sd.total": total, "sd.progress": bad}
         return {
             "sd.printing": cur < total,
             "sd.byte": cur,

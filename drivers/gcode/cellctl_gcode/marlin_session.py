@@ -30,16 +30,14 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cellctl.driver import DeviceUnavailable
 from cellctl_gcode import marlin
-from cellctl_gcode.job import Job, JobRejected, JobState
+from cellctl_gcode.job import Job, JobState
 from cellctl_gcode.program import FLAG_WAITS
-from cellctl_gcode.session import Command, Session
-
-if TYPE_CHECKING:
-    from cellctl_gcode.device import GcodeDevice
+from cellctl_gcode.session import Command, Session, SessionHost
+from cellctl_gcode.timing import Ticker
 
 RATIO_MIN_LINES = 100  # the resend ratio is judged only after this many lines
 BUSY_RECENT = 5.0  # seconds a busy: message keeps the state "Busy"
@@ -66,7 +64,7 @@ class _Entry:
 class MarlinSession(Session):
     dialect = "marlin"
 
-    def __init__(self, dev: GcodeDevice) -> None:
+    def __init__(self, dev: SessionHost) -> None:
         super().__init__(dev)
         opts = self.options.marlin
         self.window = opts.bufsize
@@ -86,7 +84,6 @@ class MarlinSession(Session):
         # Recently acknowledged numbered lines: if the firmware asks for one of them, an
         # ok was taken for the wrong line (noise can forge or eat one), and it is resent.
         self.history: deque[_Entry] = deque(maxlen=HISTORY)
-        self.commands: deque[Command] = deque()
         self.next_n = 1
         self.expect_resend_ok = False
         # After a resend request, a marker line goes out before the resent lines; until
@@ -146,7 +143,7 @@ class MarlinSession(Session):
         elif marlin.is_position_report(text):
             f.update(marlin.parse_position(text))
         elif (sd := marlin.parse_sd(text)) is not None:
-            self.sd_printing = bool(sd.get("sd.printing", False))
+            self.sd_printing = sd.get("sd.printing") is True
             f.update(sd)
         elif marlin.parse_m115(text, self.firmware):
             if text.startswith("FIRMWARE_NAME:"):
@@ -168,7 +165,7 @@ class MarlinSession(Session):
             self.dev.noise(text)
             return
         if isinstance(head, Command) and not head.quiet:
-            head.lines.append(text)
+            head.add_line(text)
 
     def _on_ok(self, text: str) -> None:
         self.last_progress = time.monotonic()
@@ -369,10 +366,7 @@ class MarlinSession(Session):
                 e.tag.abort(f"the printer halted: {meaning}")
         self.sent.clear()
         self.outbox = deque(e for e in self.outbox if not isinstance(e.tag, Command))
-        job = self.job
-        if job is not None and job.active and job.fail(f"the printer halted: {meaning} ({text})"):
-            self.log.warning("job_failed", job=job.name, reason=meaning)
-            self.job_changed()
+        self.fail_job(f"the printer halted: {meaning} ({text})")
         self._update_state()
 
     def _on_busy(self, what: str) -> None:
@@ -403,13 +397,10 @@ class MarlinSession(Session):
         f.set("alarm_text", "")
         job = self.job
         if job is not None and job.active:
-            reason = (
+            self.fail_job(
                 f"the printer reset ('start') after {job.acked} of {job.total} lines were acknowledged; "
                 f"{lost} line(s) in flight were lost and the rest was not sent"
             )
-            if job.fail(reason):
-                self.log.warning("job_failed", job=job.name, reason=reason)
-                self.job_changed()
         self.log.info("marlin_reset", lines_lost=lost)
         self._start_event.set()
         self._update_state()
@@ -507,10 +498,7 @@ class MarlinSession(Session):
             self._renumber_from(min(numbers))
 
     def _fail_job(self, reason: str) -> None:
-        job = self.job
-        if job is not None and job.fail(reason):
-            self.log.warning("job_failed", job=job.name, reason=reason)
-            self.job_changed()
+        self.fail_job(reason)
         self._drop_finished_job_lines()
         self._update_state()
         self._pump()
@@ -584,7 +572,7 @@ class MarlinSession(Session):
         if self.resend_ok_mode == "auto":
             await self._learn_resend_ok()
         for cmd in self._configure_reports():
-            await self._await(cmd, max(2.0, self.dev.ctx.timeout))
+            await self._await(cmd, max(2.0, self.dev.timeout))
         self._update_state()
 
     async def _learn_resend_ok(self) -> None:
@@ -595,7 +583,7 @@ class MarlinSession(Session):
         try:
             self.dev.link.write(marlin.frame(self.next_n + 1, b"M105"))
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(2.0, self.dev.ctx.timeout)):
+                async with asyncio.timeout(max(2.0, self.dev.timeout)):
                     while not self._learned_resend:
                         event.clear()
                         await event.wait()
@@ -631,8 +619,6 @@ class MarlinSession(Session):
         return cmds
 
     async def status_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        interval = self.options.status_interval
         silence = self.options.silence_timeout
         f = self.dev.fields
         polls = [
@@ -641,14 +627,9 @@ class MarlinSession(Session):
             ("sd", "M27", f.wants_prefix("sd.")),
         ]
         pending: dict[str, Command] = {}
-        next_at = loop.time()
+        ticker = Ticker(self.options.status_interval)
         while True:
-            next_at += interval
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                next_at = loop.time()
+            await ticker.tick()
             self._update_state()
             if self.killed:
                 self.last_rx = time.monotonic()  # a halted Marlin says nothing: not a lost link
@@ -667,7 +648,7 @@ class MarlinSession(Session):
 
     async def watchdog_loop(self) -> None:
         ack_timeout = self.options.ack_timeout
-        probe_timeout = max(2.0, 2 * self.dev.ctx.timeout)
+        probe_timeout = max(2.0, 2 * self.dev.timeout)
         period = min(1.0, ack_timeout / 4)
         while True:
             await asyncio.sleep(period)
@@ -700,9 +681,7 @@ class MarlinSession(Session):
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def not_ready(self) -> str | None:
-        if self.job is not None and self.job.active:
-            return f"job {self.job.name!r} is {self.job.state.value}"
+    def _machine_not_ready(self) -> str | None:
         if self.killed:
             return "the printer is halted (kill); reset it"
         if self.stopped:
@@ -711,49 +690,25 @@ class MarlinSession(Session):
             return "lines of the previous job are still unacknowledged"
         return None
 
-    def start_job(self, job: Job) -> None:
-        why = self.not_ready()
-        if why:
-            raise JobRejected(f"job {job.name!r} not started: {why}")
-        self.job = job
+    def _mark_progress(self) -> None:
         self.last_progress = time.monotonic()
-        self.log.info("job_started", job=job.name, lines=job.total, bytes=job.program.bytes_total, window=self.window)
-        self._update_state()
-        self.job_changed()
-        if job.total == 0:
-            job.finish(JobState.COMPLETED)
-            self.job_changed()
-            return
-        self._pump()
 
-    def pause(self) -> None:
-        job = self.job
-        if job is None or job.state != JobState.RUNNING:
-            return
-        job.state = JobState.PAUSED
-        self.log.info("job_paused", job=job.name, acked=job.acked)
-        self._update_state()
-        self.job_changed()
+    def _job_log(self) -> dict[str, Any]:
+        return {"window": self.window}
 
-    def resume(self) -> None:
-        job = self.job
-        if job is None or job.state != JobState.PAUSED:
-            return
-        job.state = JobState.RUNNING
-        self.last_progress = time.monotonic()
-        self.log.info("job_resumed", job=job.name)
+    def _state_changed(self) -> None:
         self._update_state()
-        self.job_changed()
-        self._pump()
 
-    async def cancel(self) -> None:
-        """Stop streaming, quick-stop the planner (M410, out of band when the firmware has
-        an emergency parser), abort an SD print (M524), then run `cancel_gcode`."""
-        job = self.job
-        if job is None or not job.active:
-            return
-        job.cancel_requested = True  # its queued lines are dropped, nothing more is sent
-        self.log.info("job_cancelling", job=job.name, acked=job.acked)
+    def _answering(self) -> list[Command]:
+        return [e.tag for e in [*self.sent, *self.outbox] if isinstance(e.tag, Command)]
+
+    def _link_lost(self) -> None:
+        if self._pump_timer is not None:
+            self._pump_timer.cancel()
+
+    async def _stop_for_cancel(self, job: Job) -> None:
+        """Quick-stop the planner (M410, out of band when the firmware has an emergency
+        parser), abort an SD print (M524), then run `cancel_gcode`."""
         self._drop_finished_job_lines()
         if self.firmware.cap("EMERGENCY_PARSER"):
             self.dev.link.write(b"M410\n")
@@ -767,21 +722,3 @@ class MarlinSession(Session):
             commands.append(self.submit(line, quiet=True))
         for cmd in commands:
             await self._await(cmd, 10.0)
-        job.finish(JobState.CANCELLED, "cancelled")
-        self.log.info("job_cancelled", job=job.name, acked=job.acked, total=job.total)
-        self._update_state()
-        self.job_changed()
-
-    def on_lost(self, reason: str) -> None:
-        if self._pump_timer is not None:
-            self._pump_timer.cancel()
-        for e in [*self.sent, *self.outbox]:
-            if isinstance(e.tag, Command):
-                e.tag.abort(reason)
-        for cmd in self.commands:
-            cmd.abort(reason)
-        self.commands.clear()
-        job = self.job
-        if job is not None and job.fail(f"connection lost: {reason}"):
-            self.log.warning("job_failed", job=job.name, reason=reason)
-            self.job_changed()

@@ -180,6 +180,11 @@ class SerialLink:
         self._want_writer()
 
     @property
+    def buffered(self) -> int:
+        """Bytes of an unfinished input line held (never more than MAX_LINE_BYTES)."""
+        return len(self._rx)
+
+    @property
     def queued_bytes(self) -> int:
         return sum(len(b) for b in self._out)
 

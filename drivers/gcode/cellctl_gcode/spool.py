@@ -14,20 +14,18 @@ away while it ran): it goes to failed/, never restarts by itself.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
+from cellctl_gcode.config import GcodeOptions
 from cellctl_gcode.job import Job, JobRejected, JobState
-from cellctl_gcode.program import ProgramError
-
-if TYPE_CHECKING:
-    from cellctl_gcode.device import GcodeDevice
+from cellctl_gcode.program import Program, ProgramError
+from cellctl_gcode.timing import Ticker
 
 SCAN_INTERVAL = 1.0
 SUBDIRS = ("running", "done", "failed", "cancelled")
@@ -53,8 +51,23 @@ def _settle(path: Path, directory: Path, subdir: str, result: dict[str, Any]) ->
     return target
 
 
+class JobHost(Protocol):
+    """What the job folder needs from the device (it never imports the device)."""
+
+    options: GcodeOptions
+    log: Any
+
+    def not_ready(self) -> str | None: ...
+
+    def load_program(self, path: Path, *, name: str | None = None) -> Program: ...
+
+    def start_job(self, job: Job) -> None: ...
+
+    def job_changed(self) -> None: ...
+
+
 class JobSpool:
-    def __init__(self, dev: GcodeDevice, directory: Path, suffixes: list[str]) -> None:
+    def __init__(self, dev: JobHost, directory: Path, suffixes: list[str]) -> None:
         self.dev = dev
         self.dir = directory
         self.suffixes = tuple(s.lower() for s in suffixes)
@@ -81,15 +94,9 @@ class JobSpool:
 
     async def run(self) -> None:
         self._prepare()
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
+        ticker = Ticker(SCAN_INTERVAL)
         while True:
-            next_at += SCAN_INTERVAL
-            delay = next_at - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            else:
-                next_at = loop.time()
+            await ticker.tick()
             try:
                 files = self.waiting()
             except OSError as exc:
@@ -97,7 +104,7 @@ class JobSpool:
                 continue
             if not files:
                 continue
-            why = self.dev.session.not_ready() if self.dev.session is not None else "not connected"
+            why = self.dev.not_ready()
             if why:
                 if self._waiting_logged != why:
                     self.log.info("job_waiting", job=files[0].name, reason=why)
@@ -139,7 +146,7 @@ class JobSpool:
         return job
 
 
-async def start_named(dev: GcodeDevice, name: str) -> None:
+async def start_named(dev: JobHost, name: str) -> None:
     """`control.start`: put the waiting job `name` at the head of the job folder's queue,
     so it is the next to run (ValueError unless it is a plain file name there)."""
     directory = dev.options.job_dir

@@ -200,3 +200,50 @@ async def test_unplug_gives_quality_bad_and_the_port_coming_back_reconnects(
 
             await collector.until(online, timeout=20, what="reconnected")
             assert len(collector.messages) > mark
+
+
+def point_state(c: Collector, device: str, point: str) -> dict[str, Any]:
+    p: dict[str, Any] = ((state(c, device) or {}).get("points") or {}).get(point) or {}
+    return p
+
+
+async def test_a_status_field_wider_than_int64_makes_its_points_bad_and_the_daemon_runs_on(
+    broker: Mosquitto, collector: Collector, unique: str, tmp_path: Path
+) -> None:
+    """Issue 16 item 1: this one line used to end the daemon (the JSON encoder failed)."""
+    line = b"<Idle|MPos:0.000,0.000,0.000|Bf:15,99999999999999999999999|FS:0,0>\r\n"
+    async with GrblSim(speedup=math.inf, report_buffer=True) as sim:
+        config = write_config(tmp_path, broker.port, [gcode_device("mill", "grbl-cnc", sim.path)], cell=unique)
+        async with running_daemon(config) as daemon:
+            await collector.until(lambda _m: point_state(collector, "mill", "rx_free").get("v") == 128, what="Bf good")
+            sim.stall()  # only the injected report answers now
+            sim.inject(line)
+            await collector.until(
+                lambda _m: point_state(collector, "mill", "rx_free").get("q") == "bad", what="rx_free bad"
+            )
+            bad = state(collector, "mill") or {}
+            assert "int64" in bad["points"]["rx_free"]["reason"]
+            assert bad["points"]["planner_free"]["q"] == "bad"
+            assert bad["points"]["state"] == {**bad["points"]["state"], "q": "good", "v": "Idle"}
+            assert bad.get("available")
+            sim.unstall()
+            await collector.until(
+                lambda _m: point_state(collector, "mill", "rx_free").get("q") == "good", what="recovered"
+            )
+            assert not daemon.stop.is_set()
+
+
+async def test_grbl_with_the_default_status_mask_reports_buffer_points_as_not_provided(
+    broker: Mosquitto, collector: Collector, unique: str, tmp_path: Path
+) -> None:
+    """Issue 9 item 18, end to end: GRBL's default $10=1 sends no Bf:."""
+    async with GrblSim(speedup=math.inf) as sim:
+        config = write_config(tmp_path, broker.port, [gcode_device("mill", "grbl-cnc", sim.path)], cell=unique)
+        async with running_daemon(config):
+            await collector.until(
+                lambda _m: "$10" in (point_state(collector, "mill", "planner_free").get("reason") or ""),
+                what="planner_free not provided",
+            )
+            s = state(collector, "mill") or {}
+    assert "not reported by this machine" in s["points"]["rx_free"]["reason"]
+    assert s["points"]["mpos_x"]["q"] == "good"

@@ -43,7 +43,8 @@ async def subscribed(dev: GcodeDevice, values: Values) -> Any:
             await task
 
 
-async def test_status_report_fields_are_published(grbl: GrblSim) -> None:
+async def test_status_report_fields_are_published(grbl_factory: Any) -> None:
+    grbl: GrblSim = await grbl_factory(speedup=math.inf, report_buffer=True)  # $10=3: Bf: too
     pts = points(*STATUS_FIELDS)
     values = Values(pts)
     async with open_device(ctx(grbl.path, pts)) as dev, subscribed(dev, values):
@@ -67,6 +68,26 @@ async def test_status_report_fields_are_published(grbl: GrblSim) -> None:
         grbl.flood = True
         await until(lambda: values.values.get("ov_feed") == 120 and values.values.get("accessories") == "F",
                     what="overrides and accessories")
+
+
+async def test_buffer_points_say_the_machine_does_not_report_them_with_the_default_status_mask(
+    grbl: GrblSim,
+) -> None:
+    """Issue 9 item 18: GRBL's default $10=1 sends no Bf:, so the buffer points must not
+    wait for it as "not reported yet" forever; nothing is written to the machine's EEPROM."""
+    pts = points("state", "mpos.x", "buffer.planner", "buffer.rx")
+    values = Values(pts)
+    async with open_device(ctx(grbl.path, pts)) as dev, subscribed(dev, values):
+        await until(lambda: "buffer_rx" in values.errors and values.values.get("state") == "Idle", what="Bf verdict")
+        assert values.errors["buffer_rx"] == values.errors["buffer_planner"]
+        assert "not reported by this machine ($10" in values.errors["buffer_rx"]
+        assert values.values["mpos_x"] == 0.0
+        assert not any(line.startswith("$10") for line in grbl.executed)  # the mask was left alone
+        # an operator who enables buffer data gets the points at once
+        assert (await dev.command("$10=3")).ok
+        await until(lambda: values.values.get("buffer_rx") == 128, what="Bf: after $10=3")
+        assert values.values["buffer_planner"] == 15
+        assert "buffer_rx" not in values.errors
 
 
 async def test_several_thousand_lines_arrive_exactly_once_in_order(grbl_factory: Any) -> None:

@@ -13,8 +13,10 @@ What it models, because hosts get these wrong:
   (`lost_bytes`). Hosts must send these ping-pong.
 * **Real-time bytes** (`?`, `!`, `~`, 0x18, 0x84, 0x85, 0x90-0xA1) act at once, never
   enter RX, never get an `ok`.
-* **Status reports** in every state, with `Bf:`, `FS:`, `WCO:`/`Ov:` every tenth report
-  or on change, `Pn:`, `A:`, `Ln:`; none during homing or a critical alarm.
+* **Status reports** in every state, with `FS:`, `WCO:`/`Ov:` every tenth report or on
+  change, `Pn:`, `A:`, `Ln:`; none during homing or a critical alarm. `$10` starts at
+  GRBL's default, 1 (MPos, no `Bf:`), as real machines ship; `report_buffer=True` (or
+  `$10=3`) adds `Bf:planner,rx`.
 * **Errors and alarms**: `error:N` for bad blocks, and a critical soft-limit `ALARM:2`
   when a move would leave `work_area` (nothing but a soft reset is accepted after it).
 
@@ -32,13 +34,11 @@ import logging
 import math
 import re
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Final
 
 from cellctl_sim.grbl.gcode import Block, WordError, parse_words, strip_block
-from cellctl_sim.grbl.serialline import PtyLine
+from cellctl_sim.serialsim import SerialMachine
 
 log = logging.getLogger("cellctl_sim.grbl")
 
@@ -87,7 +87,7 @@ class _Move:
 class _Settings:
     values: dict[int, float] = field(
         default_factory=lambda: {
-            0: 10, 1: 25, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 10: 3, 11: 0.010, 12: 0.002, 13: 0,
+            0: 10, 1: 25, 2: 0, 3: 0, 4: 0, 5: 0, 6: 0, 10: 1, 11: 0.010, 12: 0.002, 13: 0,
             20: 1, 21: 0, 22: 0, 23: 0, 24: 25, 25: 500, 26: 250, 27: 1, 30: 1000, 31: 0, 32: 0,
             100: 250, 101: 250, 102: 250, 110: 3000, 111: 3000, 112: 1000,
             120: 10, 121: 10, 122: 10, 130: 300, 131: 200, 132: 100,
@@ -95,9 +95,11 @@ class _Settings:
     )
 
 
-class GrblSim:
+class GrblSim(SerialMachine):
     """One simulated GRBL controller. Use as `async with GrblSim(...) as sim:`; clients
-    open `sim.path`."""
+    open `sim.path`. Faults: `SerialMachine`'s, and `trigger_alarm`, `fail_lines`."""
+
+    alarm: int | None  # the active alarm (0: locked at boot, homing enabled)
 
     def __init__(
         self,
@@ -110,7 +112,7 @@ class GrblSim:
         planner_blocks: int = 15,
         soft_limits: bool = True,
         work_area: tuple[Vec, Vec] = ((0.0, 0.0, -100.0), (300.0, 200.0, 50.0)),
-        report_buffer: bool = True,
+        report_buffer: bool = False,
         eeprom_write_time: float = 0.01,
         homing: bool = False,
     ) -> None:
@@ -123,7 +125,7 @@ class GrblSim:
         self.planner_blocks = planner_blocks
         self.work_area = work_area
         self.eeprom_write_time = eeprom_write_time
-        self.line = PtyLine(self._on_bytes, baudrate=baudrate, link=link, seed=seed)
+        super().__init__(baudrate=baudrate, link=link, seed=seed)
         self.settings = _Settings()
         self.settings.values[20] = 1 if soft_limits else 0
         self.settings.values[22] = 1 if homing else 0
@@ -137,39 +139,19 @@ class GrblSim:
         self.status_reports = 0
         self.realtime_received = 0
         self.underruns = 0  # times the planner ran dry while running (Run -> Idle)
-        self.resets = 0
-        # faults
-        self.drop_oks = 0  # drop this many of the next `ok`s
-        self.fail_lines: dict[str, int] = {}  # stripped block -> error code to answer instead
-        self.stalled = False
-        # machine
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timers: list[asyncio.TimerHandle] = []
+        self.fail_lines: dict[str, int] = {}  # fault: stripped block -> error code to answer instead
         self._reset_machine(power_on=True)
 
     # -- life cycle -----------------------------------------------------------------------
 
-    @property
-    def path(self) -> str:
-        return self.line.path
-
-    async def start(self) -> GrblSim:
-        self._loop = asyncio.get_running_loop()
-        await self.line.start()
+    def _boot(self) -> None:
         self._send(BANNER)
-        return self
+        if self.resets and self.settings.values[22]:
+            self.alarm = 0
+            self._send("[MSG:'$H'|'$X' to unlock]")
 
-    def close(self) -> None:
-        self._cancel_timers()
-        self.line.close()
-
-    async def __aenter__(self) -> GrblSim:
-        return await self.start()
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def _reset_machine_state(self) -> None:
+        self._reset_machine(power_on=False)
 
     def _reset_machine(self, *, power_on: bool = False) -> None:
         self._rx = bytearray()
@@ -190,7 +172,7 @@ class GrblSim:
         self._sleeping = False
         self._check = False
         self._prog_pause = False
-        self.alarm: int | None = None
+        self.alarm = None
         self.critical = False
         if power_on:
             self.position: Vec = (0.0, 0.0, 0.0)
@@ -224,23 +206,7 @@ class GrblSim:
             if t is not None:
                 t.cancel()
         self._move_timer = self._wake_timer = None
-        for t in self._timers:
-            t.cancel()
-        self._timers.clear()
-
-    def _now(self) -> float:
-        return self._need_loop().time()
-
-    def _need_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            raise RuntimeError("GrblSim is not started")
-        return self._loop
-
-    def _later(self, delay: float, fn: Callable[[], None]) -> None:
-        handle = self._need_loop().call_later(delay, fn)
-        self._timers.append(handle)
-        if len(self._timers) > 64:
-            self._timers = [t for t in self._timers if not t.cancelled() and t.when() > self._now()]
+        super()._cancel_timers()
 
     def stats(self) -> dict[str, int]:
         """Counters a test or benchmark reads (also printed by the CLI on exit)."""
@@ -251,29 +217,7 @@ class GrblSim:
             "bytes_in": self.line.bytes_in, "bytes_out": self.line.bytes_out,
         }
 
-    # -- faults -----------------------------------------------------------------------
-
-    def drop_ok(self, n: int = 1) -> None:
-        """Lose the next `n` `ok` answers (the lines still execute)."""
-        self.drop_oks += n
-
-    def stall(self) -> None:
-        """The firmware hangs: nothing is processed or answered until `unstall()`."""
-        self.stalled = True
-
-    def unstall(self) -> None:
-        self.stalled = False
-        self._process()
-
-    def reset(self) -> None:
-        """A hardware reset (power dip, reset button, DTR): everything is lost, banner."""
-        self.resets += 1
-        self._cancel_timers()
-        self._reset_machine(power_on=False)
-        self._send(BANNER)
-        if self.settings.values[22]:
-            self.alarm = 0
-            self._send("[MSG:'$H'|'$X' to unlock]")
+    # -- faults (and SerialMachine's) -------------------------------------------------------
 
     def trigger_alarm(self, code: int, *, critical: bool = True) -> None:
         """Raise `ALARM:code` (1 hard limit, 2 soft limit, ...) as the firmware would."""
@@ -283,12 +227,6 @@ class GrblSim:
         self._send(f"ALARM:{code}")
         if critical:
             self._send("[MSG:Reset to continue]")
-
-    def unplug(self) -> None:
-        self.line.unplug()
-
-    def replug(self) -> None:
-        self.line.replug()
 
     # -- state ------------------------------------------------------------------------
 
@@ -348,10 +286,8 @@ class GrblSim:
 
     def _ok(self, block: str) -> None:
         self.executed.append(block)
-        if self.drop_oks > 0:
-            self.drop_oks -= 1
-            return
-        self.line.write(b"ok\r\n")
+        if self._take_ok():
+            self.line.write(b"ok\r\n")
 
     def _error(self, block: str, code: int) -> None:
         self.errors.append((block, code))
@@ -611,15 +547,6 @@ class GrblSim:
     @property
     def _motion_idle(self) -> bool:
         return self._active is None and not self._queue
-
-    def _wake_at(self, when: float) -> None:
-        if self._wake_timer is not None:
-            self._wake_timer.cancel()
-        self._wake_timer = self._need_loop().call_at(when, self._wake)
-
-    def _wake(self) -> None:
-        self._wake_timer = None
-        self._process()
 
     # -- the main loop ----------------------------------------------------------------
 

@@ -32,11 +32,10 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Final
+from typing import Final, Self
 
 from cellctl_sim.grbl.gcode import WordError, parse_words, strip_block
-from cellctl_sim.grbl.serialline import PtyLine
+from cellctl_sim.serialsim import SerialMachine
 
 log = logging.getLogger("cellctl_sim.marlin")
 
@@ -93,9 +92,9 @@ class _Queued:
     from_sd: bool = False
 
 
-class MarlinSim:
+class MarlinSim(SerialMachine):
     """One simulated printer. Use as `async with MarlinSim(...) as sim:`; clients open
-    `sim.path`."""
+    `sim.path`. Faults: `SerialMachine`'s, and `kill`, `user_continue`."""
 
     def __init__(
         self,
@@ -128,7 +127,7 @@ class MarlinSim:
         self.busy_interval = busy_interval
         self.heat_rate = heat_rate
         self.sd_files = dict(sd_files or {})
-        self.line = PtyLine(self._on_bytes, baudrate=baudrate, link=link, seed=seed)
+        super().__init__(baudrate=baudrate, link=link, seed=seed)
         # what a test inspects
         self.executed: list[str] = []
         self.unknown: list[str] = []  # lines answered "Unknown command" (not executed)
@@ -136,38 +135,20 @@ class MarlinSim:
         self.line_errors: list[str] = []
         self.rx_overflows = 0
         self.busy_sent = 0
-        self.resets = 0
-        # faults
-        self.drop_oks = 0
-        self.stalled = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timers: list[asyncio.TimerHandle] = []
         self._reset_state()
 
     # -- life cycle -----------------------------------------------------------------------
 
-    @property
-    def path(self) -> str:
-        return self.line.path
-
-    async def start(self) -> MarlinSim:
+    async def start(self) -> Self:
         self._loop = asyncio.get_running_loop()
-        self._reset_state()
-        await self.line.start()
+        self._reset_state()  # the heaters start at the loop's time
+        return await super().start()
+
+    def _boot(self) -> None:
         self._boot_banner()
-        return self
 
-    def close(self) -> None:
-        self._cancel_timers()
-        self.line.close()
-
-    async def __aenter__(self) -> MarlinSim:
-        return await self.start()
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+    def _reset_machine_state(self) -> None:
+        self._reset_state()
 
     def _reset_state(self) -> None:
         now = self._loop.time() if self._loop is not None else 0.0
@@ -209,25 +190,7 @@ class MarlinSim:
         for t in (self._move_timer, self._wake_timer, self._auto_temp, self._auto_pos, self._auto_sd):
             if t is not None:
                 t.cancel()
-        for t in self._timers:
-            t.cancel()
-        self._timers.clear()
-
-    def _need_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            raise RuntimeError("MarlinSim is not started")
-        return self._loop
-
-    def _now(self) -> float:
-        return self._need_loop().time()
-
-    def _later(self, delay: float, fn: Callable[[], None]) -> asyncio.TimerHandle:
-        handle = self._need_loop().call_later(delay, fn)
-        self._timers.append(handle)
-        if len(self._timers) > 64:
-            now = self._now()
-            self._timers = [t for t in self._timers if not t.cancelled() and t.when() > now]
-        return handle
+        super()._cancel_timers()
 
     def _boot_banner(self) -> None:
         self._send("start")
@@ -242,24 +205,7 @@ class MarlinSim:
             "corrupted_rx": self.line.corrupted_rx, "bytes_in": self.line.bytes_in, "bytes_out": self.line.bytes_out,
         }
 
-    # -- faults -------------------------------------------------------------------------
-
-    def drop_ok(self, n: int = 1) -> None:
-        self.drop_oks += n
-
-    def stall(self) -> None:
-        self.stalled = True
-
-    def unstall(self) -> None:
-        self.stalled = False
-        self._process()
-
-    def reset(self) -> None:
-        """A reset (power dip, DTR): queue, planner and line counter gone; `start`."""
-        self.resets += 1
-        self._cancel_timers()
-        self._reset_state()
-        self._boot_banner()
+    # -- faults (and SerialMachine's) -------------------------------------------------------
 
     def kill(self, cause: str = "Thermal Runaway") -> None:
         """Halt as after a heater fault: nothing is answered until `reset()`."""
@@ -280,11 +226,6 @@ class MarlinSim:
             self._user_wait = False
             self._process()
 
-    def unplug(self) -> None:
-        self.line.unplug()
-
-    def replug(self) -> None:
-        self.line.replug()
 
     # -- output -------------------------------------------------------------------------
 
@@ -294,8 +235,7 @@ class MarlinSim:
     def _ok(self, item: _Queued, extra: str = "") -> None:
         if item.from_sd:
             return
-        if self.drop_oks > 0:
-            self.drop_oks -= 1
+        if not self._take_ok():
             return
         text = "ok"
         if self.advanced_ok:
@@ -488,15 +428,6 @@ class MarlinSim:
             self._later(self.busy_interval, tick)
 
         self._later(self.busy_interval, tick)
-
-    def _wake_at(self, when: float) -> None:
-        if self._wake_timer is not None:
-            self._wake_timer.cancel()
-        self._wake_timer = self._need_loop().call_at(when, self._wake)
-
-    def _wake(self) -> None:
-        self._wake_timer = None
-        self._process()
 
     def _execute(self, item: _Queued) -> bool:
         """Run the head command; False while it has to wait (it keeps its slot)."""
