@@ -19,6 +19,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from cellctl.floats import float32_shortest as float32_shortest  # noqa: PLC0414 (re-exported for drivers)
+
 ValueType = Literal["bool", "int", "float", "string"]
 Access = Literal["r", "w", "rw"]
 

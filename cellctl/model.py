@@ -19,6 +19,10 @@ class Quality(StrEnum):
 
 
 class ItemState(StrEnum):
+    """OPC 40001 MachineryItemState, plus `unknown` (a cellctl extension): the device
+    answers, but the point its state comes from cannot be read, so no state is claimed."""
+
+    UNKNOWN = "unknown"
     NOT_AVAILABLE = "not_available"
     OUT_OF_SERVICE = "out_of_service"
     NOT_EXECUTING = "not_executing"
@@ -81,6 +85,7 @@ class MachineState:
     alarms: tuple[Alarm, ...] = ()
     counters: Mapping[str, int | float] = field(default_factory=dict)
     program: Program | None = None
+    reason: str | None = None  # why the state is unknown (item_state `unknown`)
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -93,6 +98,8 @@ class MachineState:
         }
         if self.program is not None:
             out["program"] = self.program.as_dict()
+        if self.reason is not None:
+            out["reason"] = self.reason
         return out
 
 
@@ -121,6 +128,7 @@ class DeviceUpdate:
     values: Mapping[str, Any]
     quality: Mapping[str, QualityChange]
     machine: MachineState | None = None
+    available: bool | None = None  # set when the device became available (True) or not (False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,5 +155,8 @@ class DeviceSnapshot:
     available: bool
     reason: str | None
     known: bool  # a first reading or a first failure has happened (nothing is known before)
-    machine: MachineState
+    machine: MachineState | None  # None: the profile maps no machine state (a meter, a sensor)
     points: tuple[PointState, ...]
+    # The device answers but every point is bad (wrong unit id, a profile for another
+    # device type): why, else None.
+    degraded: str | None = None

@@ -167,8 +167,7 @@ async def test_rtu_over_a_real_pty(
 def device_down_since(c: Collector, device: str) -> float | None:
     """Receipt time of the first data message that says the device is not available."""
     for m in c.on(f"/{device}/data"):
-        machine = m.json().get("machine")
-        if machine and machine["item_state"] == "not_available":
+        if m.json().get("available") is False:
             return m.received
     return None
 
@@ -207,7 +206,7 @@ async def test_silent_device_goes_bad_in_time_recovers_and_never_affects_another
                 what="retained state of a says unavailable",
             )
             assert all(p["q"] == "bad" for p in state_a["points"].values())
-            assert state_a["machine"]["item_state"] == "not_available"
+            assert state_a["machine"] is None  # an energy meter has no machine state
             # b kept publishing fresh data while a was down
             b_during = [m for m in collector.on("/b/data") if m.received > stopped_at + poll + timeout]
             await collector.until(
@@ -238,14 +237,16 @@ async def test_exception_response_marks_only_those_points_and_keeps_the_device(
             await collector.until(
                 lambda _m: (s := latest_state(collector, "plc")) and s["available"], what="online"
             )
-            sim.set_exception(2, unit=2, table="coil")
+            # a passing fault (an illegal address, 2, would be remembered as a hole in the
+            # map until the next connection: drivers/modbus/README.md)
+            sim.set_exception(4, unit=2, table="coil")
             state = await collector.until(
                 lambda _m: (
                     (s := latest_state(collector, "plc")) and s["points"]["run_enable"]["q"] == "bad" and s
                 ),
                 what="the coil point marked bad",
             )
-            assert "illegal data address" in state["points"]["run_enable"]["reason"]
+            assert "server device failure" in state["points"]["run_enable"]["reason"]
             others = {k: p["q"] for k, p in state["points"].items() if k != "run_enable"}
             assert set(others.values()) == {"good"}, others
             assert state["available"] is True  # an exception is an answer: the device is there
@@ -356,3 +357,31 @@ async def test_per_point_mode_publishes_retained_point_topics(
     body = msg.json()
     assert body["q"] == "good"
     assert same(body["v"], want["voltage_l1"])
+
+
+async def test_wrong_unit_id_is_degraded_with_no_machine_state_claimed(
+    collector: Collector, broker: Mosquitto, unique: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9 items 3 and 4: behind a gateway that answers 0x0B for a unit it cannot
+    reach, every point is bad. The device is online (it answers) but degraded, with the
+    likely causes logged once, and its machine state is unknown, not 'ready'."""
+    async with SimModbusServer({2: "machine-plc"}, tick=0.05, seed=3) as sim:
+        port = await sim.serve_tcp()
+        device = modbus_device("plc", "sim-machine-plc", port, 7)  # the PLC is unit 2
+        config = write_config(tmp_path, broker.port, [device], cell=unique)
+        async with running_daemon(config):
+            state = await collector.until(
+                lambda _m: (s := latest_state(collector, "plc")) and s["degraded"] and s,
+                what="the device state says degraded",
+            )
+    assert state["available"] is True
+    assert "every point is bad" in state["degraded"]
+    assert all(p["q"] == "bad" for p in state["points"].values())
+    machine = state["machine"]
+    assert machine["item_state"] == "unknown"
+    assert machine["execution"] == "unavailable"
+    assert "state_code" in machine["reason"]
+    assert machine["counters"] == {}
+    log = capsys.readouterr().out
+    assert log.count("device_all_points_bad") == 1
+    assert "wrong unit id" in log

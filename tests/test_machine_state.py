@@ -90,3 +90,33 @@ def test_unavailable_device_is_not_available_whatever_the_values() -> None:
 def test_profile_reference_to_missing_point_is_refused() -> None:
     with pytest.raises(ValidationError, match=r"counters\.bad: names point 'scrap'"):
         profile(counters={"good": "good", "bad": "scrap"})
+
+
+def test_an_unreadable_state_point_gives_an_unknown_state_and_nothing_derived_from_bad_points() -> None:
+    """Issue 9 item 3: a state that cannot be read is not known; counters only from good points."""
+    p = profile()
+    table = PointTable(p.points)
+    errors = {0: "modbus exception 11 (gateway target device failed to respond)", 1: "same"}
+    table.apply(Reading([None, None, 0, False], errors=errors))
+    m = MachineMapper(p, table).compute(True).as_dict()
+    assert m["item_state"] == "unknown"
+    assert m["execution"] == "unavailable"
+    assert m["operation_mode"] == "none"
+    assert m["raw_state"] is None
+    assert m["counters"] == {}
+    assert "state_code" in m["reason"]
+    assert "exception 11" in m["reason"]
+
+
+def test_a_profile_that_maps_nothing_of_the_machine_has_no_machine_state() -> None:
+    """Issue 9 item 15: an energy meter shows no `not_executing / ready` it does not have."""
+    meter = Profile.model_validate(
+        {"name": "meter", "driver": "modbus", "points": [{"id": "v", "type": "float", "address": A}]}
+    )
+    assert not MachineMapper(meter, PointTable(meter.points)).has_machine
+    assert MachineMapper(profile(), PointTable(profile().points)).has_machine
+
+
+def test_profiles_cannot_map_a_raw_state_to_unknown() -> None:
+    with pytest.raises(ValidationError, match="item_state"):
+        profile(state={"point": "state_code", "map": {"9": {"item_state": "unknown"}}})

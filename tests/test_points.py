@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from decimal import Decimal
 
 import pytest
 from hypothesis import given
@@ -143,3 +144,32 @@ def test_uncertain_value_is_taken_with_its_reason() -> None:
     assert quality == {"p": QualityChange(UNCERTAIN, "UncertainLastUsableValue")}
     changed, quality = t.apply(Reading([3.5]))
     assert quality == {"p": QualityChange(GOOD)}
+
+
+def test_a_scaled_integer_register_has_no_float_noise() -> None:
+    """Issue 9 item 5: 409 x 0.1 is 40.9 on the wire, not 40.900000000000006."""
+    t = PointTable([point(scale=0.1)])
+    assert t.apply(Reading([409]))[0] == {"p": 40.9}
+    t = PointTable([point(scale=0.01, offset=-273.15)])
+    assert t.apply(Reading([12345]))[0] == {"p": -149.7}
+    t = PointTable([point(scale=0.001)])
+    assert repr(t.apply(Reading([1]))[0]["p"]) == "0.001"
+
+
+def test_decimals_round_what_a_sensor_cannot_resolve() -> None:
+    t = PointTable([point(decimals=1)])
+    assert t.apply(Reading([21.4567]))[0] == {"p": 21.5}
+    t = PointTable([point(decimals=2, scale=2.0)])
+    assert t.apply(Reading([1.23456]))[0] == {"p": 2.47}
+
+
+@given(raw=st.integers(-(2**31), 2**31 - 1), digits=st.integers(0, 6))
+def test_scaling_an_integer_is_the_exact_decimal_rounded_to_the_scale(raw: int, digits: int) -> None:
+    scale = float(f"1e-{digits}")
+    got = PointTable([point(scale=scale)]).apply(Reading([raw]))[0]["p"]
+    assert got == float(Decimal(raw).scaleb(-digits)), "the nearest double to the exact decimal"
+
+
+def test_decimals_only_for_float_points() -> None:
+    with pytest.raises(ValueError, match="decimals"):
+        PointDef.model_validate({"id": "p", "type": "int", "address": ADDR, "decimals": 1})

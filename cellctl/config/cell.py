@@ -213,6 +213,7 @@ class PointOverride(_Frozen):
     scale: float | None = None
     offset: float | None = None
     unit: str | None = None
+    decimals: Annotated[int, Field(ge=0, le=15)] | None = None
 
 
 class DeviceConfig(_Frozen):

@@ -4,11 +4,23 @@ normalised machine state. Validated once at load time; frozen afterwards."""
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cellctl.model import Execution, ItemState, OperationMode
+
+
+class MappedItemState(StrEnum):
+    """What a profile may map a raw state to: OPC 40001's item states (cellctl's own
+    `unknown` is for a state that cannot be read, never a mapping target)."""
+
+    NOT_AVAILABLE = ItemState.NOT_AVAILABLE.value
+    OUT_OF_SERVICE = ItemState.OUT_OF_SERVICE.value
+    NOT_EXECUTING = ItemState.NOT_EXECUTING.value
+    EXECUTING = ItemState.EXECUTING.value
+
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -48,6 +60,9 @@ class PointDef(_Frozen):
     min: float | None = None
     max: float | None = None
     deadband: Deadband | None = None
+    # Round published values to this many decimals (float points): for sensors whose
+    # resolution is coarser than their wire type.
+    decimals: Annotated[int, Field(ge=0, le=15)] | None = None
     # Driver-specific address block, validated by the driver plugin named in the profile.
     address: dict[str, Any]
 
@@ -57,6 +72,8 @@ class PointDef(_Frozen):
         for name in ("scale", "offset", "min", "max", "deadband"):
             if not numeric and getattr(self, name) is not None:
                 raise ValueError(f"a {self.type} point has no '{name}'")
+        if self.decimals is not None and self.type != "float":
+            raise ValueError(f"a {self.type} point has no 'decimals' (only float points are rounded)")
         if self.type == "int":
             for name in ("scale", "offset"):
                 v = getattr(self, name)
@@ -72,7 +89,7 @@ class PointDef(_Frozen):
 
 
 class MachineStateValue(_Frozen):
-    item_state: ItemState
+    item_state: MappedItemState
     operation_mode: OperationMode = OperationMode.NONE
     execution: Execution | None = None
 
@@ -83,7 +100,7 @@ class StateMap(_Frozen):
     point: str
     map: dict[str, MachineStateValue]
     default: MachineStateValue = MachineStateValue(
-        item_state=ItemState.NOT_EXECUTING, operation_mode=OperationMode.NONE
+        item_state=MappedItemState.NOT_EXECUTING, operation_mode=OperationMode.NONE
     )
 
 

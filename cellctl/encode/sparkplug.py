@@ -2,7 +2,7 @@
 current value) and its DATA (only what changed, by alias), from the engine's output.
 
 Metric names: each point by its id; the normalised machine state as `Machine/...`
-(`item_state`, `operation_mode`, `execution`, `raw_state`, `alarms` as a JSON string,
+(`item_state`, `operation_mode`, `execution`, `raw_state`, `reason`, `alarms` as a JSON string,
 `counters/good|bad`, and `program/name|line|progress|eta` when the profile maps a job). Aliases come from the node's `AliasBook`, so they keep their
 meaning across restarts (stored DATA refers to metrics by alias).
 """
@@ -40,7 +40,7 @@ class RecordSink(Protocol):
 
 
 MACHINE_PREFIX: Final = "Machine/"
-MACHINE_STRINGS: Final = ("item_state", "operation_mode", "execution", "raw_state")
+MACHINE_STRINGS: Final = ("item_state", "operation_mode", "execution", "raw_state", "reason")
 ALARMS: Final = "alarms"
 PROGRAM_FIELDS: Final[Mapping[str, DataType]] = {
     "name": DataType.String,
@@ -65,7 +65,11 @@ class DeviceModel:
 def device_model(dev: CompiledDevice, aliases: AliasBook) -> DeviceModel:
     """Every metric of one device, with lasting aliases."""
     named: list[tuple[str, DataType]] = [(p.id, POINT_DATATYPES[p.type]) for p in dev.points]
-    machine_fields: list[tuple[str, DataType]] = [(f, DataType.String) for f in (*MACHINE_STRINGS, ALARMS)]
+    prof = dev.profile
+    has_machine = bool(prof.state or prof.counters or prof.alarms or prof.program)
+    machine_fields: list[tuple[str, DataType]] = (
+        [(f, DataType.String) for f in (*MACHINE_STRINGS, ALARMS)] if has_machine else []
+    )
     counters = dev.profile.counters
     enabled = {p.id: p for p in dev.points}
     if counters is not None:
@@ -88,13 +92,16 @@ def device_model(dev: CompiledDevice, aliases: AliasBook) -> DeviceModel:
     )
 
 
-def _machine_values(machine: MachineState) -> dict[str, Any]:
+def _machine_values(machine: MachineState | None) -> dict[str, Any]:
     """A machine state as metric values by field."""
+    if machine is None:
+        return {}
     out: dict[str, Any] = {
         "item_state": machine.item_state.value,
         "operation_mode": machine.operation_mode.value,
         "execution": machine.execution.value,
         "raw_state": machine.raw_state,
+        "reason": machine.reason,
     }
     out[ALARMS] = orjson.dumps([a.as_dict() for a in machine.alarms]).decode()
     for name, value in machine.counters.items():

@@ -100,7 +100,8 @@ def state_json(snapshot: DeviceSnapshot) -> dict[str, Any]:
         "driver": snapshot.driver,
         "available": snapshot.available,
         "reason": snapshot.reason,
-        "machine": snapshot.machine.as_dict(),
+        "degraded": snapshot.degraded,
+        "machine": snapshot.machine.as_dict() if snapshot.machine is not None else None,
         "points": {p.id: point_json(p) for p in snapshot.points},
     }
 
@@ -140,6 +141,8 @@ class UnsEncoder:
             msg["quality"] = {pid: quality_json(q) for pid, q in update.quality.items()}
         if update.machine is not None:
             msg["machine"] = update.machine.as_dict()
+        if update.available is not None:
+            msg["available"] = update.available
         try:
             payload = orjson.dumps(msg)
         except (TypeError, orjson.JSONEncodeError):

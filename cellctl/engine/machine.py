@@ -50,6 +50,8 @@ class MachineMapper:
                 ref = getattr(profile.program, name)
                 if ref and ref in ids:
                     self.program_index[name] = table.index_of(ref)
+        # a profile that maps nothing of the machine (an energy meter) gives no machine state
+        self.has_machine = bool(profile.state or profile.counters or profile.alarms or profile.program)
         self.watched = frozenset(
             table.ids[i]
             for i in [
@@ -64,24 +66,41 @@ class MachineMapper:
         if not available:
             return MachineState(ItemState.NOT_AVAILABLE, OperationMode.NONE, Execution.UNAVAILABLE)
         table = self.table
+        counters = {
+            name: table.value[i]
+            for name, i in self.counter_index.items()
+            if table.quality[i] == GOOD and table.value[i] is not None
+        }
+        alarms = tuple(self._alarms())
         raw: str | None = None
         mapped: MachineStateValue | None = None
         if self.profile.state is not None:
             i = self.state_index
-            if i is not None and table.quality[i] == GOOD and table.value[i] is not None:
-                raw = _raw_key(table.value[i])
-                mapped = self.profile.state.map.get(raw, self.profile.state.default)
-            else:
-                mapped = self.profile.state.default
+            if i is None or table.quality[i] != GOOD or table.value[i] is None:
+                # the device answers but its state cannot be read: claim no state
+                why = table.reason[i] if i is not None else "not in this device's points"
+                return MachineState(
+                    ItemState.UNKNOWN,
+                    OperationMode.NONE,
+                    Execution.UNAVAILABLE,
+                    alarms=alarms,
+                    counters=counters,
+                    reason=f"state point {self.profile.state.point!r} not readable: {why}",
+                )
+            raw = _raw_key(table.value[i])
+            mapped = self.profile.state.map.get(raw, self.profile.state.default)
         if mapped is None:
             item, mode, execution = ItemState.NOT_EXECUTING, OperationMode.NONE, Execution.READY
         else:
-            item, mode = mapped.item_state, mapped.operation_mode
-            execution = mapped.execution or _DEFAULT_EXECUTION[mapped.item_state]
-        counters: dict[str, int | float] = {}
-        for name, i in self.counter_index.items():
-            if table.quality[i] == GOOD and table.value[i] is not None:
-                counters[name] = table.value[i]
+            item, mode = ItemState(mapped.item_state), mapped.operation_mode
+            execution = mapped.execution or _DEFAULT_EXECUTION[item]
+        program: Program | None = None
+        if self.program_index:
+            program, execution = self._program(item, execution)
+        return MachineState(item, mode, execution, raw, alarms, counters, program)
+
+    def _alarms(self) -> list[Alarm]:
+        table = self.table
         alarms: list[Alarm] = []
         for i, alarm in self.alarms:
             value = table.value[i]
@@ -94,10 +113,7 @@ class MachineMapper:
                 code = _raw_key(value)
                 text = alarm.texts.get(code, alarm.text or f"{alarm.point} {code}")
             alarms.append(Alarm(code, text, alarm.severity))
-        program: Program | None = None
-        if self.program_index:
-            program, execution = self._program(item, execution)
-        return MachineState(item, mode, execution, raw, tuple(alarms), counters, program)
+        return alarms
 
     def _program(self, item: ItemState, execution: Execution) -> tuple[Program | None, Execution]:
         """The job the machine runs, and the execution state it implies."""

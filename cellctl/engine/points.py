@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from cellctl.config.profile import PointDef
@@ -21,6 +22,27 @@ BAD = Quality.BAD
 NOT_YET_READ = "not yet read"
 
 _PASS, _SCALE_FLOAT, _SCALE_INT = 0, 1, 2
+
+
+def _decimals_of(x: float | None) -> int:
+    """Decimal places of a scale or offset as written (0.1 -> 1, 2.5e-3 -> 4)."""
+    if x is None:
+        return 0
+    exponent = Decimal(repr(x)).as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+
+
+def _rounding(p: PointDef) -> int | None:
+    """Decimals to round a float point to after scaling: the point's `decimals`, else
+    those of its scale and offset, so an integer register x 0.1 gives 40.9 and not
+    40.900000000000006 (the float arithmetic's noise, not the device's value)."""
+    if p.type != "float":
+        return None
+    if p.decimals is not None:
+        return p.decimals
+    if p.scale in (None, 1.0) and p.offset in (None, 0.0):
+        return None
+    return max(_decimals_of(p.scale), _decimals_of(p.offset))
 _DB_NONE, _DB_ABS, _DB_REL = 0, 1, 2
 
 
@@ -32,6 +54,7 @@ class PointTable:
         "all_good",
         "db_kind",
         "db_value",
+        "decimals",
         "defs",
         "has_limits",
         "high",
@@ -43,6 +66,7 @@ class PointTable:
         "offset",
         "quality",
         "reason",
+        "round_always",
         "scale",
         "simple",
         "src_ts",
@@ -59,10 +83,12 @@ class PointTable:
         self.offset = [p.offset if p.offset is not None else 0.0 for p in points]
         self.mode = [
             _PASS
-            if p.scale in (None, 1.0) and p.offset in (None, 0.0)
+            if p.scale in (None, 1.0) and p.offset in (None, 0.0) and p.decimals is None
             else (_SCALE_INT if p.type == "int" else _SCALE_FLOAT)
             for p in points
         ]
+        self.decimals = [_rounding(p) for p in points]
+        self.round_always = [p.decimals is not None for p in points]
         self.is_float = [p.type == "float" for p in points]
         self.has_limits = [p.min is not None or p.max is not None for p in points]
         self.low = [p.min if p.min is not None else -math.inf for p in points]
@@ -148,7 +174,13 @@ class PointTable:
             v = values[k]
             m = mode[i]
             if m == _SCALE_FLOAT:
-                v = v * self.scale[i] + self.offset[i]
+                nd = self.decimals[i]
+                if nd is None:
+                    v = v * self.scale[i] + self.offset[i]
+                elif type(v) is int or self.round_always[i]:
+                    v = round(v * self.scale[i] + self.offset[i], nd)
+                else:
+                    v = v * self.scale[i] + self.offset[i]
             elif m == _SCALE_INT:
                 v = int(v * self.scale[i] + self.offset[i])
             q: Quality = GOOD

@@ -18,7 +18,7 @@ from cellctl.config.loader import CompiledDevice
 from cellctl.driver import DeviceUnavailable, Poller, Reading, Subscriber, Writer, WriteRejected
 from cellctl.engine.backoff import Backoff
 from cellctl.engine.machine import MachineMapper
-from cellctl.engine.points import PointTable
+from cellctl.engine.points import BAD, PointTable
 from cellctl.model import DeviceSnapshot, DeviceUpdate, MachineState
 
 log = structlog.get_logger("cellctl.engine")
@@ -60,8 +60,10 @@ class DeviceRunner:
         self.table = PointTable(device.points)
         self.mapper = MachineMapper(device.profile, self.table)
         self.machine: MachineState = self.mapper.compute(False)
+        self.has_machine = self.mapper.has_machine
         self.available = False
         self.known = False  # a first reading or failure happened
+        self.degraded: str | None = None  # why the device is online but useless
         self.last_reason: str | None = "not connected yet"
         self.failures = 0
         self.successes = 0
@@ -177,17 +179,42 @@ class DeviceRunner:
             self.log.info("device_online", was=self.last_reason)
             self.last_reason = None
         values, quality = self.table.apply(reading)
+        if quality:
+            self._check_degraded()
         machine = None
-        if quality or self.machine_stale or not self.mapper.watched.isdisjoint(values):
+        if self.has_machine and (
+            quality or self.machine_stale or not self.mapper.watched.isdisjoint(values)
+        ):
             self.machine_stale = False
             new_state = self.mapper.compute(True)
             if new_state != self.machine:
                 self.machine = machine = new_state
         if appeared:  # after taking the reading, so a birth carries its values
             self.sink.device_available(self.snapshot())
-        if values or quality or machine is not None:
+        if values or quality or machine is not None or appeared:
             self.state_dirty = True
-            self.sink.device_update(DeviceUpdate(self.id, now_ms(), values, quality, machine))
+            self.sink.device_update(
+                DeviceUpdate(self.id, now_ms(), values, quality, machine, True if appeared else None)
+            )
+
+    def _check_degraded(self) -> None:
+        """Online with every point bad looks healthy but is not: say so once, with the
+        likely causes, and put it in the device state until a point is good again."""
+        table = self.table
+        all_bad = bool(table.ids) and all(q == BAD for q in table.quality)
+        if all_bad and self.degraded is None:
+            first = table.reason[0]
+            self.degraded = f"every point is bad (first: {first})"
+            self.log.warning(
+                "device_all_points_bad",
+                reason=first,
+                likely_causes="wrong unit id or address, or a profile for another device type",
+            )
+            self.state_dirty = True
+        elif not all_bad and self.degraded is not None:
+            self.degraded = None
+            self.log.info("device_points_readable_again")
+            self.state_dirty = True
 
     def mark_stopped(self, reason: str) -> None:
         """The daemon is stopping: nothing is known about the machine any more."""
@@ -208,12 +235,19 @@ class DeviceRunner:
         was_available, self.available = self.available, False
         quality = self.table.mark_all_bad(reason)
         machine = self.mapper.compute(False)
-        machine_changed = machine != self.machine
+        machine_changed = self.has_machine and machine != self.machine
         self.machine = machine
-        if quality or machine_changed:
+        if quality or machine_changed or was_available:
             self.state_dirty = True
             self.sink.device_update(
-                DeviceUpdate(self.id, now_ms(), {}, quality, machine if machine_changed else None)
+                DeviceUpdate(
+                    self.id,
+                    now_ms(),
+                    {},
+                    quality,
+                    machine if machine_changed else None,
+                    False if was_available else None,
+                )
             )
         if was_available or first:
             self.sink.device_available(self.snapshot())
@@ -228,6 +262,7 @@ class DeviceRunner:
             available=self.available,
             reason=self.last_reason,
             known=self.known,
-            machine=self.machine,
+            machine=self.machine if self.has_machine else None,
             points=self.table.states(),
+            degraded=self.degraded if self.available else None,
         )

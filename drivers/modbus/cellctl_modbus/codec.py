@@ -37,6 +37,8 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, get_args
 
+from cellctl.driver import float32_shortest
+
 WireType = Literal[
     "bool", "bit", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
 ]
@@ -176,6 +178,8 @@ def make_decoder(
         return _decode_int16 if big else _decode_int16_swapped
     pack = struct.Struct((">" if big else "<") + "H" * n).pack
     unpack = struct.Struct(">" + fmt).unpack
+    if wire_type == "float32":
+        return _float32_decoder(pack, unpack, high_first)
     if n == 2:
         if high_first:
 
@@ -199,6 +203,24 @@ def make_decoder(
         return unpack(pack(block[offset + 3], block[offset + 2], block[offset + 1], block[offset]))[0]
 
     return decode4_low
+
+
+def _float32_decoder(
+    pack: Callable[..., bytes], unpack: Callable[[bytes], tuple[Any, ...]], high_first: bool
+) -> Decoder:
+    """float32 as the device means it: the shortest decimal that is the same float32
+    (123.456, not 123.45600128173828)."""
+    if high_first:
+
+        def decode_f32(block: Sequence[Any], offset: int) -> Any:
+            return float32_shortest(unpack(pack(block[offset], block[offset + 1]))[0])
+
+        return decode_f32
+
+    def decode_f32_low(block: Sequence[Any], offset: int) -> Any:
+        return float32_shortest(unpack(pack(block[offset + 1], block[offset]))[0])
+
+    return decode_f32_low
 
 
 def decode(

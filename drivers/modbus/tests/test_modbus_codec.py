@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -43,9 +44,12 @@ def registers(n: int) -> st.SearchStrategy[list[int]]:
     return st.lists(register, min_size=n, max_size=n)
 
 
-def same(a: Any, b: Any) -> bool:
+def same(a: Any, b: Any, wire: str = "") -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
         return math.isnan(b)
+    if wire == "float32" and isinstance(a, float) and isinstance(b, float):
+        # decoded as the shortest decimal of the same float32 (123.456, not 123.45600128...)
+        return struct.pack("<f", a) == struct.pack("<f", b)
     return bool(a == b) and type(a) is type(b)
 
 
@@ -115,7 +119,7 @@ def test_numeric_value_round_trip(wire: str, data: st.DataObject, order: str) ->
     regs = encode(value, wire, order)
     assert len(regs) == register_count(wire)
     assert all(0 <= r <= 0xFFFF for r in regs)
-    assert same(make_decoder(wire, order)(regs, 0), value)
+    assert same(make_decoder(wire, order)(regs, 0), value, wire)
 
 
 @pytest.mark.parametrize("wire", NUMERIC)
@@ -185,8 +189,8 @@ def pymodbus_reference(regs: list[int], wire: str, order: str) -> Any:
 def test_decode_matches_references(wire: str, data: st.DataObject, order: str) -> None:
     regs = data.draw(registers(register_count(wire)))
     got = make_decoder(wire, order)(regs, 0)
-    assert same(got, reference(regs, wire, order))
-    assert same(got, pymodbus_reference(regs, wire, order))
+    assert same(got, reference(regs, wire, order), wire)
+    assert same(got, pymodbus_reference(regs, wire, order), wire)
 
 
 @given(order=orders, bit=st.integers(0, 15), reg=register)
@@ -263,3 +267,26 @@ def test_invalid_decoder_arguments() -> None:
         make_decoder("bit", "ABCD", bit=16)
     with pytest.raises(ValueError, match="needs 2 register"):
         decode([1], "int32")
+
+
+@given(bits=st.integers(0, 2**32 - 1))
+def test_float32_is_published_as_its_shortest_decimal(bits: int) -> None:
+    """Issue 9 item 5: 123.456 in a float32 register is 123.456 on the wire."""
+    wide = struct.unpack("<f", struct.pack("<I", bits))[0]
+    got = make_decoder("float32", "ABCD")([bits >> 16, bits & 0xFFFF], 0)
+    if math.isnan(wide):
+        assert math.isnan(got)
+        return
+    assert struct.pack("<f", got) == struct.pack("<f", wide), "the same float32"
+    if math.isfinite(wide) and wide != 0.0:
+        digits = len(Decimal(repr(got)).normalize().as_tuple().digits)
+        assert digits <= 9
+        if digits > 1:
+            shorter = float(f"{wide:.{digits - 1}g}")
+            assert struct.pack("<f", shorter) != struct.pack("<f", wide), "nothing shorter is the same"
+
+
+def test_float32_examples_from_the_field() -> None:
+    for value, text in ((123.456, "123.456"), (-273.15, "-273.15"), (0.1, "0.1"), (1e-45, "1e-45")):
+        regs = encode(value, "float32", "CDAB")
+        assert repr(make_decoder("float32", "CDAB")(regs, 0)) == text
