@@ -14,7 +14,7 @@ from typing import Any
 from cellctl_opcua.config import OpcUaAddress, OpcUaConnection, OpcUaOptions
 from cellctl_sim.opcua import SimOpcUaServer
 
-from cellctl.config.profiles import load_profile, shipped_profile_dir
+from cellctl.config.profiles import load_profile, search_path
 from cellctl.driver import DeviceContext, PointSpec, Reading
 from tests.support.cell import root_topic
 from tests.support.mqtt import Collector
@@ -54,7 +54,7 @@ def sim_name(address: dict[str, Any]) -> str:
 
 def expected_values(sim: SimOpcUaServer, profile: str = PROFILE) -> dict[str, Any]:
     """What the profile's points should read now, straight from the server's nodes."""
-    p = load_profile(profile, [shipped_profile_dir()])
+    p = load_profile(profile, search_path())
     return {point.id: sim.value(sim_name(point.address)) for point in p.points}
 
 
@@ -89,7 +89,7 @@ def current_values(c: Collector, device: str) -> dict[str, Any]:
 def tolerances(profile: str = PROFILE) -> dict[str, float]:
     """How far a published value may lag the server's: the profile's deadband (cellctl)
     or the address's server deadband, whichever is larger."""
-    p = load_profile(profile, [shipped_profile_dir()])
+    p = load_profile(profile, search_path())
     out: dict[str, float] = {}
     for point in p.points:
         ours = point.deadband.absolute if point.deadband and point.deadband.absolute else 0.0
@@ -138,7 +138,7 @@ def device_ctx(
     device_id: str = "dev",
 ) -> DeviceContext:
     """A DeviceContext for the driver alone (no daemon), from a shipped profile."""
-    p = load_profile(profile, [shipped_profile_dir()])
+    p = load_profile(profile, search_path())
     points = [
         PointSpec(index=i, id=pt.id, type=pt.type, access=pt.access, address=OpcUaAddress.model_validate(pt.address))
         for i, pt in enumerate(p.points)
