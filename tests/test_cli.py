@@ -18,8 +18,7 @@ from cellctl import __version__
 from cellctl.cli.main import cli
 from cellctl.config.profiles import load_profile, search_path
 from cellctl.localbroker import Mosquitto, free_port
-from tests.support.cell import modbus_device, root_topic, write_config
-from tests.support.mqtt import Collector
+from cellctl.testing import Collector, modbus_device, root_topic, write_config
 
 pytestmark = pytest.mark.timeout(90)
 CELLCTL = [sys.executable, "-m", "cellctl.cli.main"]

@@ -80,7 +80,7 @@ def test_the_walk_sees_what_a_driver_imports(tmp_path: Path) -> None:
 
 def test_device_context_carries_the_poll_interval(tmp_path: Path) -> None:
     from cellctl.config.loader import load_cell
-    from tests.support.cell import modbus_device, write_config
+    from cellctl.testing import modbus_device, write_config
 
     path = write_config(
         tmp_path, 1883, [modbus_device("m1", "sim-energy-meter", 1502, 1, poll_interval="250ms")], cell="c1"
@@ -96,3 +96,13 @@ def test_the_sdk_exports_every_capability() -> None:
     for name in ("Poller", "Subscriber", "Writer", "Browser", "JobControl", "Duration", "configure_logging"):
         assert name in sdk.__all__
         assert hasattr(sdk, name)
+
+
+@pytest.mark.parametrize("folder", TEST_DIRS)
+def test_driver_tests_use_the_installed_test_kit(folder: str) -> None:
+    files = sorted((REPO / folder).rglob("*.py"))
+    assert files
+    for f in files:
+        names = imported_modules(f)
+        assert not {n for n in names if n == "tests" or n.startswith("tests.")}, f"{f} imports the core's tests"
+        assert "sys.path" not in f.read_text(encoding="utf-8"), f"{f} edits sys.path"

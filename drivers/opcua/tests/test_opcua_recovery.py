@@ -13,9 +13,7 @@ from cellctl_sim.opcua import NAMESPACE, SimOpcUaServer
 from opcua_testutil import all_good, current_values, expected_values, latest_state, mismatches, opcua_device
 
 from cellctl.config.profiles import find_profile, search_path
-from cellctl.localbroker import Mosquitto
-from tests.support.cell import running_daemon, write_config
-from tests.support.mqtt import Collector
+from cellctl.testing import Collector, Mosquitto, running_daemon, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
