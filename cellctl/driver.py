@@ -8,6 +8,11 @@ Capabilities are small Protocols so a driver implements only what its protocol c
 do: polling (Modbus), pushing (OPC UA subscriptions, G-code status streams), writing,
 browsing. Third-party drivers register a `DriverPlugin` object in the entry-point group
 ``cellctl.drivers`` exactly as the built-in ones do.
+
+This module is the whole SDK a driver touches: everything a driver needs from the core
+(durations for its option models, logging set-up for its CLI commands) is re-exported
+here, and a test keeps the drivers from importing any other core module. See
+docs/writing-a-driver.md.
 """
 
 from __future__ import annotations
@@ -15,11 +20,36 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, runtime_checkable
 
 from pydantic import BaseModel
 
-from cellctl.floats import float32_shortest as float32_shortest  # noqa: PLC0414 (re-exported for drivers)
+from cellctl.durations import Duration, PositiveDuration
+from cellctl.floats import float32_shortest
+
+if TYPE_CHECKING:
+    from cellctl.logs import LogLevel
+
+__all__ = [
+    "Access",
+    "Browser",
+    "DeviceContext",
+    "DeviceUnavailable",
+    "DriverPlugin",
+    "DriverRegistry",
+    "Duration",
+    "JobControl",
+    "PointSpec",
+    "Poller",
+    "PositiveDuration",
+    "Reading",
+    "Subscriber",
+    "ValueType",
+    "WriteRejected",
+    "Writer",
+    "configure_logging",
+    "float32_shortest",
+]
 
 ValueType = Literal["bool", "int", "float", "string"]
 Access = Literal["r", "w", "rw"]
@@ -146,7 +176,11 @@ class DeviceContext:
     connection: BaseModel  # validated by the plugin's `connection_model`
     options: BaseModel  # validated by the plugin's `options_model`
     points: Sequence[PointSpec]
-    timeout: float
+    timeout: float  # seconds: the device's request timeout from the cell config
+    # Seconds between polls, the device's `poll_interval` from the cell config: the same
+    # field means the same for every driver (a subscribing driver uses it for the points
+    # it has to poll).
+    poll_interval: float = 1.0
 
 
 class DriverPlugin(Protocol):
@@ -172,3 +206,14 @@ class DriverPlugin(Protocol):
 
 
 DriverRegistry = Mapping[str, DriverPlugin]
+
+
+def configure_logging(
+    level: LogLevel = "info", *, json: bool | None = None, stream: TextIO | None = None
+) -> None:
+    """Set up structlog and stdlib logging the daemon's way, for a driver's own CLI
+    commands (JSON lines off a terminal, a readable console on one). Imported lazily so
+    loading a plugin does not load the logging stack."""
+    from cellctl import logs
+
+    logs.configure(level, json=json, stream=stream)

@@ -10,8 +10,7 @@ import pytest
 from cellctl_sim.modbus.server import SimModbusServer
 
 from cellctl.localbroker import Mosquitto
-from tests.support.cell import modbus_device, root_topic, running_daemon, write_config
-from tests.support.mqtt import Collector
+from cellctl.testing import Collector, modbus_device, root_topic, running_daemon, write_config
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,10 +17,9 @@ from click.testing import CliRunner
 
 from cellctl import __version__
 from cellctl.cli.main import cli
-from cellctl.config.profiles import load_profile, shipped_profile_dir
+from cellctl.config.profiles import load_profile, search_path
 from cellctl.localbroker import Mosquitto, find_mosquitto, free_port
-from tests.support.cell import modbus_device, root_topic, write_config
-from tests.support.mqtt import Collector
+from cellctl.testing import Collector, modbus_device, root_topic, write_config
 
 pytestmark = pytest.mark.timeout(90)
 CELLCTL = [sys.executable, "-m", "cellctl.cli.main"]
@@ -58,7 +57,7 @@ def test_check_prints_the_plan(tmp_path: Path) -> None:
     assert [d["id"] for d in summary["devices"]] == ["meter"]
     assert summary["disabled_devices"] == ["plc"]
     meter = summary["devices"][0]
-    assert meter["points"] == len(load_profile("sim-energy-meter", [shipped_profile_dir()]).points)
+    assert meter["points"] == len(load_profile("sim-energy-meter", search_path()).points)
     assert meter["requests"], "a planned request list"
     assert meter["topics"]["data"] == f"{root_topic('c1')}/meter/data"
     human = CliRunner().invoke(cli, ["check", str(config)], terminal_width=200)

@@ -12,13 +12,15 @@ import pytest
 from click.testing import CliRunner
 
 from cellctl.cli.main import cli
-from cellctl.config.profiles import SYSTEM_PROFILE_DIR, shipped_profile_dir
+from cellctl.config.profiles import SYSTEM_PROFILE_DIR, installed_profile_dirs
 
 CASES = Path(__file__).parent / "config_cases"
 
 
 def normalise(text: str) -> str:
-    text = text.replace(str(shipped_profile_dir()), "<shipped>").replace(str(SYSTEM_PROFILE_DIR), "<system>")
+    # the profile directories installed distributions contribute depend on the environment
+    installed = ", ".join(str(d.path) for d in installed_profile_dirs())
+    text = text.replace(installed, "<installed>").replace(str(SYSTEM_PROFILE_DIR), "<system>")
     # which drivers are installed depends on the environment, not on the message
     return re.sub(r"\(installed drivers: [^)]*\)", "(installed drivers: <installed>)", text)
 

@@ -18,8 +18,7 @@ import pytest
 
 from cellctl.lifecycle import STARTS_FILE, STARTS_OFTEN, STARTS_WINDOW_S, record_start
 from cellctl.localbroker import Mosquitto
-from tests.support.cell import write_config
-from tests.support.mqtt import wait_until
+from cellctl.testing import wait_until, write_config
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parents[1]

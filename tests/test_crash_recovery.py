@@ -18,8 +18,7 @@ import pytest
 from cellctl_sim.modbus.server import SimModbusServer
 
 from cellctl.localbroker import Mosquitto
-from tests.support.cell import modbus_device, root_topic, write_config
-from tests.support.mqtt import Collector, Message
+from cellctl.testing import Collector, Message, modbus_device, root_topic, write_config
 
 pytestmark = pytest.mark.timeout(90)
 CELLCTL = [sys.executable, "-m", "cellctl.cli.main", "--log-format", "json"]

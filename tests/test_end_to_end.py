@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 from cellctl_sim.modbus.server import SimModbusServer
 
-from cellctl.config.profiles import load_profile, shipped_profile_dir
+from cellctl.config.profiles import load_profile, search_path
 from cellctl.localbroker import Mosquitto
-from tests.support.cell import modbus_device, root_topic, running_daemon, write_config
-from tests.support.mqtt import Collector, Message
+from cellctl.testing import Collector, Message, modbus_device, root_topic, running_daemon, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,7 +58,7 @@ def current_values(c: Collector, device: str) -> dict[str, Any]:
 
 def expected_values(sim: SimModbusServer, unit: int, profile: str) -> dict[str, Any]:
     """The simulator's own values with the profile's scale/offset applied."""
-    p = load_profile(profile, [shipped_profile_dir()])
+    p = load_profile(profile, search_path())
     raw = sim.unit(unit).snapshot()
     out = {}
     for point in p.points:

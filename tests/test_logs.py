@@ -22,8 +22,7 @@ import structlog
 
 from cellctl import logs
 from cellctl.localbroker import Mosquitto, free_port
-from tests.support.cell import modbus_device, root_topic, write_config
-from tests.support.mqtt import Collector
+from cellctl.testing import Collector, modbus_device, root_topic, write_config
 
 pytestmark = pytest.mark.timeout(90)
 CELLCTL = [sys.executable, "-m", "cellctl.cli.main"]

@@ -16,8 +16,7 @@ from cellctl_sim.modbus.server import SimModbusServer
 
 from cellctl.deliver.mqtt import MAX_INFLIGHT
 from cellctl.localbroker import Mosquitto
-from tests.support.cell import modbus_device, root_topic, running_daemon, write_config
-from tests.support.mqtt import Collector, Message
+from cellctl.testing import Collector, Message, modbus_device, root_topic, running_daemon, write_config
 
 pytestmark = pytest.mark.timeout(60)
 

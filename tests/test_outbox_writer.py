@@ -5,22 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from cellctl.outbox import AppendResult, DropEvent, Outbox, OutboxError, OutboxWriter, Record
+from cellctl.testing import async_wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-async def wait_until(pred: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll a condition with a deadline; fail saying what never became true."""
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.005)
-    assert pred(), what
 
 
 def rec(i: int) -> Record:
@@ -54,7 +47,7 @@ async def test_committed_records_are_handed_over_in_order_and_acks_from_a_thread
         t = threading.Thread(target=writer.ack, args=(ids[:2000],), name="fake-paho")
         t.start()
         t.join(timeout=5)
-        await wait_until(lambda: len(outbox) == 1000, "acks from another thread were applied")
+        await async_wait_until(lambda: len(outbox) == 1000, what="acks from another thread were applied")
         assert [m.id for m in outbox.pending(5)] == ids[2000:2005]
         task.cancel()
 
@@ -79,7 +72,7 @@ async def test_backlog_overflow_is_counted_and_reported(outbox: Outbox) -> None:
     assert accepted == [True] * 10 + [False] * 5
     task = asyncio.create_task(writer.run(), name="outbox-writer")
     await writer.flush()
-    await wait_until(lambda: bool(events), "the backlog drop was reported")
+    await async_wait_until(lambda: bool(events), what="the backlog drop was reported")
     assert [(e.reason, e.count) for e in events] == [("backlog", 5)]
     assert outbox.stats().dropped_by_reason == {"backlog": 5}
     assert len(outbox) == 10
@@ -149,7 +142,7 @@ async def test_markers_fire_at_their_place_in_the_record_stream(outbox: Outbox) 
     writer.after_put(lambda: seen.append("end"))
     task = asyncio.create_task(writer.run(), name="outbox-writer")
     await writer.flush()
-    await wait_until(lambda: seen[-1] == "end", "the last marker fired")
+    await async_wait_until(lambda: seen[-1] == "end", what="the last marker fired")
     expected = ["M0", "0", "M0"] + [str(i) for i in range(1, 100)] + ["M99"]
     expected += [str(i) for i in range(100, 300)] + ["M299", "end"]
     assert seen == expected

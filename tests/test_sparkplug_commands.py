@@ -16,8 +16,8 @@ from cellctl_sim.modbus.server import SimModbusServer
 from cellctl.config.profiles import find_profile, search_path
 from cellctl.localbroker import Mosquitto
 from cellctl.sparkplug import sparkplug_b_pb2 as pb
-from tests.support.cell import modbus_device, running_daemon, write_config
-from tests.support.sparkplug import BOOLEAN, Capture, SpMessage, metric_value
+from cellctl.testing import modbus_device, running_daemon, write_config
+from cellctl.testing.sparkplug import BOOLEAN, Capture, SpMessage, metric_value
 
 pytestmark = pytest.mark.timeout(60)
 UINT64, DOUBLE, STRING = 8, 10, 12

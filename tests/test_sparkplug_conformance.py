@@ -18,8 +18,8 @@ import pytest
 from cellctl_sim.modbus.server import SimModbusServer
 
 from cellctl.localbroker import Mosquitto, free_port
-from tests.support.cell import modbus_device, running_daemon, write_config
-from tests.support.sparkplug import Capture, SpMessage, check_node, metric_value
+from cellctl.testing import modbus_device, running_daemon, write_config
+from cellctl.testing.sparkplug import Capture, SpMessage, check_node, metric_value
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -24,7 +24,7 @@ from cellctl.sparkplug.codec import (
     encode_data,
 )
 from cellctl.sparkplug.state import AliasBook
-from tests.support.cell import modbus_device, write_config
+from cellctl.testing import modbus_device, write_config
 
 
 class Sink:

@@ -1,5 +1,5 @@
 """The cell as a Sparkplug B edge node against a real mosquitto, validated from a capture
-of the broker traffic decoded with the generated protobuf classes (tests/support/
+of the broker traffic decoded with the generated protobuf classes (cellctl/testing/
 sparkplug.py), not with cellctl's codec: topics, QoS, retain flags, seq continuity and
 wrap, bdSeq in NBIRTH/NDEATH and across restarts, aliases, rebirth, DDEATH/DBIRTH,
 historical replay after an outage."""
@@ -15,9 +15,8 @@ import pytest
 from cellctl_sim.modbus.server import SimModbusServer
 
 from cellctl.localbroker import Mosquitto
-from tests.support.cell import modbus_device, root_topic, running_daemon, write_config
-from tests.support.mqtt import Collector
-from tests.support.sparkplug import Capture, SpMessage, bd_seq, check_node, rebirth_command
+from cellctl.testing import Collector, modbus_device, root_topic, running_daemon, write_config
+from cellctl.testing.sparkplug import Capture, SpMessage, bd_seq, check_node, rebirth_command
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -29,7 +28,7 @@ def persistent_broker() -> Iterator[Mosquitto]:
 
 
 def ids(unique: str) -> tuple[str, str]:
-    """The group and edge node ids derived from tests.support.cell's identity."""
+    """The group and edge node ids derived from cellctl.testing.write_config's identity."""
     return "test-lab-a1", f"l1-{unique}"
 
 

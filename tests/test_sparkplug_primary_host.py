@@ -14,8 +14,8 @@ import pytest
 from cellctl_sim.modbus.server import SimModbusServer
 
 from cellctl.localbroker import Mosquitto
-from tests.support.cell import modbus_device, running_daemon, write_config
-from tests.support.sparkplug import Capture, SpMessage, bd_seq, check_node
+from cellctl.testing import modbus_device, running_daemon, write_config
+from cellctl.testing.sparkplug import Capture, SpMessage, bd_seq, check_node
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -11,7 +11,7 @@ import pytest
 from cellctl_sim.modbus.server import SimModbusServer
 
 from cellctl.localbroker import Mosquitto
-from tests.support.cell import modbus_device, running_daemon, write_config
+from cellctl.testing import modbus_device, running_daemon, write_config
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from cellctl import __version__
+from cellctl.cli.entrypoints import COMMANDS, SIMS, EntryPointGroup
 
 EXIT_CONFIG = 2
 
@@ -35,7 +36,12 @@ def _load(config: Path) -> Any:
         _fail_config(exc.problems)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# `-h` and `--help` everywhere: subcommands, including contributed ones, inherit this.
+@click.group(
+    cls=EntryPointGroup,
+    entry_point_group=COMMANDS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="cellctl")
 @click.option(
     "--log-level",
@@ -127,20 +133,29 @@ def profiles() -> None:
 @profiles.command("list")
 @click.option("--profile-dir", "dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False))
 def profiles_list(dirs: tuple[Path, ...]) -> None:
-    """Every profile on the search path, with the file that wins."""
+    """Every profile on the search path: the file that wins, where it comes from (config,
+    system or the distribution that ships it), and any file of the same name it shadows."""
     from rich.console import Console
     from rich.table import Table
 
-    from cellctl.config.profiles import list_profiles, load_profile_file, search_path
+    from cellctl.config.profiles import list_profiles, load_profile_file, search_dirs
     from cellctl.errors import ConfigError
 
-    table = Table("name", "driver", "points", "description", "file")
-    for found in list_profiles(search_path(list(dirs))):
+    table = Table()
+    for column in ("name", "driver", "points"):
+        table.add_column(column, no_wrap=True)  # names are what users copy: never cut
+    table.add_column("description")
+    table.add_column("from", no_wrap=True)
+    table.add_column("file", overflow="fold")
+    for found in list_profiles(search_dirs(list(dirs))):
+        file = str(found.path) + "".join(f"\n[dim]shadows {p}[/dim]" for p in found.shadowed)
         try:
             p = load_profile_file(found.path)
-            table.add_row(p.name, p.driver, str(len(p.points)), p.description or "", str(found.path))
+            table.add_row(p.name, p.driver, str(len(p.points)), p.description or "", found.source, file)
         except ConfigError as exc:
-            table.add_row(found.name, "?", "?", f"[red]invalid: {exc.problems[0]}[/red]", str(found.path))
+            table.add_row(
+                found.name, "?", "?", f"[red]invalid: {exc.problems[0]}[/red]", found.source, file
+            )
     Console().print(table)
 
 
@@ -178,39 +193,10 @@ def profiles_show(name: str, dirs: tuple[Path, ...]) -> None:
             console.print(f"  {raw} -> {st.item_state.value} / {st.operation_mode.value} {ex}")
 
 
-class _SimGroup(click.Group):
-    """Simulators live in the optional cellctl-sim distribution; import them only when
-    asked, so `cellctl run` never pays for them."""
-
-    SIMS = {
-        "modbus": "cellctl_sim.modbus.cli:modbus",
-        "opcua": "cellctl_sim.opcua.cli:opcua",
-        "grbl": "cellctl_sim.grbl.cli:grbl",
-        "marlin": "cellctl_sim.marlin.cli:marlin",
-    }
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(self.SIMS)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = self.SIMS.get(cmd_name)
-        if target is None:
-            return None
-        module, _, attr = target.partition(":")
-        try:
-            import importlib
-
-            command: click.Command = getattr(importlib.import_module(module), attr)
-        except ImportError as exc:
-            raise click.ClickException(
-                f"simulator {cmd_name!r} needs the cellctl-sim package (pip install ./sim_devices): {exc}"
-            ) from None
-        return command
-
-
-@cli.group(cls=_SimGroup)
+@cli.group(cls=EntryPointGroup, entry_point_group=SIMS, load_for_listing=False)
 def sim() -> None:
-    """Simulated devices for tests, demos and commissioning practice."""
+    """Simulated devices for tests, demos and commissioning practice. Simulators come from
+    installed distributions (cellctl-sim: pip install ./sim_devices)."""
 
 
 @cli.command()
@@ -229,67 +215,6 @@ def demo(ctx: click.Context, broker: str, duration: float | None, no_table: bool
     run_demo(
         broker=broker, duration=duration, table=not no_table, log_level=ctx.obj.get("log_level") or "info"
     )
-
-
-class _LazyCommand(click.Command):
-    """A command that lives in a driver distribution: imported only when it runs (or
-    when its help is shown), so `cellctl run` never pays for asyncua or pyserial."""
-
-    def __init__(self, name: str, target: str, needs: str, help_text: str) -> None:
-        super().__init__(
-            name,
-            help=help_text,
-            context_settings={
-                "ignore_unknown_options": True,
-                "allow_extra_args": True,
-                "help_option_names": [],
-            },
-        )
-        self.target = target
-        self.needs = needs
-
-    def _load(self) -> click.Command:
-        import importlib
-
-        module, _, attr = self.target.partition(":")
-        try:
-            command: click.Command = getattr(importlib.import_module(module), attr)
-        except ImportError as exc:
-            raise click.ClickException(f"'{self.name}' needs the {self.needs} package: {exc}") from None
-        return command
-
-    def invoke(self, ctx: click.Context) -> Any:
-        real = self._load()
-        return real.main(args=ctx.args, prog_name=ctx.command_path, standalone_mode=False, obj=ctx.obj)
-
-
-for _name, _target, _needs, _help in (
-    (
-        "browse",
-        "cellctl_opcua.cli:browse",
-        "cellctl-opcua (drivers/opcua)",
-        "Browse an OPC UA server's address space.",
-    ),
-    (
-        "cert",
-        "cellctl_opcua.cli:cert",
-        "cellctl-opcua (drivers/opcua)",
-        "Manage the OPC UA client certificate and trust store.",
-    ),
-    (
-        "ports",
-        "cellctl_gcode.cli:ports",
-        "cellctl-gcode (drivers/gcode)",
-        "List serial ports (for G-code and Modbus RTU machines).",
-    ),
-    (
-        "gcode",
-        "cellctl_gcode.cli:gcode",
-        "cellctl-gcode (drivers/gcode)",
-        "Send a job to, or talk to, a GRBL or Marlin machine on a serial port.",
-    ),
-):
-    cli.add_command(_LazyCommand(_name, _target, _needs, _help))
 
 
 def main() -> None:

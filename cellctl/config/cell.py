@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from cellctl.config.profile import ID_PATTERN, Deadband
+from cellctl.durations import Duration, PositiveDuration, parse_duration
 from cellctl.sparkplug.topics import validate_id
 
 # Topic levels must not contain MQTT wildcards or separators.
@@ -37,22 +38,6 @@ TopicLevel = Annotated[str, AfterValidator(_topic_level)]
 # `status`, `outbox` and `events` are cell-level UNS topics; `cmd` is reserved for commands.
 RESERVED_DEVICE_IDS = frozenset({"status", "cmd", "outbox", "events"})
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-
-
-def _parse_duration(value: Any) -> Any:
-    """Accept 0.5, "500ms", "2s", "5m", "1h", "7d" for durations; leave other types to pydantic."""
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if not m:
-            raise ValueError(f"expected a duration such as 500ms, 2s or 5m, got {value!r}")
-        return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(_parse_duration), Field(ge=0)]
-PositiveDuration = Annotated[float, BeforeValidator(_parse_duration), Field(gt=0)]
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")
 _UNIT_BYTES = {
@@ -174,7 +159,7 @@ class OutboxConfig(_Frozen):
     fsync: Literal["always", "batch", "off"] = "batch"
     replay_rate: Annotated[int, Field(ge=1, le=1_000_000)] = 2000  # messages/s after reconnecting
     # at most one commit per interval: less CPU at high message rates, up to this much latency
-    commit_interval: Annotated[float, BeforeValidator(_parse_duration), Field(ge=0, le=1.0)] = 0.0
+    commit_interval: Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=1.0)] = 0.0
 
 
 class SparkplugConfig(_Frozen):

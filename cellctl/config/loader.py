@@ -188,7 +188,12 @@ def compile_device(
     ):
         return None
     ctx = DeviceContext(
-        device_id=dev.id, connection=connection, options=options, points=specs, timeout=dev.timeout
+        device_id=dev.id,
+        connection=connection,
+        options=options,
+        points=specs,
+        timeout=dev.timeout,
+        poll_interval=dev.poll_interval,
     )
     try:
         plugin.plan_summary(ctx)

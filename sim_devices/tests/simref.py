@@ -4,12 +4,14 @@ so a bug in either shows up as a mismatch."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pymodbus.client.mixin import ModbusClientMixin
+
+from cellctl.testing import async_wait_until as wait_until
+
+__all__ = ["wait_until"]
 
 DT = ModbusClientMixin.DATATYPE
 _TYPES = {
@@ -90,20 +92,6 @@ async def read_unit(client: Any, sim_unit: Any) -> dict[str, Any]:
         if size:
             tables[table] = await read_table(client, sim_unit.unit_id, table, size)
     return {p.name: decode_point(tables, p) for p in reg_map.points}
-
-
-async def wait_until(cond: Callable[[], bool | Awaitable[bool]], timeout: float = 3.0, interval: float = 0.01) -> None:
-    """Poll `cond` until true; fail after `timeout` seconds (no bare sleeps in tests)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = cond()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
 
 
 def exc_code(rr: Any) -> int | None:

@@ -22,7 +22,7 @@ from cellctl_sim.opcua import NAMESPACE, POINTS, JobRefused, Machine, Security, 
 
 pytestmark = pytest.mark.timeout(60)
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # shares the module's simulator
-PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "sim-opcua-machine.yaml"
+PROFILE = Path(__file__).resolve().parents[1] / "cellctl_sim" / "profiles" / "sim-opcua-machine.yaml"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -10,7 +10,7 @@ import yaml
 from cellctl_sim.modbus.devices import DEVICE_TYPES
 from cellctl_sim.modbus.registers import WireType
 
-PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+PROFILES = Path(__file__).resolve().parents[1] / "cellctl_sim" / "profiles"
 PROFILE_OF = {
     "energy-meter": "sim-energy-meter",
     "machine-plc": "sim-machine-plc",

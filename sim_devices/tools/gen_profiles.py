@@ -1,4 +1,4 @@
-"""Write profiles/sim-types.yaml and profiles/sim-bench.yaml from the simulator's maps.
+"""Write cellctl_sim/profiles/sim-types.yaml and sim-bench.yaml from the simulator's maps.
 
 These two profiles are mechanical (one point per register point), so they are
 generated; the energy-meter and machine-plc profiles carry hand-written units,
@@ -15,7 +15,7 @@ from pathlib import Path
 from cellctl_sim.modbus.devices import Bench, DeviceModel, TypeTest
 from cellctl_sim.modbus.registers import FLOAT32_MAX, INT_LIMITS, Point, WireType
 
-PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+PROFILES = Path(__file__).resolve().parents[1] / "cellctl_sim" / "profiles"
 
 
 def _flow(block: dict[str, object]) -> str:

@@ -96,9 +96,9 @@ def _context(port: str, baud: int, dialect: str, **options: Any) -> Any:
 
 
 def _quiet_logs(verbose: bool) -> None:
-    from cellctl import logs
+    from cellctl.driver import configure_logging
 
-    logs.configure("debug" if verbose else "warning", json=False)
+    configure_logging("debug" if verbose else "warning", json=False)
 
 
 @gcode.command("send")

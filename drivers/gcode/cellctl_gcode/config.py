@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cellctl.config.cell import Duration, PositiveDuration
+from cellctl.driver import Duration, PositiveDuration
 from cellctl_gcode.fields import FIELDS
 
 DialectChoice = Literal["auto", "grbl", "marlin"]

@@ -357,7 +357,7 @@ class GcodeDevice:
                     await r
         return job
 
-    # JobControl (proposed in CORE_CHANGES.md): the command router's way in.
+    # JobControl (cellctl.driver): the command router's way in.
 
     async def job_start(self, name: str, content: bytes) -> None:
         """Start `content` as job `name`: ValueError (ProgramError) if the job is refused,

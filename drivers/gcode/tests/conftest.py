@@ -1,38 +1,15 @@
-"""Fixtures: simulated GRBL and Marlin machines in-process on real ptys, and a private
-mosquitto for the end-to-end tests (this directory's own, like tests/conftest.py's)."""
+"""Fixtures: simulated GRBL and Marlin machines in-process on real ptys (the private
+broker for the end-to-end tests comes from the cellctl.testing plugin)."""
 
 from __future__ import annotations
 
 import math
-import sys
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from cellctl_sim.grbl import GrblSim
 from cellctl_sim.marlin import MarlinSim
-
-from cellctl.localbroker import Mosquitto
-
-# The end-to-end tests share tests/support with the core's tests; make the repository
-# root importable when this directory is collected on its own.
-_ROOT = str(Path(__file__).resolve().parents[3])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-
-@pytest.fixture(scope="session")
-def broker() -> Iterator[Mosquitto]:
-    with Mosquitto() as b:
-        yield b
-
-
-@pytest.fixture
-def unique(request: pytest.FixtureRequest) -> str:
-    name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")[:40]
-    return f"{name}-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import Callable
 from typing import Any
 
 from cellctl_gcode.config import GcodeAddress, GcodeConnection, GcodeOptions
 from cellctl_gcode.fields import FIELDS
 
 from cellctl.driver import DeviceContext, PointSpec, Reading
+from cellctl.testing import async_wait_until as until
+
+__all__ = ["until"]
 
 _KIND_TO_TYPE = {"bool": "bool", "int": "int", "float": "float", "string": "string"}
 
@@ -55,19 +56,6 @@ class Values:
             else:
                 self.values[pid] = reading.values[k]
                 self.errors.pop(pid, None)
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll a condition on the loop until it holds; fail with `what` after `timeout`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(0.005)
 
 
 def grbl_job(n: int, *, seed: int = 1) -> list[str]:

@@ -16,9 +16,7 @@ from cellctl_sim.grbl import GrblSim
 from cellctl_sim.marlin import MarlinSim
 from gcode_testutil import grbl_job, marlin_job
 
-from cellctl.localbroker import Mosquitto
-from tests.support.cell import root_topic, running_daemon, write_config
-from tests.support.mqtt import Collector, Message
+from cellctl.testing import Collector, Message, Mosquitto, root_topic, running_daemon, write_config
 
 pytestmark = pytest.mark.timeout(60)
 

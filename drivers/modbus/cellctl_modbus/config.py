@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cellctl.config.cell import Duration
+from cellctl.driver import Duration
 from cellctl_modbus.codec import MAX_STRING_REGISTERS, Order, WireType, register_count
 from cellctl_modbus.planner import BIT_TABLES, MAX_BITS, MAX_REGISTERS, RequestMode, Table
 

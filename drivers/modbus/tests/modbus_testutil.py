@@ -1,13 +1,11 @@
-"""Test helpers: server-side instrumentation for in-process pymodbus servers, a pty
-null modem, and builders for device contexts. (A unique module name, not conftest, so
-it cannot collide with other test directories of the monorepo.)"""
+"""Test helpers: server-side instrumentation for in-process pymodbus servers and builders
+for device contexts (the pty null modem and `wait_until` come from cellctl.testing).
+(A unique module name, not conftest, so it cannot collide with other test directories of the monorepo.)"""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import tty
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,15 +19,10 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from cellctl.driver import DeviceContext, PointSpec
+from cellctl.testing import PtyBridge
+from cellctl.testing import async_wait_until as wait_until
 
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
-    """Poll `cond` until true or fail after `timeout`: synchronise on state, not on time."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+__all__ = ["PtyBridge", "wait_until"]
 
 
 @dataclass
@@ -146,41 +139,6 @@ class Sim:
 
 
 SimFactory = Callable[..., Awaitable[Sim]]
-
-
-class PtyBridge:
-    """Two pseudo-terminals joined back to back (an in-process null modem): the client
-    opens one slave path, the server the other, and the bridge copies between masters."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.fds: list[int] = []
-        a_master, a_slave = os.openpty()
-        b_master, b_slave = os.openpty()
-        for fd in (a_slave, b_slave):
-            tty.setraw(fd)  # no echo or line discipline before pyserial configures it
-        for fd in (a_master, b_master):
-            os.set_blocking(fd, False)
-        self.fds = [a_master, a_slave, b_master, b_slave]
-        self.client_path, self.server_path = os.ttyname(a_slave), os.ttyname(b_slave)
-        self.bytes_to_server = 0
-        loop.add_reader(a_master, self._copy, a_master, b_master, True)
-        loop.add_reader(b_master, self._copy, b_master, a_master, False)
-
-    def _copy(self, src: int, dst: int, to_server: bool) -> None:
-        try:
-            data = os.read(src, 4096)
-        except OSError:
-            return
-        if to_server:
-            self.bytes_to_server += len(data)
-        os.write(dst, data)
-
-    def close(self) -> None:
-        for fd in (self.fds[0], self.fds[2]):
-            self.loop.remove_reader(fd)
-        for fd in self.fds:
-            os.close(fd)
 
 
 def spec(index: int, value_type: str, access: str = "r", **address: Any) -> PointSpec:

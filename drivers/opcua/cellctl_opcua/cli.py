@@ -73,10 +73,10 @@ def browse(
     URIs, browse names, data types and values; or a profile skeleton to start from."""
     from pydantic import ValidationError
 
-    from cellctl import logs
+    from cellctl.driver import configure_logging
     from cellctl_opcua.config import OpcUaConnection, OpcUaOptions
 
-    logs.configure("warning", stream=sys.stderr)  # stdout carries the tree, JSON or YAML only
+    configure_logging("warning", stream=sys.stderr)  # stdout carries the tree, JSON or YAML only
 
     try:
         connection = OpcUaConnection.model_validate(

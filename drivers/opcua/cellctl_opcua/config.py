@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cellctl.config.cell import Duration, PositiveDuration
+from cellctl.driver import Duration, PositiveDuration
 from cellctl_opcua.nodeid import NodeIdSyntaxError, NodeRef, PathElement, parse_node_id, parse_path_element
 
 SecurityMode = Literal["None", "Sign", "SignAndEncrypt"]

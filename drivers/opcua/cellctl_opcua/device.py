@@ -97,8 +97,8 @@ _CERT_REFUSED: Final = frozenset(
         "BadSecurityPolicyRejected",
     }
 )
-# Readings need an `uncertain` field in the core to carry OPC UA's Uncertain severity
-# (see CORE_CHANGES.md); until then an uncertain value is reported bad with its name.
+# `Reading.uncertain` carries OPC UA's Uncertain severity; with an older core that lacks
+# the field an uncertain value is reported bad with its name.
 _REPORTED_REJECTIONS: set[tuple[str, str]] = set()  # (device, thumbprint) already logged
 _READING_HAS_UNCERTAIN: Final = "uncertain" in {f.name for f in dataclasses.fields(Reading)}
 

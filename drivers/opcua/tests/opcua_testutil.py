@@ -7,19 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import time
-from collections.abc import Callable
 from typing import Any
 
-from cellctl_opcua.config import OpcUaAddress, OpcUaConnection, OpcUaOptions
 from cellctl_sim.opcua import SimOpcUaServer
 
-from cellctl.config.profiles import load_profile, shipped_profile_dir
-from cellctl.driver import DeviceContext, PointSpec, Reading
-from tests.support.cell import root_topic
-from tests.support.mqtt import Collector
+from cellctl.config.profiles import load_profile, search_path
+from cellctl.driver import DeviceContext, Reading
+from cellctl.testing import Collector, device_context, root_topic
+from cellctl.testing import async_wait_until as wait_until
 
-__all__ = ["root_topic"]
+__all__ = ["root_topic", "wait_until"]
 
 PROFILE = "sim-opcua-machine"
 
@@ -54,7 +51,7 @@ def sim_name(address: dict[str, Any]) -> str:
 
 def expected_values(sim: SimOpcUaServer, profile: str = PROFILE) -> dict[str, Any]:
     """What the profile's points should read now, straight from the server's nodes."""
-    p = load_profile(profile, [shipped_profile_dir()])
+    p = load_profile(profile, search_path())
     return {point.id: sim.value(sim_name(point.address)) for point in p.points}
 
 
@@ -89,7 +86,7 @@ def current_values(c: Collector, device: str) -> dict[str, Any]:
 def tolerances(profile: str = PROFILE) -> dict[str, float]:
     """How far a published value may lag the server's: the profile's deadband (cellctl)
     or the address's server deadband, whichever is larger."""
-    p = load_profile(profile, [shipped_profile_dir()])
+    p = load_profile(profile, search_path())
     out: dict[str, float] = {}
     for point in p.points:
         ours = point.deadband.absolute if point.deadband and point.deadband.absolute else 0.0
@@ -116,18 +113,6 @@ def mismatches(got: dict[str, Any], want: dict[str, Any]) -> dict[str, tuple[Any
     }
 
 
-async def wait_until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `cond` until truthy or fail after `timeout`: synchronise on state, not on time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = cond()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def device_ctx(
     url: str,
     profile: str = PROFILE,
@@ -138,16 +123,12 @@ def device_ctx(
     device_id: str = "dev",
 ) -> DeviceContext:
     """A DeviceContext for the driver alone (no daemon), from a shipped profile."""
-    p = load_profile(profile, [shipped_profile_dir()])
-    points = [
-        PointSpec(index=i, id=pt.id, type=pt.type, access=pt.access, address=OpcUaAddress.model_validate(pt.address))
-        for i, pt in enumerate(p.points)
-    ]
-    return DeviceContext(
+    return device_context(
+        "opcua",
+        profile,
+        {"endpoint": url, **(connection or {})},
+        {"publishing_interval": 0.05, "keepalive": 0.5, **(options or {})},
         device_id=device_id,
-        connection=OpcUaConnection.model_validate({"endpoint": url, **(connection or {})}),
-        options=OpcUaOptions.model_validate({"publishing_interval": 0.05, "keepalive": 0.5, **(options or {})}),
-        points=points,
         timeout=timeout,
     )
 

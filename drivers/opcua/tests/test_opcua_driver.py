@@ -84,7 +84,7 @@ async def test_status_codes_map_to_quality_with_the_status_name(
     if SUPPORTS_UNCERTAIN:
         assert got[0] == 31.5  # uncertain keeps its value
         assert got[1] == "UncertainLastUsableValue"
-    else:  # until the core carries "uncertain" (CORE_CHANGES.md): bad, named
+    else:  # a core without Reading.uncertain: bad, named
         assert got[1] == "UncertainLastUsableValue (uncertain)"
     await sim.set_value("Temperatures/Spindle", 0.0, status=BAD_SENSOR_FAILURE)
     got = await wait_until(

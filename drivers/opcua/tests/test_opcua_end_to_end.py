@@ -9,9 +9,7 @@ import pytest
 from cellctl_sim.opcua import SimOpcUaServer
 from opcua_testutil import current_values, expected_values, latest_state, mismatches, opcua_device
 
-from cellctl.localbroker import Mosquitto
-from tests.support.cell import running_daemon, write_config
-from tests.support.mqtt import Collector
+from cellctl.testing import Collector, Mosquitto, running_daemon, write_config
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,10 +12,8 @@ import yaml
 from cellctl_sim.opcua import NAMESPACE, SimOpcUaServer
 from opcua_testutil import all_good, current_values, expected_values, latest_state, mismatches, opcua_device
 
-from cellctl.config.profiles import shipped_profile_dir
-from cellctl.localbroker import Mosquitto
-from tests.support.cell import running_daemon, write_config
-from tests.support.mqtt import Collector
+from cellctl.config.profiles import find_profile, search_path
+from cellctl.testing import Collector, Mosquitto, running_daemon, write_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -117,7 +115,7 @@ async def test_a_stalled_server_trips_the_keepalive_watchdog_and_recovers(
 
 
 def _profile_with_missing_node(tmp_path: Path) -> Path:
-    profile = yaml.safe_load((shipped_profile_dir() / "sim-opcua-machine.yaml").read_text())
+    profile = yaml.safe_load((find_profile("sim-opcua-machine", search_path()) or Path("missing")).read_text())
     profile["name"] = "sim-opcua-machine-plus"
     profile["points"].append(
         {

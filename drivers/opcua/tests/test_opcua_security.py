@@ -18,9 +18,7 @@ from click.testing import CliRunner
 from opcua_testutil import all_good, device_ctx, first_readings, latest_state, opcua_device
 
 from cellctl.driver import DeviceUnavailable
-from cellctl.localbroker import Mosquitto
-from tests.support.cell import running_daemon, write_config
-from tests.support.mqtt import Collector
+from cellctl.testing import Collector, Mosquitto, running_daemon, write_config
 
 # One secure server for the module (building one costs over a second); tests that
 # change it make their own.

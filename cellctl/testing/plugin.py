@@ -1,4 +1,6 @@
-"""Shared fixtures: one private mosquitto per test session on a free loopback port."""
+"""The pytest plugin of the test kit, registered through the ``pytest11`` entry point of
+the cellctl distribution: every test directory (the core's, each driver's, a third-party
+driver's) gets these fixtures without conftest imports or `sys.path` edits."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from cellctl.localbroker import Mosquitto
 
 @pytest.fixture(scope="session")
 def broker() -> Iterator[Mosquitto]:
+    """One private mosquitto per test session on a free loopback port, stopped by its PID."""
     with Mosquitto() as b:
         yield b
 
@@ -25,6 +28,6 @@ def broker_fresh() -> Iterator[Mosquitto]:
 
 @pytest.fixture
 def unique(request: pytest.FixtureRequest) -> str:
-    """A topic-safe name unique to this test run."""
+    """A topic-safe name unique to this test run (test name + random suffix)."""
     name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")[:40]
     return f"{name}-{uuid.uuid4().hex[:6]}"

@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from cellctl.config.loader import load_cell
-from cellctl.daemon import Daemon
+if TYPE_CHECKING:
+    from cellctl.daemon import Daemon
 
 
 def write_config(
@@ -23,6 +23,8 @@ def write_config(
     publish: dict[str, Any] | None = None,
     **extra: Any,
 ) -> Path:
+    """Write tmp_path/cell.yaml for a broker on 127.0.0.1:`broker_port` with fast timing;
+    sections passed as keywords replace the defaults."""
     config = {
         "identity": {"enterprise": "test", "site": "lab", "area": "a1", "line": "l1", "cell": cell},
         "state_dir": str(tmp_path / "state"),
@@ -39,6 +41,7 @@ def write_config(
 
 
 def modbus_device(device_id: str, profile: str, port: int, unit: int, **extra: Any) -> dict[str, Any]:
+    """A Modbus TCP device entry with fast timing (50 ms polls), so outages show quickly."""
     return {
         "id": device_id,
         "driver": "modbus",
@@ -51,11 +54,16 @@ def modbus_device(device_id: str, profile: str, port: int, unit: int, **extra: A
 
 
 def root_topic(cell: str) -> str:
+    """The UNS root of a cell written by `write_config`."""
     return f"uns/v1/test/lab/a1/l1/{cell}"
 
 
 @contextlib.asynccontextmanager
 async def running_daemon(config_path: Path) -> AsyncIterator[Daemon]:
+    """The daemon for `config_path`, started (and stopped, bounded) in this event loop."""
+    from cellctl.config.loader import load_cell
+    from cellctl.daemon import Daemon
+
     daemon = Daemon(load_cell(config_path))
     task = asyncio.create_task(daemon.run(install_signal_handlers=False), name="daemon-under-test")
     try:

@@ -58,13 +58,13 @@ class Capture:
             client_id=client_id or f"cap-{uuid.uuid4().hex[:8]}",
             protocol=MQTTProtocolVersion.MQTTv5,
         )
-        self.client.reconnect_delay_set(0.05, 0.2)
+        self.client.reconnect_delay_set(0.05, 0.2)  # type: ignore[arg-type]  # paho takes float seconds
         self.client.max_queued_messages_set(0)
         opts = SubscribeOptions(qos=1, retainAsPublished=True)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, options=opts)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 300  # keep the session across a broker restart
         self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
         self.client.loop_start()

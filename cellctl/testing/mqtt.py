@@ -50,7 +50,7 @@ class Collector:
             clean_session=clean_session,
         )
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.05, 0.2)
+        self.client.reconnect_delay_set(0.05, 0.2)  # type: ignore[arg-type]  # paho takes float seconds
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -115,14 +115,3 @@ class Collector:
         self.client.loop_stop()
         self.client.disconnect()
 
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
-    """Poll a predicate until it holds or the deadline passes (then fail loudly)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.01)
