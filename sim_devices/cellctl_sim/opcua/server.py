@@ -113,14 +113,20 @@ class Security:
 
     The server certificate and key are generated into `cert_dir` (kept across restarts,
     so a client that trusted it keeps trusting it; `regenerate()` makes a new one).
-    `users` maps user name -> password; anonymous logins only with `allow_anonymous`;
-    the unsecured endpoint only with `allow_insecure`.
+    `users` maps user name -> password; anonymous logins when there are no users, or
+    with `allow_anonymous`; the unsecured endpoint only with `allow_insecure`.
     """
 
     cert_dir: Path
     users: Mapping[str, str] = field(default_factory=dict)
     allow_anonymous: bool = False
     allow_insecure: bool = False
+
+    @property
+    def anonymous(self) -> bool:
+        """Whether anonymous logins are accepted: what the endpoints advertise and what
+        the user manager accepts come from this one place, so they cannot disagree."""
+        return self.allow_anonymous or not self.users
 
     @property
     def cert_path(self) -> Path:
@@ -166,7 +172,7 @@ class _UserManager:
         if sec is None:
             return User(role=UserRole.User)
         if username is None:
-            return User(role=UserRole.User) if sec.allow_anonymous else None
+            return User(role=UserRole.User) if sec.anonymous else None
         if sec.users.get(username) == password and password is not None:
             return User(role=UserRole.User, name=username)
         return None
@@ -352,7 +358,7 @@ class SimOpcUaServer:
                 policies.insert(0, ua.SecurityPolicyType.NoSecurity)
             server.set_security_policy(policies)
             tokens: list[type] = [ua.UserNameIdentityToken] if sec.users else []
-            if sec.allow_anonymous or not sec.users:
+            if sec.anonymous:
                 tokens.append(ua.AnonymousIdentityToken)
             server.set_identity_tokens(tokens)
         for n in range(self.namespace_shift):
