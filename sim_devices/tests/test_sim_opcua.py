@@ -232,3 +232,26 @@ async def test_cli_secure_without_user_accepts_the_anonymous_login_it_advertises
         proc.terminate()
         async with asyncio.timeout(15):
             await proc.wait()
+
+
+@in_module_loop
+async def test_strict_client_trust_refuses_an_unknown_certificate_until_it_is_trusted(tmp_path: Path) -> None:
+    security = Security(tmp_path / "server", trust_clients=True)
+    client_dir = tmp_path / "client"
+    async with SimOpcUaServer(auto_tick=False, security=security) as sim:
+        Security(client_dir).ensure_certificate()  # any certificate the server has not seen
+
+        async def connect() -> None:
+            c = Client(sim.url, timeout=5)
+            await c.set_security_string(
+                f"Basic256Sha256,SignAndEncrypt,{client_dir / 'server-cert.der'},{client_dir / 'server-key.pem'}"
+            )
+            async with c:
+                assert await c.get_namespace_index(NAMESPACE) >= 1
+
+        with pytest.raises(Exception):  # noqa: B017, PT011  (asyncua raises a bare AssertionError here)
+            await connect()
+        (parked,) = security.client_trust.rejected_dir.iterdir()
+        assert parked.read_bytes() == (client_dir / "server-cert.der").read_bytes()
+        parked.rename(security.client_trust.trusted_dir / parked.name)
+        await connect()

@@ -20,7 +20,8 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import structlog
@@ -120,6 +121,16 @@ class OpcUaError(Exception):
     def __init__(self, message: str, status: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class _ChannelRefused(Exception):
+    """Opening the secure channel failed: the server answered our OpenSecureChannel
+    (signed with our certificate) with a fault, an error message or a closed socket.
+    asyncua surfaces the first of these as a bare AssertionError."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
 
 
 def _first_cert(der: bytes) -> bytes:
@@ -253,6 +264,7 @@ class OpcUaDevice:
         self._alive_at = time.monotonic()
         self._lost: str | None = None
         self._wake = asyncio.Event()
+        self._own_cert: tuple[Path, str] | None = None  # (path, thumbprint) when secured
         self._may_repeat = any((a.queue_size or self.options.queue_size) > 1 for a in self.addresses)
 
     # -- connect ---------------------------------------------------------------------------
@@ -272,7 +284,8 @@ class OpcUaDevice:
             if conn.username is not None and conn.password_file is not None:
                 client.set_user(conn.username)
                 client.set_password(self._read_password(conn))
-            await client.connect(auto_reconnect=False)
+            with self._channel_phase(client):
+                await client.connect(auto_reconnect=False)
         except DeviceUnavailable:
             await self.close()
             raise
@@ -300,6 +313,28 @@ class OpcUaDevice:
             client.uaclient._add_state_listener(lambda _state: self._wake.set())
         self.log.debug("opcua_connected", endpoint=conn.endpoint, namespaces=len(self.namespaces))
 
+    @contextlib.contextmanager
+    def _channel_phase(self, client: Client) -> Iterator[None]:
+        """While connecting, mark failures of OpenSecureChannel as such: with security,
+        that step is where a server refuses our certificate, and asyncua reports it as
+        an AssertionError or a lost connection that say nothing of the cause."""
+        if not self.connection.secured:
+            yield
+            return
+        original = client.open_secure_channel
+
+        async def open_secure_channel(renew: bool = False) -> None:
+            try:
+                await original(renew)
+            except (AssertionError, ConnectionError, UaStatusCodeError) as exc:
+                raise _ChannelRefused(exc) from exc
+
+        vars(client)["open_secure_channel"] = open_secure_channel
+        try:
+            yield
+        finally:
+            vars(client).pop("open_secure_channel", None)
+
     def _read_password(self, conn: OpcUaConnection) -> str:
         assert conn.password_file is not None
         try:
@@ -319,6 +354,7 @@ class OpcUaDevice:
         except PkiError as exc:
             raise DeviceUnavailable(str(exc)) from None
         client.application_uri = me.uri
+        self._own_cert = (me.cert_path, thumbprint(me.cert_path.read_bytes()))
         policy = POLICIES[conn.policy or "Basic256Sha256"]
         mode = _MODES[conn.security_mode]
         try:
@@ -369,11 +405,17 @@ class OpcUaDevice:
                 hint = " (wrong user name or password?)" if self.connection.username else ""
                 return f"{url} refused {who}: {name}{hint}"
             if name in _CERT_REFUSED:
-                return (
-                    f"{url} refused our client certificate: {name}; trust "
-                    f"{str(self.connection.certificate or self.connection.pki_dir / 'own/cert.der')!r} on the server"
-                )
+                return self._certificate_refused(f"{url} refused our client certificate ({name})", name)
             return f"{url}: {_describe_status(exc.code)}"
+        if isinstance(exc, _ChannelRefused):
+            cause = exc.cause
+            said = status_name(cause.code) if isinstance(cause, UaStatusCodeError) else None
+            how = f"with {said}" if said else "and closed the connection" if isinstance(cause, ConnectionError) else ""
+            return self._certificate_refused(
+                f"{url} refused to open a secure channel {how}".rstrip()
+                + ": it most likely does not trust our client certificate",
+                said,
+            )
         if isinstance(exc, TimeoutError | asyncio.TimeoutError):
             return f"{url}: no answer within {self.timeout:g} s"
         if isinstance(exc, ConnectionRefusedError):
@@ -383,6 +425,29 @@ class OpcUaDevice:
         if isinstance(exc, ConnectionError):
             return f"{url}: connection lost ({exc})"
         return f"{url}: {exc!r}"
+
+    def _certificate_refused(self, headline: str, status: str | None) -> str:
+        """What to do when a server refuses our certificate: where it usually is on the
+        server now, and which file to hand to its administrator. Logged once per
+        device and certificate (a transition, not every retry)."""
+        conn = self.connection
+        path, print_ = self._own_cert or (conn.certificate or conn.pki_dir / "own/cert.der", None)
+        key = (self.id, f"client:{print_ or path}")
+        if key not in _REPORTED_REJECTIONS:
+            _REPORTED_REJECTIONS.add(key)
+            self.log.warning(
+                "opcua_client_certificate_refused",
+                endpoint=conn.endpoint,
+                status=status,
+                certificate=str(path),
+                thumbprint=print_,
+            )
+        which = f"{str(path)!r}" + (f" (thumbprint {print_})" if print_ else "")
+        return (
+            f"{headline}. Servers keep a client certificate they refused in their PKI's rejected "
+            f"folder (often pki/rejected/): ask the server's administrator to move it to trusted, "
+            f"or hand them our certificate {which}"
+        )
 
     def _request_error(self, what: str, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError | asyncio.TimeoutError):

@@ -57,6 +57,10 @@ async def _serve(sim: SimOpcUaServer) -> None:
             line += f" secure cert {sim.security.cert_path}"
         click.echo(line)
         sys.stdout.flush()
+        if sim.security is not None and sim.security.trust_clients:
+            trust = sim.security.client_trust
+            click.echo(f"client certificates: trusted in {trust.trusted_dir}, refused ones saved in "
+                       f"{trust.rejected_dir}", err=True)
         await stop.wait()
         for task in restarts:
             task.cancel()
@@ -77,6 +81,9 @@ async def _serve(sim: SimOpcUaServer) -> None:
 @click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="...with the password in this file.")
 @click.option("--allow-insecure", is_flag=True, help="With --secure: also offer the unsecured endpoint.")
+@click.option("--trust-clients", is_flag=True,
+              help="With --secure: accept only client certificates in CERT_DIR/pki/trusted/; "
+                   "refused ones are saved in CERT_DIR/pki/rejected/.")
 @click.option("--namespace-shift", type=click.IntRange(0, 100), default=0,
               help="Register N other namespaces first, so the machine's index moves.")
 @click.option("--bench", "bench_items", type=click.IntRange(0, 100_000), default=0, metavar="N",
@@ -96,6 +103,7 @@ def opcua(
     user: str | None,
     password_file: Path | None,
     allow_insecure: bool,
+    trust_clients: bool,
     namespace_shift: int,
     bench_items: int,
     bench_rate: float,
@@ -111,15 +119,15 @@ def opcua(
     host, port = _parse_hostport(listen)
     if (user is None) != (password_file is None):
         raise click.UsageError("--user and --password-file go together")
-    if not secure and (user or cert_dir or allow_insecure):
-        raise click.UsageError("--user, --cert-dir and --allow-insecure need --secure")
+    if not secure and (user or cert_dir or allow_insecure or trust_clients):
+        raise click.UsageError("--user, --cert-dir, --allow-insecure and --trust-clients need --secure")
     security: Security | None = None
     if secure:
         users = {user: password_file.read_text(encoding="utf-8").rstrip("\r\n")} if user and password_file else {}
         if cert_dir is not None:
-            security = Security(cert_dir, users=users, allow_insecure=allow_insecure)
+            security = Security(cert_dir, users=users, allow_insecure=allow_insecure, trust_clients=trust_clients)
         else:
-            security = temporary_security(users, allow_insecure=allow_insecure)
+            security = temporary_security(users, allow_insecure=allow_insecure, trust_clients=trust_clients)
     sim = SimOpcUaServer(
         host=host, port=port, tick=tick, seed=seed, security=security,
         namespace_shift=namespace_shift, bench_items=bench_items, bench_rate=bench_rate,

@@ -50,6 +50,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from cellctl_sim.opcua.clienttrust import ClientTrust, guard_secure_channel
 from cellctl_sim.opcua.machine import (
     OVERRIDE_RANGE,
     POINTS,
@@ -115,12 +116,19 @@ class Security:
     so a client that trusted it keeps trusting it; `regenerate()` makes a new one).
     `users` maps user name -> password; anonymous logins when there are no users, or
     with `allow_anonymous`; the unsecured endpoint only with `allow_insecure`.
+    With `trust_clients`, a client certificate must be in ``<cert_dir>/pki/trusted/``
+    (a refused one is parked in ``pki/rejected/``); otherwise any is accepted.
     """
 
     cert_dir: Path
     users: Mapping[str, str] = field(default_factory=dict)
     allow_anonymous: bool = False
     allow_insecure: bool = False
+    trust_clients: bool = False
+
+    @property
+    def client_trust(self) -> ClientTrust:
+        return ClientTrust(self.cert_dir / "pki")
 
     @property
     def anonymous(self) -> bool:
@@ -180,7 +188,8 @@ class _UserManager:
 
 class _Transports(list[Any]):
     """asyncua appends each new connection's transport here; while stalled, a new
-    connection is accepted but never read (a hung server, not a refusing one)."""
+    connection is accepted but never read (a hung server, not a refusing one). With
+    strict client trust, each connection refuses untrusted client certificates."""
 
     def __init__(self, sim: SimOpcUaServer) -> None:
         super().__init__()
@@ -188,6 +197,9 @@ class _Transports(list[Any]):
 
     def append(self, transport: Any) -> None:
         super().append(transport)
+        security = self.sim.security
+        if security is not None and security.trust_clients:
+            guard_secure_channel(transport, security.client_trust)
         if self.sim.stalled:
             transport.pause_reading()
 
@@ -351,6 +363,8 @@ class SimOpcUaServer:
             server.set_identity_tokens([ua.AnonymousIdentityToken])
         else:
             sec.ensure_certificate(hostname=self.host)
+            if sec.trust_clients:
+                sec.client_trust.ensure_dirs()
             await server.load_certificate(str(sec.cert_path))
             await server.load_private_key(str(sec.key_path))
             policies = list(ALL_POLICIES)
