@@ -31,10 +31,10 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.crypto import security_policies
 from asyncua.ua import status_codes
 from asyncua.ua.attribute_ids import AttributeIds
-from asyncua.ua.uaerrors import UaStatusCodeError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from pydantic import BaseModel
 
-from cellctl.driver import DeviceContext, DeviceUnavailable, PointSpec, Reading
+from cellctl.driver import DeviceContext, DeviceUnavailable, PointSpec, Reading, WriteRejected
 from cellctl_opcua.browse import builtin_of
 from cellctl_opcua.config import (
     DataChangeTrigger,
@@ -98,6 +98,28 @@ _CERT_REFUSED: Final = frozenset(
         "BadSecurityPolicyRejected",
     }
 )
+# Status codes that say the session or the link is gone, not that the request was wrong:
+# a write or call answered with one of these is DeviceUnavailable, not a refusal.
+_SESSION_GONE: Final = frozenset(
+    {
+        "BadSessionIdInvalid",
+        "BadSessionClosed",
+        "BadSessionNotActivated",
+        "BadSecureChannelIdInvalid",
+        "BadSecureChannelClosed",
+        "BadSecureChannelTokenUnknown",
+        "BadTcpSecureChannelUnknown",
+        "BadConnectionClosed",
+        "BadNotConnected",
+        "BadServerNotConnected",
+        "BadDisconnect",
+        "BadServerHalted",
+        "BadShutdown",
+        "BadTimeout",
+        "BadRequestTimeout",
+        "BadCommunicationError",
+    }
+)
 # Readings need an `uncertain` field in the core to carry OPC UA's Uncertain severity
 # (see CORE_CHANGES.md); until then an uncertain value is reported bad with its name.
 _REPORTED_REJECTIONS: set[tuple[str, str]] = set()  # (device, thumbprint) already logged
@@ -115,11 +137,17 @@ def _describe_status(code: int) -> str:
     return f"{name} ({doc.rstrip('.').lower()})" if doc and not doc.startswith("Unknown") else name
 
 
-class OpcUaError(Exception):
-    """A request the server refused; `status` is the status name (e.g. BadTypeMismatch)."""
+class OpcUaError(WriteRejected):
+    """A write or method call the server refused, or a point that cannot be written.
+
+    A `WriteRejected`, so the command path counts it and the device stays online:
+    `reason` (and `status`) is the status name when the server gave one (e.g.
+    BadOutOfRange), str() the full message naming device, point and value.
+    """
 
     def __init__(self, message: str, status: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(status or message)
+        self.args = (message,)
         self.status = status
 
 
@@ -838,8 +866,8 @@ class OpcUaDevice:
         """Write one raw value to point `index`, converted to its node's data type first.
 
         ValueError (nothing sent) for a read-only point or a value the data type cannot
-        hold; OpcUaError when the server refuses (e.g. BadOutOfRange); DeviceUnavailable
-        when the connection is gone.
+        hold; OpcUaError, a `WriteRejected` whose reason is the status name, when the
+        server refuses (e.g. BadOutOfRange); DeviceUnavailable when the session is gone.
         """
         client = self._need_client()
         k = self._by_index.get(index)
@@ -872,17 +900,28 @@ class OpcUaDevice:
         except (TimeoutError, ConnectionError, OSError) as exc:
             raise DeviceUnavailable(self._request_error(f"writing {spec.id!r}", exc)) from None
         except UaStatusCodeError as exc:
-            raise OpcUaError(f"{what}: write refused: {status_name(exc.code)}", status_name(exc.code)) from None
+            raise self._refusal(exc, f"writing {spec.id!r}", f"{what}: write of {raw_value!r} refused") from None
+        except UaError as exc:  # asyncua's own "not connected" family: the session is gone
+            raise DeviceUnavailable(self._request_error(f"writing {spec.id!r}", exc)) from None
         code = results[0].value
         if code & _BAD_BIT:
             raise OpcUaError(f"{what}: write of {raw_value!r} refused: {_describe_status(code)}", status_name(code))
+
+    def _refusal(self, exc: UaStatusCodeError, doing: str, what: str) -> DeviceUnavailable | OpcUaError:
+        """A service-level Bad status: the session is gone (DeviceUnavailable), or the
+        server refused this one request (OpcUaError, a WriteRejected)."""
+        name = status_name(exc.code)
+        if name in _SESSION_GONE:
+            return DeviceUnavailable(f"{doing}: {_describe_status(exc.code)}")
+        return OpcUaError(f"{what}: {_describe_status(exc.code)}", name)
 
     # -- methods ---------------------------------------------------------------------------
 
     async def call(self, address: BaseModel | dict[str, Any], args: Sequence[Any]) -> list[Any]:
         """Call a method with arguments converted to its declared input types; returns
         the output arguments. ValueError for arguments that do not fit (nothing sent),
-        OpcUaError when the server refuses the call."""
+        OpcUaError (a `WriteRejected`) when the server refuses the call, DeviceUnavailable
+        when the session is gone."""
         client = self._need_client()
         method: MethodAddress = (
             MethodAddress.model_validate(address) if isinstance(address, dict) else _model(address, MethodAddress)
@@ -904,7 +943,9 @@ class OpcUaDevice:
         except (TimeoutError, ConnectionError, OSError) as exc:
             raise DeviceUnavailable(self._request_error(f"calling {method.describe()}", exc)) from None
         except UaStatusCodeError as exc:
-            raise OpcUaError(f"{what}: call refused: {status_name(exc.code)}", status_name(exc.code)) from None
+            raise self._refusal(exc, f"calling {method.describe()}", f"{what}: call refused") from None
+        except UaError as exc:
+            raise DeviceUnavailable(self._request_error(f"calling {method.describe()}", exc)) from None
         result = results[0]
         code = result.StatusCode.value
         if code & _BAD_BIT:

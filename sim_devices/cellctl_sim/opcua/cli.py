@@ -24,6 +24,17 @@ import click
 from cellctl_sim.opcua.server import MIN_TICK, NAMESPACE, Security, SimOpcUaServer, temporary_security
 
 
+def _parse_range(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, float]:
+    low, sep, high = value.partition(":")
+    try:
+        bounds = (float(low), float(high))
+    except ValueError:
+        bounds = (1.0, 0.0)
+    if not sep or not bounds[0] <= bounds[1]:
+        raise click.BadParameter(f"{value!r} is not LOW:HIGH with LOW <= HIGH")
+    return bounds
+
+
 def _parse_hostport(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -84,6 +95,8 @@ async def _serve(sim: SimOpcUaServer) -> None:
 @click.option("--trust-clients", is_flag=True,
               help="With --secure: accept only client certificates in CERT_DIR/pki/trusted/; "
                    "refused ones are saved in CERT_DIR/pki/rejected/.")
+@click.option("--setpoint-range", default="0:1000", show_default=True, metavar="LOW:HIGH", callback=_parse_range,
+              help="What Process/Setpoint accepts (its EURange); other writes get BadOutOfRange.")
 @click.option("--namespace-shift", type=click.IntRange(0, 100), default=0,
               help="Register N other namespaces first, so the machine's index moves.")
 @click.option("--bench", "bench_items", type=click.IntRange(0, 100_000), default=0, metavar="N",
@@ -104,6 +117,7 @@ def opcua(
     password_file: Path | None,
     allow_insecure: bool,
     trust_clients: bool,
+    setpoint_range: tuple[float, float],
     namespace_shift: int,
     bench_items: int,
     bench_rate: float,
@@ -131,7 +145,7 @@ def opcua(
     sim = SimOpcUaServer(
         host=host, port=port, tick=tick, seed=seed, security=security,
         namespace_shift=namespace_shift, bench_items=bench_items, bench_rate=bench_rate,
-        bench_jitter=bench_jitter,
+        bench_jitter=bench_jitter, setpoint_range=setpoint_range,
     )
     try:
         asyncio.run(_serve(sim))
