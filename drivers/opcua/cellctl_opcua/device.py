@@ -20,6 +20,7 @@ import dataclasses
 import logging
 import math
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -179,12 +180,22 @@ def _model(value: BaseModel, model: type[Any]) -> Any:
     return model.model_validate(value.model_dump())
 
 
+_asyncua_level_set: int | None = None  # the level quiet_asyncua() last gave "asyncua"
+
+
 def quiet_asyncua() -> None:
     """asyncua logs every lost connection as a warning with a traceback; the device
-    task reports the same once, as a transition. Keep it quiet unless debugging."""
+    task reports the same once, as a transition: keep it quiet unless debugging. When
+    debugging, keep its INFO (connects, channels, sessions) but not its DEBUG, which
+    traces every request and response (about 30 lines a second per subscribed device;
+    142 of 152 lines of a debug log). A level someone else set on "asyncua" (to trace
+    the wire: ``logging.getLogger("asyncua").setLevel(logging.DEBUG)``) is kept."""
+    global _asyncua_level_set
     logger = logging.getLogger("asyncua")
-    if logger.level == logging.NOTSET and logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logger.setLevel(logging.CRITICAL)
+    if logger.level in (logging.NOTSET, _asyncua_level_set):
+        debugging = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+        _asyncua_level_set = logging.INFO if debugging else logging.CRITICAL
+        logger.setLevel(_asyncua_level_set)
     if not any(isinstance(f, _RedactCredentials) for f in logging.getLogger("asyncua.client").filters):
         redact = _RedactCredentials()
         for name in ("asyncua.client", "asyncua.client.ua_client", "asyncua.client.ua_client.UASocketProtocol"):
@@ -665,7 +676,10 @@ class OpcUaDevice:
                     code = notification.Status.value
                     self._lose(f"subscription ended by the server: {status_name(code)}")
         except Exception as exc:  # never let a bug vanish into asyncua's log
-            self.log.exception("opcua_notification_error", error=repr(exc))
+            # One JSON-friendly line with where it happened, no multi-line traceback.
+            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            at = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}" if frame else None
+            self.log.error("opcua_notification_error", error=repr(exc), at=at)  # noqa: TRY400
             self._lose(f"internal error handling a notification: {exc!r}")
 
     def _deliver(self, pairs: Sequence[tuple[int, ua.DataValue]]) -> None:
