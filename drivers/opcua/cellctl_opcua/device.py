@@ -121,10 +121,7 @@ _SESSION_GONE: Final = frozenset(
         "BadCommunicationError",
     }
 )
-# Readings need an `uncertain` field in the core to carry OPC UA's Uncertain severity
-# (see CORE_CHANGES.md); until then an uncertain value is reported bad with its name.
 _REPORTED_REJECTIONS: set[tuple[str, str]] = set()  # (device, thumbprint) already logged
-_READING_HAS_UNCERTAIN: Final = "uncertain" in {f.name for f in dataclasses.fields(Reading)}
 
 
 def status_name(code: int) -> str:
@@ -720,11 +717,10 @@ class OpcUaDevice:
             code = status.value if status is not None else 0
             ts = dv.SourceTimestamp
             if code & _GOOD_MASK:
-                if code & _BAD_BIT or not _READING_HAS_UNCERTAIN:
+                if code & _BAD_BIT:  # Bad (and the reserved 0b11 severity): no value
                     if errors is None:
                         errors = {}
-                    name = status_name(code)
-                    errors[i] = name if code & _BAD_BIT else f"{name} (uncertain)"
+                    errors[i] = status_name(code)
                     values.append(None)
                     indexes.append(i)
                     stamps.append(ts.timestamp() if ts is not None else None)
