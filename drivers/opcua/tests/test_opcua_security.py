@@ -240,3 +240,24 @@ async def test_a_server_that_does_not_trust_our_certificate_is_named_as_the_caus
         parked.rename(security.client_trust.trusted_dir / parked.name)  # the administrator trusts it
         async with plugin.open(ctx) as device:
             await first_readings(device)
+
+
+async def test_the_daemon_publishes_that_the_server_refused_our_certificate(
+    pki: TrustStore, collector: Collector, broker: Mosquitto, unique: str, tmp_path: Path
+) -> None:
+    security = Security(tmp_path / "server", trust_clients=True)
+    async with SimOpcUaServer(auto_tick=False, security=security) as sim:
+        trust_server(pki, sim)
+        connection = {"security_mode": "Sign", "pki_dir": str(pki.root)}
+        config = write_config(tmp_path, broker.port, [opcua_device("press", sim.url, connection=connection)], cell=unique)
+        async with running_daemon(config):
+            state = await collector.until(
+                lambda _m: (s := latest_state(collector, "press")) and "refused" in (s["reason"] or "") and s,
+                what="the refusal in the retained state",
+            )
+            assert state["available"] is False
+            assert "does not trust our client certificate" in state["reason"]
+            assert str(pki.identity().cert_path) in state["reason"]
+            (parked,) = security.client_trust.rejected_dir.iterdir()
+            parked.rename(security.client_trust.trusted_dir / parked.name)
+            await collector.until(lambda _m: all_good(collector, "press"), timeout=30, what="connected once trusted")
