@@ -46,7 +46,7 @@ from cellctl_opcua.config import (
     OpcUaOptions,
 )
 from cellctl_opcua.nodeid import NodeRef
-from cellctl_opcua.pki import PkiError, TrustStore, thumbprint
+from cellctl_opcua.pki import PkiError, TrustStore, der_of, thumbprint
 from cellctl_opcua.uahelp import as_node_id, forward_hierarchical, node_id
 from cellctl_opcua.values import ACCEPTED, Builtin, Unconvertible, code_only, received, to_builtin
 
@@ -390,7 +390,7 @@ class OpcUaDevice:
         except PkiError as exc:
             raise DeviceUnavailable(str(exc)) from None
         client.application_uri = me.uri
-        self._own_cert = (me.cert_path, thumbprint(me.cert_path.read_bytes()))
+        self._own_cert = (me.cert_path, thumbprint(der_of(me.cert)))
         policy = POLICIES[conn.policy or "Basic256Sha256"]
         mode = _MODES[conn.security_mode]
         try:
@@ -445,7 +445,10 @@ class OpcUaDevice:
             return f"{url}: {_describe_status(exc.code)}"
         if isinstance(exc, _ChannelRefused):
             cause = exc.cause
-            said = status_name(cause.code) if isinstance(cause, UaStatusCodeError) else None
+            code = cause.code if isinstance(cause, UaStatusCodeError) else None
+            said = status_name(code) if code is not None else None
+            if code is not None and said not in _CERT_REFUSED:  # a reason that is not about trust
+                return f"{url}: opening the secure channel: {_describe_status(code)}"
             how = f"with {said}" if said else "and closed the connection" if isinstance(cause, ConnectionError) else ""
             return self._certificate_refused(
                 f"{url} refused to open a secure channel {how}".rstrip()

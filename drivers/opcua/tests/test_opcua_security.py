@@ -17,6 +17,7 @@ import structlog
 from cellctl_opcua.pki import TrustStore
 from cellctl_opcua.plugin import plugin
 from cellctl_sim.opcua import Security, SimOpcUaServer
+from cellctl_sim.opcua.clienttrust import Refusal
 from click.testing import CliRunner
 from opcua_testutil import all_good, device_ctx, first_readings, latest_state, opcua_device
 
@@ -196,14 +197,15 @@ async def test_sign_and_encrypt_end_to_end_and_a_wrong_password_in_the_device_st
     assert "BadUserAccessDenied" in state["reason"]
 
 
+@pytest.mark.parametrize(("refusal", "said"), [("service_fault", ""), ("error_message", " with BadSecurityChecksFailed")])
 async def test_a_server_that_does_not_trust_our_certificate_is_named_as_the_cause(
-    pki: TrustStore, tmp_path: Path
+    pki: TrustStore, tmp_path: Path, refusal: Refusal, said: str
 ) -> None:
     """A strict server answers OpenSecureChannel with a fault (asyncua then raised a bare
-    AssertionError): the daemon's reason and `browse` say the server refused our
-    certificate, where servers park it, and which file to hand over; once the server
-    trusts it, the same device connects."""
-    security = Security(tmp_path / "server", trust_clients=True)
+    AssertionError) or an error message: the daemon's reason and `browse` say the server
+    refused our certificate, where servers park it, and which file to hand over; once
+    the server trusts it, the same device connects."""
+    security = Security(tmp_path / "server", trust_clients=True, refusal=refusal)
     async with SimOpcUaServer(auto_tick=False, security=security) as sim:
         trust_server(pki, sim)
         ctx = device_ctx(sim.url, connection={"security_mode": "SignAndEncrypt", "pki_dir": str(pki.root)})
@@ -217,7 +219,7 @@ async def test_a_server_that_does_not_trust_our_certificate_is_named_as_the_caus
         assert parked.read_bytes() == ours.read_bytes()
         reason = refused.value.reason
         assert "AssertionError" not in reason
-        assert "does not trust our client certificate" in reason
+        assert f"refused to open a secure channel{said}: it most likely does not trust our client certificate" in reason
         assert "pki/rejected/" in reason
         assert f"our certificate {str(ours)!r} (thumbprint {parked.stem})" in reason
         (event,) = [e for e in logs if e["event"] == "opcua_client_certificate_refused"]

@@ -3,8 +3,9 @@
 asyncua's server accepts any client certificate on OpenSecureChannel. Plant servers
 (and the UA reference stacks) refuse one they do not trust: they answer the
 OpenSecureChannel request with a ServiceFault ``BadSecurityChecksFailed`` (a client
-cannot tell *why* from it, on purpose), close the connection, and park the certificate
-in their PKI's ``rejected/`` folder until an administrator moves it to ``trusted/``.
+cannot tell *why* from it, on purpose), or with a transport-level error message (ERR),
+close the connection, and park the certificate in their PKI's ``rejected/`` folder
+until an administrator moves it to ``trusted/``.
 This module reproduces exactly that, so the driver's handling of it is tested against
 the real wire behaviour.
 
@@ -18,15 +19,18 @@ import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, Literal, cast
 
 from asyncua import ua as _ua
 from asyncua.crypto.uacrypto import x509_from_der
-from asyncua.ua.ua_binary import struct_from_binary
+from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 log = logging.getLogger("cellctl_sim.opcua")
+
+Refusal = Literal["service_fault", "error_message"]
+REFUSALS: Final[tuple[Refusal, ...]] = ("service_fault", "error_message")
 ua: Any = _ua  # asyncua's int-subclass annotations do not suit mypy; used untyped
 # The first certificate of a DER chain (clients may send theirs with its issuers).
 first_cert = cast(Callable[[bytes], x509.Certificate | None], x509_from_der)
@@ -40,8 +44,9 @@ class ClientTrust:
     takes effect without a restart.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, refusal: Refusal = "service_fault") -> None:
         self.root = root
+        self.refusal = refusal
 
     @property
     def trusted_dir(self) -> Path:
@@ -99,12 +104,17 @@ def guard_secure_channel(transport: Any, trust: ClientTrust) -> None:
             return
         parked = trust.park(der)
         log.warning("refused an untrusted client certificate, saved to %s", parked)
+        status = ua.StatusCode(ua.StatusCodes.BadSecurityChecksFailed)
+        if trust.refusal == "error_message":
+            transport.write(uatcp_to_binary(ua.MessageType.Error, ua.ErrorMessage(status, "untrusted certificate")))
+            transport.close()
+            return
         request = struct_from_binary(ua.OpenSecureChannelRequest, body)
         # The fault still travels in an asymmetric (OpenSecureChannel) message: pick the
         # policy so it can be signed and encrypted for the client, as a real server does.
         processor._connection.select_policy(algohdr.SecurityPolicyURI, sent, request.Parameters.SecurityMode)
         fault = ua.ServiceFault()
-        fault.ResponseHeader.ServiceResult = ua.StatusCode(ua.StatusCodes.BadSecurityChecksFailed)
+        fault.ResponseHeader.ServiceResult = status
         processor.send_response(request.RequestHeader.RequestHandle, seqhdr, fault, ua.MessageType.SecureOpen)
         transport.close()
 

@@ -52,7 +52,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from cellctl_sim.opcua.clienttrust import ClientTrust, guard_secure_channel
+from cellctl_sim.opcua.clienttrust import ClientTrust, Refusal, guard_secure_channel
 from cellctl_sim.opcua.machine import (
     OVERRIDE_RANGE,
     POINTS,
@@ -118,7 +118,8 @@ class Security:
     `users` maps user name -> password; anonymous logins when there are no users, or
     with `allow_anonymous`; the unsecured endpoint only with `allow_insecure`.
     With `trust_clients`, a client certificate must be in ``<cert_dir>/pki/trusted/``
-    (a refused one is parked in ``pki/rejected/``); otherwise any is accepted.
+    (a refused one is parked in ``pki/rejected/`` and answered as `refusal` says);
+    otherwise any is accepted.
     """
 
     cert_dir: Path
@@ -126,10 +127,11 @@ class Security:
     allow_anonymous: bool = False
     allow_insecure: bool = False
     trust_clients: bool = False
+    refusal: Refusal = "service_fault"
 
     @property
     def client_trust(self) -> ClientTrust:
-        return ClientTrust(self.cert_dir / "pki")
+        return ClientTrust(self.cert_dir / "pki", self.refusal)
 
     @property
     def anonymous(self) -> bool:
