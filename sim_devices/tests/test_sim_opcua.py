@@ -206,13 +206,15 @@ async def test_cli_serves_restarts_on_sighup_and_exits_on_sigterm() -> None:
 
 
 @in_module_loop
-async def test_cli_secure_without_user_accepts_the_anonymous_login_it_advertises(tmp_path: Path) -> None:
+async def test_cli_secure_without_user_accepts_the_anonymous_login_it_advertises() -> None:
     """`sim opcua --secure` without --user advertises anonymous logins: a real client
-    that takes the offer over SignAndEncrypt gets a session (it got BadUserAccessDenied)."""
+    that takes the offer over SignAndEncrypt gets a session (it got BadUserAccessDenied).
+    Without --cert-dir, the certificate's temporary directory is gone after exit."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cellctl_sim.opcua", "--listen", "127.0.0.1:0", "--secure", "--cert-dir", str(tmp_path),
+        sys.executable, "-m", "cellctl_sim.opcua", "--listen", "127.0.0.1:0", "--secure",
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+    cert: Path | None = None
     try:
         assert proc.stdout is not None
         async with asyncio.timeout(30):
@@ -232,6 +234,9 @@ async def test_cli_secure_without_user_accepts_the_anonymous_login_it_advertises
         proc.terminate()
         async with asyncio.timeout(15):
             await proc.wait()
+    assert proc.returncode == 0
+    assert cert is not None
+    assert not cert.parent.exists()
 
 
 @in_module_loop

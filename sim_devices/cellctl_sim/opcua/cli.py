@@ -14,14 +14,16 @@ nothing is answered).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 
-from cellctl_sim.opcua.server import MIN_TICK, NAMESPACE, Security, SimOpcUaServer, temporary_security
+from cellctl_sim.opcua.server import MIN_TICK, NAMESPACE, Security, SimOpcUaServer
 
 
 def _parse_range(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, float]:
@@ -87,7 +89,8 @@ async def _serve(sim: SimOpcUaServer) -> None:
 @click.option("--seed", type=int, default=None, help="Seed for a reproducible machine.")
 @click.option("--secure", is_flag=True, help="Serve Sign/SignAndEncrypt endpoints with a generated certificate.")
 @click.option("--cert-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="With --secure: where the server certificate lives (kept across runs); default a temp dir.")
+              help="With --secure: where the server certificate lives (kept across runs); "
+                   "default a temporary directory removed at exit.")
 @click.option("--user", "user", default=None, help="With --secure: require this user name...")
 @click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="...with the password in this file.")
@@ -135,19 +138,19 @@ def opcua(
         raise click.UsageError("--user and --password-file go together")
     if not secure and (user or cert_dir or allow_insecure or trust_clients):
         raise click.UsageError("--user, --cert-dir, --allow-insecure and --trust-clients need --secure")
-    security: Security | None = None
-    if secure:
-        users = {user: password_file.read_text(encoding="utf-8").rstrip("\r\n")} if user and password_file else {}
-        if cert_dir is not None:
+    with contextlib.ExitStack() as cleanup:
+        security: Security | None = None
+        if secure:
+            users = {user: password_file.read_text(encoding="utf-8").rstrip("\r\n")} if user and password_file else {}
+            if cert_dir is None:  # a certificate for this run only, removed at exit
+                cert_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="cellctl-sim-opcua-")))
             security = Security(cert_dir, users=users, allow_insecure=allow_insecure, trust_clients=trust_clients)
-        else:
-            security = temporary_security(users, allow_insecure=allow_insecure, trust_clients=trust_clients)
-    sim = SimOpcUaServer(
-        host=host, port=port, tick=tick, seed=seed, security=security,
-        namespace_shift=namespace_shift, bench_items=bench_items, bench_rate=bench_rate,
-        bench_jitter=bench_jitter, setpoint_range=setpoint_range,
-    )
-    try:
-        asyncio.run(_serve(sim))
-    except OSError as exc:
-        raise click.ClickException(str(exc)) from exc
+        sim = SimOpcUaServer(
+            host=host, port=port, tick=tick, seed=seed, security=security,
+            namespace_shift=namespace_shift, bench_items=bench_items, bench_rate=bench_rate,
+            bench_jitter=bench_jitter, setpoint_range=setpoint_range,
+        )
+        try:
+            asyncio.run(_serve(sim))
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from exc
