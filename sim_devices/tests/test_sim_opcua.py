@@ -203,3 +203,60 @@ async def test_cli_serves_restarts_on_sighup_and_exits_on_sigterm() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@in_module_loop
+async def test_cli_secure_without_user_accepts_the_anonymous_login_it_advertises() -> None:
+    """`sim opcua --secure` without --user advertises anonymous logins: a real client
+    that takes the offer over SignAndEncrypt gets a session (it got BadUserAccessDenied).
+    Without --cert-dir, the certificate's temporary directory is gone after exit."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cellctl_sim.opcua", "--listen", "127.0.0.1:0", "--secure",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    cert: Path | None = None
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            line = (await proc.stdout.readline()).decode()
+        url, cert = line.split()[1], Path(line.split()[-1])
+        probe = Client(url, timeout=5)
+        endpoints = await probe.connect_and_get_server_endpoints()
+        secured = [e for e in endpoints if e.SecurityMode == ua.MessageSecurityMode.SignAndEncrypt]
+        assert secured
+        for e in secured:
+            assert ua.UserTokenType.Anonymous in {t.TokenType for t in e.UserIdentityTokens}
+        c = Client(url, timeout=5)
+        await c.set_security_string(f"Basic256Sha256,SignAndEncrypt,{cert},{cert.parent / 'server-key.pem'}")
+        async with c:
+            assert await c.get_namespace_index(NAMESPACE) >= 1
+    finally:
+        proc.terminate()
+        async with asyncio.timeout(15):
+            await proc.wait()
+    assert proc.returncode == 0
+    assert cert is not None
+    assert not cert.parent.exists()
+
+
+@in_module_loop
+async def test_strict_client_trust_refuses_an_unknown_certificate_until_it_is_trusted(tmp_path: Path) -> None:
+    security = Security(tmp_path / "server", trust_clients=True)
+    client_dir = tmp_path / "client"
+    async with SimOpcUaServer(auto_tick=False, security=security) as sim:
+        Security(client_dir).ensure_certificate()  # any certificate the server has not seen
+
+        async def connect() -> None:
+            c = Client(sim.url, timeout=5)
+            await c.set_security_string(
+                f"Basic256Sha256,SignAndEncrypt,{client_dir / 'server-cert.der'},{client_dir / 'server-key.pem'}"
+            )
+            async with c:
+                assert await c.get_namespace_index(NAMESPACE) >= 1
+
+        with pytest.raises(Exception):  # noqa: B017, PT011  (asyncua raises a bare AssertionError here)
+            await connect()
+        (parked,) = security.client_trust.rejected_dir.iterdir()
+        assert parked.read_bytes() == (client_dir / "server-cert.der").read_bytes()
+        parked.rename(security.client_trust.trusted_dir / parked.name)
+        await connect()

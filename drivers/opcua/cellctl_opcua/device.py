@@ -20,7 +20,9 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import structlog
@@ -30,10 +32,10 @@ from asyncua.client.ua_client import UaClientState
 from asyncua.crypto import security_policies
 from asyncua.ua import status_codes
 from asyncua.ua.attribute_ids import AttributeIds
-from asyncua.ua.uaerrors import UaStatusCodeError
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from pydantic import BaseModel
 
-from cellctl.driver import DeviceContext, DeviceUnavailable, PointSpec, Reading
+from cellctl.driver import DeviceContext, DeviceUnavailable, PointSpec, Reading, WriteRejected
 from cellctl_opcua.browse import builtin_of
 from cellctl_opcua.config import (
     DataChangeTrigger,
@@ -44,7 +46,7 @@ from cellctl_opcua.config import (
     OpcUaOptions,
 )
 from cellctl_opcua.nodeid import NodeRef
-from cellctl_opcua.pki import PkiError, TrustStore, thumbprint
+from cellctl_opcua.pki import PkiError, TrustStore, der_of, thumbprint
 from cellctl_opcua.uahelp import as_node_id, forward_hierarchical, node_id
 from cellctl_opcua.values import ACCEPTED, Builtin, Unconvertible, code_only, received, to_builtin
 
@@ -97,10 +99,29 @@ _CERT_REFUSED: Final = frozenset(
         "BadSecurityPolicyRejected",
     }
 )
-# `Reading.uncertain` carries OPC UA's Uncertain severity; with an older core that lacks
-# the field an uncertain value is reported bad with its name.
+# Status codes that say the session or the link is gone, not that the request was wrong:
+# a write or call answered with one of these is DeviceUnavailable, not a refusal.
+_SESSION_GONE: Final = frozenset(
+    {
+        "BadSessionIdInvalid",
+        "BadSessionClosed",
+        "BadSessionNotActivated",
+        "BadSecureChannelIdInvalid",
+        "BadSecureChannelClosed",
+        "BadSecureChannelTokenUnknown",
+        "BadTcpSecureChannelUnknown",
+        "BadConnectionClosed",
+        "BadNotConnected",
+        "BadServerNotConnected",
+        "BadDisconnect",
+        "BadServerHalted",
+        "BadShutdown",
+        "BadTimeout",
+        "BadRequestTimeout",
+        "BadCommunicationError",
+    }
+)
 _REPORTED_REJECTIONS: set[tuple[str, str]] = set()  # (device, thumbprint) already logged
-_READING_HAS_UNCERTAIN: Final = "uncertain" in {f.name for f in dataclasses.fields(Reading)}
 
 
 def status_name(code: int) -> str:
@@ -114,12 +135,28 @@ def _describe_status(code: int) -> str:
     return f"{name} ({doc.rstrip('.').lower()})" if doc and not doc.startswith("Unknown") else name
 
 
-class OpcUaError(Exception):
-    """A request the server refused; `status` is the status name (e.g. BadTypeMismatch)."""
+class OpcUaError(WriteRejected):
+    """A write or method call the server refused, or a point that cannot be written.
+
+    A `WriteRejected`, so the command path counts it and the device stays online:
+    `reason` (and `status`) is the status name when the server gave one (e.g.
+    BadOutOfRange), str() the full message naming device, point and value.
+    """
 
     def __init__(self, message: str, status: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(status or message)
+        self.args = (message,)
         self.status = status
+
+
+class _ChannelRefused(Exception):
+    """Opening the secure channel failed: the server answered our OpenSecureChannel
+    (signed with our certificate) with a fault, an error message or a closed socket.
+    asyncua surfaces the first of these as a bare AssertionError."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
 
 
 def _first_cert(der: bytes) -> bytes:
@@ -140,12 +177,22 @@ def _model(value: BaseModel, model: type[Any]) -> Any:
     return model.model_validate(value.model_dump())
 
 
+_asyncua_level_set: int | None = None  # the level quiet_asyncua() last gave "asyncua"
+
+
 def quiet_asyncua() -> None:
     """asyncua logs every lost connection as a warning with a traceback; the device
-    task reports the same once, as a transition. Keep it quiet unless debugging."""
+    task reports the same once, as a transition: keep it quiet unless debugging. When
+    debugging, keep its INFO (connects, channels, sessions) but not its DEBUG, which
+    traces every request and response (about 30 lines a second per subscribed device;
+    142 of 152 lines of a debug log). A level someone else set on "asyncua" (to trace
+    the wire: ``logging.getLogger("asyncua").setLevel(logging.DEBUG)``) is kept."""
+    global _asyncua_level_set
     logger = logging.getLogger("asyncua")
-    if logger.level == logging.NOTSET and logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        logger.setLevel(logging.CRITICAL)
+    if logger.level in (logging.NOTSET, _asyncua_level_set):
+        debugging = logging.getLogger().getEffectiveLevel() <= logging.DEBUG
+        _asyncua_level_set = logging.INFO if debugging else logging.CRITICAL
+        logger.setLevel(_asyncua_level_set)
     if not any(isinstance(f, _RedactCredentials) for f in logging.getLogger("asyncua.client").filters):
         redact = _RedactCredentials()
         for name in ("asyncua.client", "asyncua.client.ua_client", "asyncua.client.ua_client.UASocketProtocol"):
@@ -253,6 +300,7 @@ class OpcUaDevice:
         self._alive_at = time.monotonic()
         self._lost: str | None = None
         self._wake = asyncio.Event()
+        self._own_cert: tuple[Path, str] | None = None  # (path, thumbprint) when secured
         self._may_repeat = any((a.queue_size or self.options.queue_size) > 1 for a in self.addresses)
 
     # -- connect ---------------------------------------------------------------------------
@@ -272,7 +320,8 @@ class OpcUaDevice:
             if conn.username is not None and conn.password_file is not None:
                 client.set_user(conn.username)
                 client.set_password(self._read_password(conn))
-            await client.connect(auto_reconnect=False)
+            with self._channel_phase(client):
+                await client.connect(auto_reconnect=False)
         except DeviceUnavailable:
             await self.close()
             raise
@@ -300,6 +349,28 @@ class OpcUaDevice:
             client.uaclient._add_state_listener(lambda _state: self._wake.set())
         self.log.debug("opcua_connected", endpoint=conn.endpoint, namespaces=len(self.namespaces))
 
+    @contextlib.contextmanager
+    def _channel_phase(self, client: Client) -> Iterator[None]:
+        """While connecting, mark failures of OpenSecureChannel as such: with security,
+        that step is where a server refuses our certificate, and asyncua reports it as
+        an AssertionError or a lost connection that say nothing of the cause."""
+        if not self.connection.secured:
+            yield
+            return
+        original = client.open_secure_channel
+
+        async def open_secure_channel(renew: bool = False) -> None:
+            try:
+                await original(renew)
+            except (AssertionError, ConnectionError, UaStatusCodeError) as exc:
+                raise _ChannelRefused(exc) from exc
+
+        vars(client)["open_secure_channel"] = open_secure_channel
+        try:
+            yield
+        finally:
+            vars(client).pop("open_secure_channel", None)
+
     def _read_password(self, conn: OpcUaConnection) -> str:
         assert conn.password_file is not None
         try:
@@ -319,6 +390,7 @@ class OpcUaDevice:
         except PkiError as exc:
             raise DeviceUnavailable(str(exc)) from None
         client.application_uri = me.uri
+        self._own_cert = (me.cert_path, thumbprint(der_of(me.cert)))
         policy = POLICIES[conn.policy or "Basic256Sha256"]
         mode = _MODES[conn.security_mode]
         try:
@@ -369,11 +441,20 @@ class OpcUaDevice:
                 hint = " (wrong user name or password?)" if self.connection.username else ""
                 return f"{url} refused {who}: {name}{hint}"
             if name in _CERT_REFUSED:
-                return (
-                    f"{url} refused our client certificate: {name}; trust "
-                    f"{str(self.connection.certificate or self.connection.pki_dir / 'own/cert.der')!r} on the server"
-                )
+                return self._certificate_refused(f"{url} refused our client certificate ({name})", name)
             return f"{url}: {_describe_status(exc.code)}"
+        if isinstance(exc, _ChannelRefused):
+            cause = exc.cause
+            code = cause.code if isinstance(cause, UaStatusCodeError) else None
+            said = status_name(code) if code is not None else None
+            if code is not None and said not in _CERT_REFUSED:  # a reason that is not about trust
+                return f"{url}: opening the secure channel: {_describe_status(code)}"
+            how = f"with {said}" if said else "and closed the connection" if isinstance(cause, ConnectionError) else ""
+            return self._certificate_refused(
+                f"{url} refused to open a secure channel {how}".rstrip()
+                + ": it most likely does not trust our client certificate",
+                said,
+            )
         if isinstance(exc, TimeoutError | asyncio.TimeoutError):
             return f"{url}: no answer within {self.timeout:g} s"
         if isinstance(exc, ConnectionRefusedError):
@@ -383,6 +464,29 @@ class OpcUaDevice:
         if isinstance(exc, ConnectionError):
             return f"{url}: connection lost ({exc})"
         return f"{url}: {exc!r}"
+
+    def _certificate_refused(self, headline: str, status: str | None) -> str:
+        """What to do when a server refuses our certificate: where it usually is on the
+        server now, and which file to hand to its administrator. Logged once per
+        device and certificate (a transition, not every retry)."""
+        conn = self.connection
+        path, print_ = self._own_cert or (conn.certificate or conn.pki_dir / "own/cert.der", None)
+        key = (self.id, f"client:{print_ or path}")
+        if key not in _REPORTED_REJECTIONS:
+            _REPORTED_REJECTIONS.add(key)
+            self.log.warning(
+                "opcua_client_certificate_refused",
+                endpoint=conn.endpoint,
+                status=status,
+                certificate=str(path),
+                thumbprint=print_,
+            )
+        which = f"{str(path)!r}" + (f" (thumbprint {print_})" if print_ else "")
+        return (
+            f"{headline}. Servers keep a client certificate they refused in their PKI's rejected "
+            f"folder (often pki/rejected/): ask the server's administrator to move it to trusted, "
+            f"or hand them our certificate {which}"
+        )
 
     def _request_error(self, what: str, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError | asyncio.TimeoutError):
@@ -572,7 +676,10 @@ class OpcUaDevice:
                     code = notification.Status.value
                     self._lose(f"subscription ended by the server: {status_name(code)}")
         except Exception as exc:  # never let a bug vanish into asyncua's log
-            self.log.exception("opcua_notification_error", error=repr(exc))
+            # One JSON-friendly line with where it happened, no multi-line traceback.
+            frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+            at = f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}" if frame else None
+            self.log.error("opcua_notification_error", error=repr(exc), at=at)  # noqa: TRY400
             self._lose(f"internal error handling a notification: {exc!r}")
 
     def _deliver(self, pairs: Sequence[tuple[int, ua.DataValue]]) -> None:
@@ -613,11 +720,10 @@ class OpcUaDevice:
             code = status.value if status is not None else 0
             ts = dv.SourceTimestamp
             if code & _GOOD_MASK:
-                if code & _BAD_BIT or not _READING_HAS_UNCERTAIN:
+                if code & _BAD_BIT:  # Bad (and the reserved 0b11 severity): no value
                     if errors is None:
                         errors = {}
-                    name = status_name(code)
-                    errors[i] = name if code & _BAD_BIT else f"{name} (uncertain)"
+                    errors[i] = status_name(code)
                     values.append(None)
                     indexes.append(i)
                     stamps.append(ts.timestamp() if ts is not None else None)
@@ -773,8 +879,8 @@ class OpcUaDevice:
         """Write one raw value to point `index`, converted to its node's data type first.
 
         ValueError (nothing sent) for a read-only point or a value the data type cannot
-        hold; OpcUaError when the server refuses (e.g. BadOutOfRange); DeviceUnavailable
-        when the connection is gone.
+        hold; OpcUaError, a `WriteRejected` whose reason is the status name, when the
+        server refuses (e.g. BadOutOfRange); DeviceUnavailable when the session is gone.
         """
         client = self._need_client()
         k = self._by_index.get(index)
@@ -807,17 +913,28 @@ class OpcUaDevice:
         except (TimeoutError, ConnectionError, OSError) as exc:
             raise DeviceUnavailable(self._request_error(f"writing {spec.id!r}", exc)) from None
         except UaStatusCodeError as exc:
-            raise OpcUaError(f"{what}: write refused: {status_name(exc.code)}", status_name(exc.code)) from None
+            raise self._refusal(exc, f"writing {spec.id!r}", f"{what}: write of {raw_value!r} refused") from None
+        except UaError as exc:  # asyncua's own "not connected" family: the session is gone
+            raise DeviceUnavailable(self._request_error(f"writing {spec.id!r}", exc)) from None
         code = results[0].value
         if code & _BAD_BIT:
             raise OpcUaError(f"{what}: write of {raw_value!r} refused: {_describe_status(code)}", status_name(code))
+
+    def _refusal(self, exc: UaStatusCodeError, doing: str, what: str) -> DeviceUnavailable | OpcUaError:
+        """A service-level Bad status: the session is gone (DeviceUnavailable), or the
+        server refused this one request (OpcUaError, a WriteRejected)."""
+        name = status_name(exc.code)
+        if name in _SESSION_GONE:
+            return DeviceUnavailable(f"{doing}: {_describe_status(exc.code)}")
+        return OpcUaError(f"{what}: {_describe_status(exc.code)}", name)
 
     # -- methods ---------------------------------------------------------------------------
 
     async def call(self, address: BaseModel | dict[str, Any], args: Sequence[Any]) -> list[Any]:
         """Call a method with arguments converted to its declared input types; returns
         the output arguments. ValueError for arguments that do not fit (nothing sent),
-        OpcUaError when the server refuses the call."""
+        OpcUaError (a `WriteRejected`) when the server refuses the call, DeviceUnavailable
+        when the session is gone."""
         client = self._need_client()
         method: MethodAddress = (
             MethodAddress.model_validate(address) if isinstance(address, dict) else _model(address, MethodAddress)
@@ -839,7 +956,9 @@ class OpcUaDevice:
         except (TimeoutError, ConnectionError, OSError) as exc:
             raise DeviceUnavailable(self._request_error(f"calling {method.describe()}", exc)) from None
         except UaStatusCodeError as exc:
-            raise OpcUaError(f"{what}: call refused: {status_name(exc.code)}", status_name(exc.code)) from None
+            raise self._refusal(exc, f"calling {method.describe()}", f"{what}: call refused") from None
+        except UaError as exc:
+            raise DeviceUnavailable(self._request_error(f"calling {method.describe()}", exc)) from None
         result = results[0]
         code = result.StatusCode.value
         if code & _BAD_BIT:

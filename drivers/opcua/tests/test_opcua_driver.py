@@ -24,7 +24,6 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.asyncio(loop_scope="module")]
 
 UNCERTAIN_LAST_USABLE = 0x4090_0000
 BAD_SENSOR_FAILURE = 0x808C_0000
-SUPPORTS_UNCERTAIN = "uncertain" in Reading.__dataclass_fields__
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -81,11 +80,11 @@ async def test_status_codes_map_to_quality_with_the_status_name(
     temp = index_of(device.ctx, "spindle_temperature")
     await sim.set_value("Temperatures/Spindle", 31.5, status=UNCERTAIN_LAST_USABLE)
     got = await wait_until(lambda: (x := feed.latest(temp)) and x[1] and x, what="the uncertain value")
-    if SUPPORTS_UNCERTAIN:
-        assert got[0] == 31.5  # uncertain keeps its value
-        assert got[1] == "UncertainLastUsableValue"
-    else:  # a core without Reading.uncertain: bad, named
-        assert got[1] == "UncertainLastUsableValue (uncertain)"
+    assert got[0] == 31.5  # uncertain keeps its value
+    assert got[1] == "UncertainLastUsableValue"
+    carried = [r for r in feed.readings if r.uncertain and temp in r.uncertain]
+    assert carried, "in Reading.uncertain (quality=uncertain), not in errors"
+    assert all(temp not in (r.errors or {}) for r in carried)
     await sim.set_value("Temperatures/Spindle", 0.0, status=BAD_SENSOR_FAILURE)
     got = await wait_until(
         lambda: (x := feed.latest(temp)) and x[1] == "BadSensorFailure" and x, what="the bad value"

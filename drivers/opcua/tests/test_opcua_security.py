@@ -4,7 +4,10 @@ rejected/ until trusted), user names with passwords that never reach a log."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import structlog
 from cellctl_opcua.pki import TrustStore
 from cellctl_opcua.plugin import plugin
 from cellctl_sim.opcua import Security, SimOpcUaServer
+from cellctl_sim.opcua.clienttrust import Refusal
 from click.testing import CliRunner
 from opcua_testutil import all_good, device_ctx, first_readings, latest_state, opcua_device
 
@@ -189,3 +193,71 @@ async def test_sign_and_encrypt_end_to_end_and_a_wrong_password_in_the_device_st
         )
     assert state["available"] is False
     assert "BadUserAccessDenied" in state["reason"]
+
+
+@pytest.mark.parametrize(("refusal", "said"), [("service_fault", ""), ("error_message", " with BadSecurityChecksFailed")])
+async def test_a_server_that_does_not_trust_our_certificate_is_named_as_the_cause(
+    pki: TrustStore, tmp_path: Path, refusal: Refusal, said: str
+) -> None:
+    """A strict server answers OpenSecureChannel with a fault (asyncua then raised a bare
+    AssertionError) or an error message: the daemon's reason and `browse` say the server
+    refused our certificate, where servers park it, and which file to hand over; once
+    the server trusts it, the same device connects."""
+    security = Security(tmp_path / "server", trust_clients=True, refusal=refusal)
+    async with SimOpcUaServer(auto_tick=False, security=security) as sim:
+        trust_server(pki, sim)
+        ctx = device_ctx(sim.url, connection={"security_mode": "SignAndEncrypt", "pki_dir": str(pki.root)})
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(2):  # the retry is refused again, and logged once
+                with pytest.raises(DeviceUnavailable) as refused:
+                    async with plugin.open(ctx):
+                        pass
+        ours = pki.identity().cert_path
+        (parked,) = security.client_trust.rejected_dir.iterdir()
+        assert parked.read_bytes() == ours.read_bytes()
+        reason = refused.value.reason
+        assert "AssertionError" not in reason
+        assert f"refused to open a secure channel{said}: it most likely does not trust our client certificate" in reason
+        assert "pki/rejected/" in reason
+        assert f"our certificate {str(ours)!r} (thumbprint {parked.stem})" in reason
+        (event,) = [e for e in logs if e["event"] == "opcua_client_certificate_refused"]
+        assert event["certificate"] == str(ours)
+        assert event["thumbprint"] == parked.stem
+
+        browse = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "cellctl"), "browse", sim.url, "--security-mode", "SignAndEncrypt",
+            "--pki", str(pki.root), "--timeout", "5",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        async with asyncio.timeout(30):
+            out, err = await browse.communicate()
+        assert browse.returncode == 1
+        assert not out
+        assert "AssertionError" not in err.decode()
+        assert "does not trust our client certificate. Servers keep" in err.decode()
+        assert str(ours) in err.decode()
+
+        parked.rename(security.client_trust.trusted_dir / parked.name)  # the administrator trusts it
+        async with plugin.open(ctx) as device:
+            await first_readings(device)
+
+
+async def test_the_daemon_publishes_that_the_server_refused_our_certificate(
+    pki: TrustStore, collector: Collector, broker: Mosquitto, unique: str, tmp_path: Path
+) -> None:
+    security = Security(tmp_path / "server", trust_clients=True)
+    async with SimOpcUaServer(auto_tick=False, security=security) as sim:
+        trust_server(pki, sim)
+        connection = {"security_mode": "Sign", "pki_dir": str(pki.root)}
+        config = write_config(tmp_path, broker.port, [opcua_device("press", sim.url, connection=connection)], cell=unique)
+        async with running_daemon(config):
+            state = await collector.until(
+                lambda _m: (s := latest_state(collector, "press")) and "refused" in (s["reason"] or "") and s,
+                what="the refusal in the retained state",
+            )
+            assert state["available"] is False
+            assert "does not trust our client certificate" in state["reason"]
+            assert str(pki.identity().cert_path) in state["reason"]
+            (parked,) = security.client_trust.rejected_dir.iterdir()
+            parked.rename(security.client_trust.trusted_dir / parked.name)
+            await collector.until(lambda _m: all_good(collector, "press"), timeout=30, what="connected once trusted")

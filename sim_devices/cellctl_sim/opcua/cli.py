@@ -14,14 +14,27 @@ nothing is answered).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 
-from cellctl_sim.opcua.server import MIN_TICK, NAMESPACE, Security, SimOpcUaServer, temporary_security
+from cellctl_sim.opcua.server import MIN_TICK, NAMESPACE, Security, SimOpcUaServer
+
+
+def _parse_range(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[float, float]:
+    low, sep, high = value.partition(":")
+    try:
+        bounds = (float(low), float(high))
+    except ValueError:
+        bounds = (1.0, 0.0)
+    if not sep or not bounds[0] <= bounds[1]:
+        raise click.BadParameter(f"{value!r} is not LOW:HIGH with LOW <= HIGH")
+    return bounds
 
 
 def _parse_hostport(value: str) -> tuple[str, int]:
@@ -57,6 +70,10 @@ async def _serve(sim: SimOpcUaServer) -> None:
             line += f" secure cert {sim.security.cert_path}"
         click.echo(line)
         sys.stdout.flush()
+        if sim.security is not None and sim.security.trust_clients:
+            trust = sim.security.client_trust
+            click.echo(f"client certificates: trusted in {trust.trusted_dir}, refused ones saved in "
+                       f"{trust.rejected_dir}", err=True)
         await stop.wait()
         for task in restarts:
             task.cancel()
@@ -72,11 +89,17 @@ async def _serve(sim: SimOpcUaServer) -> None:
 @click.option("--seed", type=int, default=None, help="Seed for a reproducible machine.")
 @click.option("--secure", is_flag=True, help="Serve Sign/SignAndEncrypt endpoints with a generated certificate.")
 @click.option("--cert-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="With --secure: where the server certificate lives (kept across runs); default a temp dir.")
+              help="With --secure: where the server certificate lives (kept across runs); "
+                   "default a temporary directory removed at exit.")
 @click.option("--user", "user", default=None, help="With --secure: require this user name...")
 @click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
               help="...with the password in this file.")
 @click.option("--allow-insecure", is_flag=True, help="With --secure: also offer the unsecured endpoint.")
+@click.option("--trust-clients", is_flag=True,
+              help="With --secure: accept only client certificates in CERT_DIR/pki/trusted/; "
+                   "refused ones are saved in CERT_DIR/pki/rejected/.")
+@click.option("--setpoint-range", default="0:1000", show_default=True, metavar="LOW:HIGH", callback=_parse_range,
+              help="What Process/Setpoint accepts (its EURange); other writes get BadOutOfRange.")
 @click.option("--namespace-shift", type=click.IntRange(0, 100), default=0,
               help="Register N other namespaces first, so the machine's index moves.")
 @click.option("--bench", "bench_items", type=click.IntRange(0, 100_000), default=0, metavar="N",
@@ -96,6 +119,8 @@ def opcua(
     user: str | None,
     password_file: Path | None,
     allow_insecure: bool,
+    trust_clients: bool,
+    setpoint_range: tuple[float, float],
     namespace_shift: int,
     bench_items: int,
     bench_rate: float,
@@ -111,21 +136,21 @@ def opcua(
     host, port = _parse_hostport(listen)
     if (user is None) != (password_file is None):
         raise click.UsageError("--user and --password-file go together")
-    if not secure and (user or cert_dir or allow_insecure):
-        raise click.UsageError("--user, --cert-dir and --allow-insecure need --secure")
-    security: Security | None = None
-    if secure:
-        users = {user: password_file.read_text(encoding="utf-8").rstrip("\r\n")} if user and password_file else {}
-        if cert_dir is not None:
-            security = Security(cert_dir, users=users, allow_insecure=allow_insecure)
-        else:
-            security = temporary_security(users, allow_insecure=allow_insecure)
-    sim = SimOpcUaServer(
-        host=host, port=port, tick=tick, seed=seed, security=security,
-        namespace_shift=namespace_shift, bench_items=bench_items, bench_rate=bench_rate,
-        bench_jitter=bench_jitter,
-    )
-    try:
-        asyncio.run(_serve(sim))
-    except OSError as exc:
-        raise click.ClickException(str(exc)) from exc
+    if not secure and (user or cert_dir or allow_insecure or trust_clients):
+        raise click.UsageError("--user, --cert-dir, --allow-insecure and --trust-clients need --secure")
+    with contextlib.ExitStack() as cleanup:
+        security: Security | None = None
+        if secure:
+            users = {user: password_file.read_text(encoding="utf-8").rstrip("\r\n")} if user and password_file else {}
+            if cert_dir is None:  # a certificate for this run only, removed at exit
+                cert_dir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="cellctl-sim-opcua-")))
+            security = Security(cert_dir, users=users, allow_insecure=allow_insecure, trust_clients=trust_clients)
+        sim = SimOpcUaServer(
+            host=host, port=port, tick=tick, seed=seed, security=security,
+            namespace_shift=namespace_shift, bench_items=bench_items, bench_rate=bench_rate,
+            bench_jitter=bench_jitter, setpoint_range=setpoint_range,
+        )
+        try:
+            asyncio.run(_serve(sim))
+        except OSError as exc:
+            raise click.ClickException(str(exc)) from exc

@@ -9,7 +9,8 @@ Address space (namespace ``urn:cellctl:sim:opcua-machine``, string NodeIds)::
       Spindle/Speed, Override (writable UInt16, 0..200 %)
       Job/JobId, Progress
       Alarm/Code, Active
-      Process/Setpoint                      (writable Double, 0..1000, else BadOutOfRange)
+      Process/Setpoint                      (writable Double, 0..1000 or `setpoint_range`,
+                                            else BadOutOfRange)
       Identification/SerialNumber
       StartJob(jobId: String)               method: Idle -> Running, else BadInvalidState
     Objects/Bench/V0000...                  only with bench_items: Int64, every one
@@ -18,7 +19,8 @@ Address space (namespace ``urn:cellctl:sim:opcua-machine``, string NodeIds)::
 Faults: `restart()` stops the server and starts a new one on the same port (sessions
 and subscriptions die, the address space is rebuilt, optionally with the namespace at
 another index); `stop_listening()`/`start_listening()` split that in two; `stall()`
-keeps every connection open but stops reading requests, so nothing is answered.
+keeps every connection open but stops reading requests, so nothing is answered;
+`drop_sessions()` closes the sessions but keeps the connections.
 
 Uses asyncua internals for faults and range checks (tested with asyncua 2.1.0):
 `InternalServer.asyncio_transports` (a list the protocol appends each connection to),
@@ -50,6 +52,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from cellctl_sim.opcua.clienttrust import ClientTrust, Refusal, guard_secure_channel
 from cellctl_sim.opcua.machine import (
     OVERRIDE_RANGE,
     POINTS,
@@ -78,15 +81,14 @@ _VARIANT: Final = {
     "Boolean": ua.VariantType.Boolean,
     "Int64": ua.VariantType.Int64,
 }
-_RANGES: Final[dict[str, tuple[float, float]]] = {
+_RANGES: Final[dict[str, tuple[float, float]]] = {  # writable points: EURange and write check
     "Process/Setpoint": SETPOINT_RANGE,
     "Spindle/Override": (float(OVERRIDE_RANGE[0]), float(OVERRIDE_RANGE[1])),
 }
-_EU_RANGES: Final[dict[str, tuple[float, float]]] = {
+_EU_RANGES: Final[dict[str, tuple[float, float]]] = {  # read-only points: EURange only
     "Temperatures/Spindle": (0.0, 120.0),
     "Temperatures/Coolant": (0.0, 80.0),
     "Spindle/Speed": (0.0, 12_000.0),
-    **_RANGES,
 }
 ALL_POLICIES: Final = [
     ua.SecurityPolicyType.Basic256Sha256_Sign,
@@ -113,14 +115,29 @@ class Security:
 
     The server certificate and key are generated into `cert_dir` (kept across restarts,
     so a client that trusted it keeps trusting it; `regenerate()` makes a new one).
-    `users` maps user name -> password; anonymous logins only with `allow_anonymous`;
-    the unsecured endpoint only with `allow_insecure`.
+    `users` maps user name -> password; anonymous logins when there are no users, or
+    with `allow_anonymous`; the unsecured endpoint only with `allow_insecure`.
+    With `trust_clients`, a client certificate must be in ``<cert_dir>/pki/trusted/``
+    (a refused one is parked in ``pki/rejected/`` and answered as `refusal` says);
+    otherwise any is accepted.
     """
 
     cert_dir: Path
     users: Mapping[str, str] = field(default_factory=dict)
     allow_anonymous: bool = False
     allow_insecure: bool = False
+    trust_clients: bool = False
+    refusal: Refusal = "service_fault"
+
+    @property
+    def client_trust(self) -> ClientTrust:
+        return ClientTrust(self.cert_dir / "pki", self.refusal)
+
+    @property
+    def anonymous(self) -> bool:
+        """Whether anonymous logins are accepted: what the endpoints advertise and what
+        the user manager accepts come from this one place, so they cannot disagree."""
+        return self.allow_anonymous or not self.users
 
     @property
     def cert_path(self) -> Path:
@@ -166,7 +183,7 @@ class _UserManager:
         if sec is None:
             return User(role=UserRole.User)
         if username is None:
-            return User(role=UserRole.User) if sec.allow_anonymous else None
+            return User(role=UserRole.User) if sec.anonymous else None
         if sec.users.get(username) == password and password is not None:
             return User(role=UserRole.User, name=username)
         return None
@@ -174,7 +191,8 @@ class _UserManager:
 
 class _Transports(list[Any]):
     """asyncua appends each new connection's transport here; while stalled, a new
-    connection is accepted but never read (a hung server, not a refusing one)."""
+    connection is accepted but never read (a hung server, not a refusing one). With
+    strict client trust, each connection refuses untrusted client certificates."""
 
     def __init__(self, sim: SimOpcUaServer) -> None:
         super().__init__()
@@ -182,6 +200,9 @@ class _Transports(list[Any]):
 
     def append(self, transport: Any) -> None:
         super().append(transport)
+        security = self.sim.security
+        if security is not None and security.trust_clients:
+            guard_secure_channel(transport, security.client_trust)
         if self.sim.stalled:
             transport.pause_reading()
 
@@ -208,12 +229,18 @@ class SimOpcUaServer:
         bench_items: int = 0,
         bench_rate: float = 10.0,
         bench_jitter: float = 0.5,
+        setpoint_range: tuple[float, float] = SETPOINT_RANGE,
     ) -> None:
         if tick < MIN_TICK:
             raise ValueError(f"tick must be at least {MIN_TICK} s, got {tick}")
         if bench_items < 0 or bench_rate <= 0 or not 0 <= bench_jitter < 1:
             raise ValueError("bench_items must be >= 0, bench_rate > 0 and 0 <= bench_jitter < 1")
+        if not setpoint_range[0] <= setpoint_range[1]:
+            raise ValueError(f"setpoint_range must be (low, high) with low <= high, got {setpoint_range}")
         self.host = host
+        # What the writable nodes accept (their EURange): a write outside is refused with
+        # BadOutOfRange, as a real server checks a setpoint against its own limits.
+        self.ranges: dict[str, tuple[float, float]] = {**_RANGES, "Process/Setpoint": setpoint_range}
         self.port = port
         self.tick = tick
         self.auto_tick = auto_tick
@@ -325,6 +352,17 @@ class SimOpcUaServer:
                 with contextlib.suppress(Exception):
                     transport.resume_reading()
 
+    async def drop_sessions(self) -> None:
+        """Close every session but keep the connections, as a server does when a session
+        times out: the next request on such a connection gets a session fault
+        (asyncua's server answers BadSessionNotActivated)."""
+        if self.server is None:
+            return
+        for transport in list(self.server.iserver.asyncio_transports):
+            session = getattr(getattr(transport.get_protocol(), "processor", None), "session", None)
+            if session is not None:
+                await session.close_session()
+
     @property
     def connections(self) -> int:
         return len(self.server.iserver.asyncio_transports) if self.server is not None else 0
@@ -345,6 +383,8 @@ class SimOpcUaServer:
             server.set_identity_tokens([ua.AnonymousIdentityToken])
         else:
             sec.ensure_certificate(hostname=self.host)
+            if sec.trust_clients:
+                sec.client_trust.ensure_dirs()
             await server.load_certificate(str(sec.cert_path))
             await server.load_private_key(str(sec.key_path))
             policies = list(ALL_POLICIES)
@@ -352,7 +392,7 @@ class SimOpcUaServer:
                 policies.insert(0, ua.SecurityPolicyType.NoSecurity)
             server.set_security_policy(policies)
             tokens: list[type] = [ua.UserNameIdentityToken] if sec.users else []
-            if sec.allow_anonymous or not sec.users:
+            if sec.anonymous:
                 tokens.append(ua.AnonymousIdentityToken)
             server.set_identity_tokens(tokens)
         for n in range(self.namespace_shift):
@@ -383,8 +423,9 @@ class SimOpcUaServer:
             await var.write_value(ua.DataValue(ua.Variant(value, _VARIANT[type_name]), SourceTimestamp=now))
             if name in WRITABLE:
                 await var.set_writable()
-            if name in _EU_RANGES:
-                low, high = _EU_RANGES[name]
+            eu_range = self.ranges.get(name) or _EU_RANGES.get(name)
+            if eu_range is not None:
+                low, high = eu_range
                 await var.add_property(
                     ua.NodeId(f"Machine.{name.replace('/', '.')}.EURange", ns),
                     ua.QualifiedName("EURange", 0),
@@ -434,7 +475,7 @@ class SimOpcUaServer:
                 name = by_node.get(wv.NodeId) if wv.AttributeId == ua.AttributeIds.Value else None
                 value = wv.Value.Value.Value if wv.Value is not None and wv.Value.Value is not None else None
                 if name is not None and isinstance(value, int | float) and not isinstance(value, bool):
-                    low, high = _RANGES[name]
+                    low, high = self.ranges[name]
                     if not low <= value <= high:
                         results[k] = ua.StatusCode(ua.StatusCodes.BadOutOfRange)
                         continue
