@@ -13,11 +13,16 @@ import pytest
 import yaml
 from cellctl_sim.modbus.server import SimModbusServer
 
+from cellctl.commands.sparkplug import CommandRouter
+from cellctl.config.loader import load_cell
 from cellctl.config.profiles import find_profile, search_path
+from cellctl.encode.sparkplug import device_model
 from cellctl.localbroker import Mosquitto
 from cellctl.sparkplug import sparkplug_b_pb2 as pb
+from cellctl.sparkplug.codec import MetricTable
+from cellctl.sparkplug.state import AliasBook
 from cellctl.testing import modbus_device, running_daemon, write_config
-from cellctl.testing.sparkplug import BOOLEAN, Capture, SpMessage, metric_value
+from cellctl.testing.sparkplug import BOOLEAN, Capture, SpMessage, metric_value, rebirth_command
 
 pytestmark = pytest.mark.timeout(60)
 UINT64, DOUBLE, STRING = 8, 10, 12
@@ -125,7 +130,8 @@ async def test_commands_are_refused_by_default_and_every_refusal_is_logged_and_c
     }
     assert sim.unit(2).snapshot()["setpoint"] == before, "nothing reached the machine"
     log = capsys.readouterr().out
-    assert log.count("command_refused") == len(sent)
+    # logged once per burst and reason (issue 16 item 3), counted every time
+    assert log.count("command_refused") == len(counts)
     assert "outside [0.0, 1000.0]" in log
 
 
@@ -224,3 +230,113 @@ async def test_a_write_the_device_refuses_is_counted_and_the_daemon_runs_on(
     log = capsys.readouterr().out
     assert "command_write_failed" in log
     assert "illegal data address" in log
+
+
+async def test_a_retained_command_is_never_executed_not_even_after_a_restart(
+    broker: Mosquitto, plc: tuple[SimModbusServer, int], unique: str, tmp_path: Path
+) -> None:
+    """Issue 16 item 2: a DCMD published with the retain flag came back at every subscribe."""
+    sim, port = plc
+    group, edge = "test-lab-a1", f"l1-{unique}"
+    config = setup(tmp_path, broker, port, unique, "allow")
+    dcmd = f"spBv1.0/{group}/DCMD/{edge}/plc"
+    cap = Capture(broker.port, f"spBv1.0/{group}/#")
+    try:
+        async with running_daemon(config):
+            await cap.until(
+                lambda m: [x for x in m if x.kind == "DBIRTH" and x.device == "plc"], what="DBIRTH"
+            )
+            a = aliases(cap.snapshot(), "DBIRTH", "plc")
+        cap.publish(dcmd, command((a["setpoint"], None, DOUBLE, 123.0)), retain=True)
+        for _ in range(2):  # every start subscribes again and gets the retained message
+            async with running_daemon(config) as daemon:
+                node = daemon.node
+                assert node is not None
+                await cap.until(
+                    lambda _m, n=node: n.router.refused["retained"] >= 1, what="the retained DCMD refused"
+                )
+                cap.publish(dcmd, command((a["setpoint"], None, DOUBLE, 456.0)))  # live: executed
+                await cap.until(lambda _m: daemon.executor.written == 1, what="the live write")
+                assert sim.unit(2).snapshot()["setpoint"] == 456.0
+    finally:
+        cap.publish(dcmd, b"", retain=True)  # clear the retained message
+        cap.close()
+
+
+async def test_commands_are_bounded_and_a_flood_is_one_ndata_and_one_log_line(
+    broker: Mosquitto,
+    plc: tuple[SimModbusServer, int],
+    unique: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 16 items 3 and 4: 20,000 metrics in one DCMD, a long string, 300 refused
+    commands and 200 rebirth requests: nothing reaches the machine that should not, NDATA
+    and births stay at their documented rate, the log stays readable."""
+    sim, port = plc
+    group, edge = "test-lab-a1", f"l1-{unique}"
+    before = sim.unit(2).snapshot()["setpoint"]
+    cap = Capture(broker.port, f"spBv1.0/{group}/#")
+    try:
+        async with running_daemon(setup(tmp_path, broker, port, unique, "allow")) as daemon:
+            node = daemon.node
+            assert node is not None
+            await cap.until(
+                lambda m: [x for x in m if x.kind == "DBIRTH" and x.device == "plc"], what="DBIRTH"
+            )
+            a = aliases(cap.snapshot(), "DBIRTH", "plc")
+            dcmd, ncmd = f"spBv1.0/{group}/DCMD/{edge}/plc", f"spBv1.0/{group}/NCMD/{edge}"
+            huge = command(*[(a["setpoint"], None, DOUBLE, 1.0)] * 20_000)
+            assert len(huge) > 64 * 1024
+            cap.publish(dcmd, huge)
+            cap.publish(dcmd, command(*[(a["setpoint"], None, DOUBLE, 2.0)] * 100))  # small, too many
+            marks = len([x for x in cap.snapshot() if x.kind in ("NDATA", "NBIRTH")])
+            for _ in range(300):
+                cap.publish(dcmd, command((a["temperature"], None, DOUBLE, 1.0)))  # read-only
+            for _ in range(200):
+                cap.publish(ncmd, rebirth_command(int(time.time() * 1000)))
+            await cap.until(lambda _m: node.router.refused_total >= 302, what="every refusal counted")
+            await cap.until(lambda _m: node.rebirths >= 1 and node.rebirths_coalesced >= 150, what="rebirths")
+            after = [x for x in cap.snapshot() if x.kind in ("NDATA", "NBIRTH")][marks:]
+            counts = dict(node.router.refused)
+    finally:
+        cap.close()
+    assert counts["too_large"] == 2
+    assert counts["not_writable"] == 300
+    assert sim.unit(2).snapshot()["setpoint"] == before, "nothing reached the machine"
+    assert daemon.executor.written == 0
+    assert len([x for x in after if x.kind == "NBIRTH"]) <= 2, "a burst of rebirth requests is one or two"
+    assert len([x for x in after if x.kind == "NDATA"]) <= 3, "node metrics at most every 5 s"
+    log = capsys.readouterr().out
+    assert log.count("command_refused") <= 4  # one line per reason in the burst
+
+
+def test_a_string_longer_than_the_bound_is_refused_before_the_driver(tmp_path: Path) -> None:
+    """Issue 16 item 3: a 1 MB string for a 16-byte point passed validation and failed in
+    the driver, uncounted. Now it is refused, counted, by the router."""
+    profiles = plc_profile_with_a_hole(tmp_path)
+    path = profiles / "plc-with-hole.yaml"
+    profile = yaml.safe_load(path.read_text(encoding="utf-8"))
+    profile["points"].append(
+        {
+            "id": "lot",
+            "type": "string",
+            "access": "rw",
+            "address": {"table": "holding", "start": 200, "type": "string", "length": 8},
+        }
+    )
+    path.write_text(yaml.safe_dump(profile), encoding="utf-8")
+    config = write_config(
+        tmp_path,
+        1883,
+        [modbus_device("plc", "plc-with-hole", 5020, 2)],
+        cell="c",
+        profile_dirs=[str(profiles)],
+    )
+    model = device_model(load_cell(config).devices[0], AliasBook(None))
+    router = CommandRouter(MetricTable([]), {"plc": model}, device_writes="allow")
+    lot = model.table.by_name["lot"].alias
+    assert router.device_command("plc", command((lot, None, STRING, "x" * 2000)), birthed=True) == []
+    assert router.refused["too_long"] == 1
+    ok = router.device_command("plc", command((lot, None, STRING, "LOT-0042")), birthed=True)
+    assert [w.value for w in ok] == ["LOT-0042"]

@@ -19,6 +19,7 @@ log = structlog.get_logger("cellctl.commands")
 
 WRITE_TIMEOUT = 5.0
 MAX_QUEUED = 64  # batches of writes waiting; more are refused (counted), never queued without bound
+MAX_QUEUED_PER_DEVICE = 16  # writes waiting for one device: a slow machine cannot hoard the queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,18 +43,28 @@ class WriteExecutor:
     def __init__(self, targets: Callable[[str], WriteTarget | None], *, max_queued: int = MAX_QUEUED) -> None:
         self.targets = targets
         self.queue: asyncio.Queue[list[PointWrite]] = asyncio.Queue(maxsize=max_queued)
+        self.per_device: Counter[str] = Counter()  # writes queued, by device
         self.written = 0
         self.failed: Counter[str] = Counter()  # by reason: rejected, unavailable, timeout, error
         self.overflowed = 0
 
     def submit(self, writes: list[PointWrite]) -> bool:
-        """Queue a batch (from an MQTT callback); False, counted, when the queue is full."""
+        """Queue a batch (from an MQTT callback); False, counted, when the queue or a
+        device's share of it is full."""
+        mine = Counter(w.device_id for w in writes)
+        crowded = [d for d, n in mine.items() if self.per_device[d] + n > MAX_QUEUED_PER_DEVICE]
         try:
+            if crowded:
+                raise asyncio.QueueFull
             self.queue.put_nowait(writes)
         except asyncio.QueueFull:
             self.overflowed += 1
-            log.warning("command_queue_full", writes=len(writes), queued=self.queue.qsize())
+            if self.overflowed == 1 or self.overflowed % 100 == 0:
+                log.warning(
+                    "command_queue_full", writes=len(writes), devices=crowded, refused_total=self.overflowed
+                )
             return False
+        self.per_device.update(mine)
         return True
 
     async def run(self) -> None:
@@ -61,7 +72,10 @@ class WriteExecutor:
         while True:
             batch = await self.queue.get()
             for w in batch:
-                await self.execute(w)
+                try:
+                    await self.execute(w)
+                finally:
+                    self.per_device[w.device_id] -= 1
 
     async def execute(self, w: PointWrite) -> bool:
         target = self.targets(w.device_id)

@@ -13,9 +13,10 @@ and counted by reason; nothing here raises into the MQTT callback.
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
-from collections.abc import Mapping
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import structlog
 
@@ -25,7 +26,37 @@ from cellctl.sparkplug.codec import REBIRTH_METRIC, CommandError, MetricTable, d
 
 log = structlog.get_logger("cellctl.commands")
 
-RefusalReason = Literal["invalid", "not_birthed", "not_writable", "out_of_range", "policy"]
+RefusalReason = Literal[
+    "invalid", "not_birthed", "not_writable", "out_of_range", "policy", "retained", "too_large", "too_long"
+]
+
+# Bounds on what one command may ask (issue 16): beyond them it is refused whole, unread.
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_METRICS = 64
+MAX_STRING_CHARS = 1024  # a string written to a point (a program name, a lot id)
+LOG_INTERVAL = 5.0  # refusals of one reason: the first logged at once, then one summary per interval
+
+
+class BurstLog:
+    """Log the first event of a burst at once, then at most one line per `interval` per
+    key, carrying how many were not logged: a flood of bad commands is visible in the log
+    without becoming the log."""
+
+    def __init__(self, interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._quiet: Counter[str] = Counter()
+
+    def warning(self, key: str, event: str, **fields: Any) -> None:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._quiet[key] += 1
+            return
+        self._last[key] = now
+        quiet = self._quiet.pop(key, 0)
+        log.warning(event, **fields, **({"not_logged_since": quiet} if quiet else {}))
 
 
 class Refused(Exception):
@@ -49,6 +80,7 @@ class CommandRouter:
         self.device_writes = device_writes
         self.refused: Counter[str] = Counter()
         self.accepted = 0
+        self.burst = BurstLog()
 
     @property
     def refused_total(self) -> int:
@@ -56,10 +88,23 @@ class CommandRouter:
 
     def _refuse(self, reason: RefusalReason, message: str, **where: str) -> None:
         self.refused[reason] += 1
-        log.warning("command_refused", reason=reason, error=message, **where)
+        self.burst.warning(reason, "command_refused", reason=reason, error=message, **where)
+
+    def refuse_retained(self, topic: str) -> None:
+        """A command delivered with the retain flag: Sparkplug commands are never retained,
+        and executing one at every subscribe would repeat an old order after each restart."""
+        self._refuse("retained", "a retained command is never executed", topic=topic)
+
+    def _too_large(self, payload: bytes, where: dict[str, str]) -> bool:
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            self._refuse("too_large", f"{len(payload)} bytes (at most {MAX_PAYLOAD_BYTES})", **where)
+            return True
+        return False
 
     def node_command(self, payload: bytes) -> bool:
         """NCMD: True when it asks for a rebirth. Writes to other node metrics are refused."""
+        if self._too_large(payload, {"target": "node"}):
+            return False
         try:
             cmd = decode_command(payload, self.node_table)
         except CommandError as exc:
@@ -76,6 +121,8 @@ class CommandRouter:
 
     def device_command(self, device_id: str, payload: bytes, *, birthed: bool) -> list[PointWrite]:
         """DCMD: the validated point writes it asks for, or [] when refused (logged, counted)."""
+        if self._too_large(payload, {"device": device_id}):
+            return []
         try:
             return self._device_writes(device_id, payload, birthed)
         except Refused as exc:
@@ -90,6 +137,8 @@ class CommandRouter:
             cmd = decode_command(payload, model.table)
         except CommandError as exc:
             raise Refused("invalid", str(exc)) from None
+        if len(cmd.writes) > MAX_METRICS:
+            raise Refused("too_large", f"{len(cmd.writes)} metrics in one command (at most {MAX_METRICS})")
         writes: list[PointWrite] = []
         for w in cmd.writes:
             limits = model.writable.get(w.name)
@@ -102,6 +151,8 @@ class CommandRouter:
                     raise Refused("out_of_range", f"metric {w.name!r}: {value} is not a finite number")
                 if (low is not None and value < low) or (high is not None and value > high):
                     raise Refused("out_of_range", f"metric {w.name!r}: {value} is outside [{low}, {high}]")
+            if isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+                raise Refused("too_long", f"metric {w.name!r}: {len(value)} characters (at most {MAX_STRING_CHARS})")
             writes.append(PointWrite(device_id, w.name, value))
         if self.device_writes != "allow":
             names = [w.point_id for w in writes]

@@ -109,7 +109,7 @@ class Backbone(_Frozen):
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     qos: Literal[0, 1] = 1
     reconnect_min: PositiveDuration = 0.5
-    reconnect_max: PositiveDuration = 30.0
+    reconnect_max: PositiveDuration = 10.0
     # Live messages that may wait in memory for room in the in-flight window. The durable
     # outbox is the queue: past this, live publishing falls back to paced replay from it;
     # nothing is lost.

@@ -102,7 +102,7 @@ class Delivery:
         if was_live or lost:
             self.log.info("delivery_paused", in_flight_lost=lost, backlog_replayed=self.replay.replayed)
 
-    def message(self, topic: str, payload: bytes) -> None:
+    def message(self, topic: str, payload: bytes, retain: bool = False) -> None:
         """An incoming message on a subscribed topic (commands, Sparkplug STATE)."""
 
     def acked(self, mid: int) -> None:
@@ -339,5 +339,5 @@ class Delivery:
             "replay_skipped": self.replay_skipped,
             "possible_duplicates": self.possible_duplicates,
             "fell_behind": self.catch_ups,
-            "refused": self.session.refused,
+            "not_sent_offline": self.session.refused,  # publishes tried while the connection was down
         }

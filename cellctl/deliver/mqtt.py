@@ -35,7 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cellctl.config.cell import Backbone
-from cellctl.engine.backoff import Backoff
+from cellctl.engine.backoff import Backoff, worth_repeating
 from cellctl.errors import ConfigError
 
 log = structlog.get_logger("cellctl.mqtt")
@@ -44,6 +44,7 @@ log = structlog.get_logger("cellctl.mqtt")
 # changes nothing, which makes it a fence (see AckTracker in cellctl/deliver/acks.py).
 FENCE_TOPIC = "cellctl/fence"
 MAX_INFLIGHT = 200
+TCP_USER_TIMEOUT_MS = 10_000
 
 
 class MqttError(Exception):
@@ -79,7 +80,7 @@ class SessionEvents(Protocol):
 
     def session_down(self) -> None: ...
 
-    def message(self, topic: str, payload: bytes) -> None: ...
+    def message(self, topic: str, payload: bytes, retain: bool = False) -> None: ...
 
     def acked(self, mid: int) -> None: ...
 
@@ -113,6 +114,7 @@ class MqttSession:
         self._restart_soon = False
         self._fd: int | None = None
         self._last_error: str | None = None
+        self._failed_connects = 0  # since the last successful connection
         self.client: paho.Client = self._new_client(None)
 
     def _read_password(self) -> str | None:
@@ -178,6 +180,10 @@ class MqttSession:
         if isinstance(sock, socket.socket):
             # Nagle adds tens of ms to small bursts; we want every scan out at once.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                # A broker that vanished (cable, power) is noticed when sent data stays
+                # unacknowledged this long, not only after 1.5 keep-alives.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
         self._in_loop(self._add_reader, client, sock.fileno())
 
     def _add_reader(self, client: paho.Client, fd: int) -> None:
@@ -251,9 +257,14 @@ class MqttSession:
             return
         if reason.is_failure:
             message = str(reason)
-            if message != self._last_error:
+            self._failed_connects += 1
+            if message != self._last_error or worth_repeating(self._failed_connects):
                 self.log.warning(
-                    "mqtt_connect_refused", reason=message, host=self.backbone.host, port=self.backbone.port
+                    "mqtt_connect_refused",
+                    reason=message,
+                    host=self.backbone.host,
+                    port=self.backbone.port,
+                    attempts=self._failed_connects,
                 )
             self._last_error = message
             self._lost.set()
@@ -263,8 +274,13 @@ class MqttSession:
         self.backoff.reset()
         self._last_error = None
         self.log.info(
-            "mqtt_connected", host=self.backbone.host, port=self.backbone.port, reconnect=self._was_connected
+            "mqtt_connected",
+            host=self.backbone.host,
+            port=self.backbone.port,
+            reconnect=self._was_connected,
+            failed_attempts=self._failed_connects,
         )
+        self._failed_connects = 0
         self._was_connected = True
         self._up = True
         self._in_loop(self.events.session_up)
@@ -287,7 +303,7 @@ class MqttSession:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if client is self.client:
-            self._in_loop(self.events.message, msg.topic, bytes(msg.payload))
+            self._in_loop(self.events.message, msg.topic, bytes(msg.payload), bool(msg.retain))
 
     # -- the session task -------------------------------------------------------------------
 
@@ -305,9 +321,14 @@ class MqttSession:
                 await loop.run_in_executor(None, self._open)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 message = f"{type(exc).__name__}: {exc}"
-                if message != self._last_error:
+                self._failed_connects += 1
+                if message != self._last_error or worth_repeating(self._failed_connects):
                     self.log.warning(
-                        "mqtt_connect_failed", host=self.backbone.host, port=self.backbone.port, error=message
+                        "mqtt_connect_failed",
+                        host=self.backbone.host,
+                        port=self.backbone.port,
+                        error=message,
+                        attempts=self._failed_connects,
                     )
                 self._last_error = message
                 await asyncio.sleep(self.backoff.next_delay())

@@ -73,6 +73,8 @@ log = structlog.get_logger("cellctl.sparkplug")
 
 # Node metrics in NBIRTH, updated by NDATA (UInt64 counters and gauges).
 NODE_METRICS = ("Outbox/Messages", "Outbox/Bytes", "Outbox/Dropped", "Commands/Refused")
+NODE_DATA_INTERVAL = 5.0  # NDATA with the node metrics at most this often
+REBIRTH_MIN_INTERVAL = 1.0  # rebirth requests closer than this are coalesced
 
 
 def now_ms() -> int:
@@ -131,6 +133,12 @@ class SparkplugNode(Delivery):
         self._birthed: dict[str, bool] = {}  # as published in this session
         self._epoch = 0  # +1 whenever births are scheduled; older device births/deaths are moot
         self._node_values: dict[str, int] = dict.fromkeys(NODE_METRICS, 0)
+        self._ndata_at = -NODE_DATA_INTERVAL  # monotonic time of the last NDATA
+        self._ndata_later: asyncio.TimerHandle | None = None
+        self._rebirth_pending = False  # requested, births not published yet
+        self._rebirth_at = -REBIRTH_MIN_INTERVAL  # monotonic time the last rebirth was published
+        self._rebirth_later: asyncio.TimerHandle | None = None
+        self.rebirths_coalesced = 0
         self._node_sent: dict[str, int] = {}
         self._host_ts: int | None = None  # newest primary host STATE timestamp seen
         self._host_online = False
@@ -224,12 +232,36 @@ class SparkplugNode(Delivery):
         bd = self.bd
         self.go_live(fresh=fresh, before=lambda: self._publish_births(bd, ts, node, devices))
 
+    def _request_rebirth(self) -> None:
+        """NCMD rebirth, debounced: a request made before the last rebirth's births went out
+        is answered by them; one made soon after them waits for REBIRTH_MIN_INTERVAL, and
+        every request meanwhile joins it. A burst of requests gives one or two rebirths."""
+        if self._rebirth_pending or self._rebirth_later is not None:
+            self.rebirths_coalesced += 1
+            return
+        wait = self._rebirth_at + REBIRTH_MIN_INTERVAL - time.monotonic()
+        if wait > 0:
+            self._rebirth_later = asyncio.get_running_loop().call_later(wait, self._rebirth_now)
+            return
+        self._rebirth_now()
+
+    def _rebirth_now(self) -> None:
+        self._rebirth_later = None
+        if not self.live:
+            return  # the next session births anyway
+        self.rebirths += 1
+        log.info("sparkplug_rebirth_requested", bd_seq=self.bd, coalesced=self.rebirths_coalesced)
+        self._rebirth()
+
     def _rebirth(self) -> None:
         """NCMD rebirth: the same births on the same connection; live data goes on."""
         ts, node, devices = self._capture_births()
         bd, gen = self.bd, self.gen
+        self._rebirth_pending = True
 
         def publish() -> None:
+            self._rebirth_pending = False
+            self._rebirth_at = time.monotonic()
             if gen == self.gen and self.live:
                 self._publish_births(bd, ts, node, devices)
 
@@ -291,6 +323,7 @@ class SparkplugNode(Delivery):
 
     def on_session_down(self) -> None:
         self._birthed = {}
+        self._rebirth_pending = False
         self._host_online = False
 
     def live_payload(self, rec: Record) -> bytes:
@@ -336,7 +369,7 @@ class SparkplugNode(Delivery):
 
     # -- incoming ------------------------------------------------------------------------------
 
-    def message(self, topic: str, payload: bytes) -> None:
+    def message(self, topic: str, payload: bytes, retain: bool = False) -> None:
         try:
             parsed = parse_topic(topic)
         except TopicError as exc:
@@ -347,13 +380,13 @@ class SparkplugNode(Delivery):
             return
         if parsed.group_id != self.topics.group_id or parsed.edge_node_id != self.topics.edge_node_id:
             return
-        if parsed.message_type == MessageType.NCMD:
-            if self.router.node_command(payload):
-                if self.live:
-                    self.rebirths += 1
-                    log.info("sparkplug_rebirth_requested", bd_seq=self.bd)
-                    self._rebirth()
-                self._node_values["Commands/Refused"] = self.router.refused_total
+        if retain and parsed.message_type in (MessageType.NCMD, MessageType.DCMD):
+            self.router.refuse_retained(topic)
+            self._node_values["Commands/Refused"] = self.router.refused_total
+        elif parsed.message_type == MessageType.NCMD:
+            if self.router.node_command(payload) and self.live:
+                self._request_rebirth()
+            self._node_values["Commands/Refused"] = self.router.refused_total
         elif parsed.message_type == MessageType.DCMD and parsed.device_id is not None:
             birthed = self.live and self._birthed.get(parsed.device_id, False)
             writes = self.router.device_command(parsed.device_id, payload, birthed=birthed)
@@ -402,7 +435,18 @@ class SparkplugNode(Delivery):
         self._maybe_ndata()
 
     def _maybe_ndata(self) -> None:
-        """NDATA with the node metrics that changed since the last BIRTH or NDATA."""
+        """NDATA with the node metrics that changed since the last BIRTH or NDATA, at most
+        every NODE_DATA_INTERVAL (a flood of refused commands is one NDATA, not one each)."""
+        if not self.live or self._ndata_later is not None:
+            return
+        wait = self._ndata_at + NODE_DATA_INTERVAL - time.monotonic()
+        if wait > 0:
+            self._ndata_later = asyncio.get_running_loop().call_later(wait, self._ndata_now)
+            return
+        self._ndata_now()
+
+    def _ndata_now(self) -> None:
+        self._ndata_later = None
         if not self.live:
             return
         ts = now_ms()
@@ -414,6 +458,7 @@ class SparkplugNode(Delivery):
         if not changed:
             return
         self._publish(self.topics.ndata, encode_data(timestamp=ts, metrics=changed, seq=self.seq.next()))
+        self._ndata_at = time.monotonic()
         for m in changed:
             d = self.node_table.by_alias[m.alias] if m.alias is not None else None
             if d is not None and isinstance(m.value, int):

@@ -11,6 +11,10 @@ from cellctl.config.loader import CompiledCell
 from cellctl.engine.runner import DeviceRunner, DeviceSink
 from cellctl.model import DeviceSnapshot
 
+# A device that is away is tried again at least this often (after three quick retries):
+# a TCP connect to a machine that is off costs nothing, and a plant wants it back soon.
+DEVICE_BACKOFF_MAX = 5.0
+
 
 class Cell:
     def __init__(
@@ -22,7 +26,7 @@ class Cell:
         backbone = compiled.config.backbone
         self.runners = [
             DeviceRunner(
-                d, sink, backoff_min=backbone.reconnect_min, backoff_max=max(backbone.reconnect_min, 10.0)
+                d, sink, backoff_min=backbone.reconnect_min, backoff_max=max(backbone.reconnect_min, DEVICE_BACKOFF_MAX)
             )
             for d in compiled.devices
         ]

@@ -16,7 +16,7 @@ import structlog
 
 from cellctl.config.loader import CompiledDevice
 from cellctl.driver import DeviceUnavailable, Poller, Reading, Subscriber, Writer, WriteRejected
-from cellctl.engine.backoff import Backoff
+from cellctl.engine.backoff import Backoff, worth_repeating
 from cellctl.engine.machine import MachineMapper
 from cellctl.engine.points import BAD, PointTable
 from cellctl.model import DeviceSnapshot, DeviceUpdate, MachineState
@@ -229,6 +229,8 @@ class DeviceRunner:
         if reason != self.last_reason:
             level = self.log.info if expected else self.log.warning
             level("device_unavailable", reason=reason, was_available=self.available)
+        elif not self.available and worth_repeating(self.failures):
+            self.log.warning("device_still_unavailable", reason=reason, attempts=self.failures)
         self.last_reason = reason
         if self.available and self.failures < self.device.config.availability.offline_after:
             return
