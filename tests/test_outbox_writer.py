@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cellctl.outbox import AppendResult, DropEvent, Outbox, OutboxError, OutboxWriter, Record
+from cellctl.outbox.writer import DropLog
 from cellctl.testing import async_wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -169,3 +170,16 @@ async def test_a_minimum_commit_interval_batches_a_trickle(outbox: Outbox) -> No
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_drops_are_logged_as_a_transition_then_periodic_summaries(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16 item 7: about 16 warnings/s in a long outage, one per commit."""
+    now = [0.0]
+    drops = DropLog(interval=30.0, clock=lambda: now[0])
+    for i in range(16 * 120):  # two minutes of a drop at every commit
+        now[0] = i / 16
+        drops.add(DropEvent("max_bytes", 10, 1000, {"m1": 10}, None, None))
+    lines = [line for line in capsys.readouterr().out.splitlines() if "outbox_dropped" in line]
+    assert drops.lines == len(lines) == 4  # at 0 s, then one summary per 30 s
+    assert "first=True" in lines[0]
+    assert "count=4800" in lines[1]  # everything since the line before, nothing lost from the count

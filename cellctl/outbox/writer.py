@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -45,6 +45,42 @@ T = TypeVar("T")
 
 _RETRY_MIN_S = 0.1
 _RETRY_MAX_S = 5.0
+
+
+class DropLog:
+    """Drops are logged as a transition and then as periodic summaries, never once per
+    commit (a long outage at the byte bound drops at every commit): the first drop of a
+    reason at once (`outbox_dropped`), then at most one `outbox_dropped` line per reason
+    and `interval` with everything dropped since the last line."""
+
+    def __init__(self, interval: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.lines = 0
+        self._last: dict[str, float] = {}
+        self._pending: dict[str, tuple[int, int, Counter[str]]] = {}
+
+    def add(self, event: DropEvent) -> None:
+        count, size, streams = self._pending.get(event.reason, (0, 0, Counter()))
+        streams.update(event.by_stream)
+        count, size = count + event.count, size + event.bytes
+        now = self.clock()
+        last = self._last.get(event.reason)
+        if last is not None and now - last < self.interval:
+            self._pending[event.reason] = (count, size, streams)
+            return
+        self._pending.pop(event.reason, None)
+        self._last[event.reason] = now
+        self.lines += 1
+        log.warning(
+            "outbox_dropped",
+            reason=event.reason,
+            count=count,
+            bytes=size,
+            streams=dict(streams.most_common(20)),
+            first=last is None,
+            over_s=None if last is None else round(now - last, 1),
+        )
 
 
 class OutboxWriter:
@@ -69,6 +105,7 @@ class OutboxWriter:
         self.outbox = outbox
         self.on_stored = on_stored
         self.on_drop = on_drop
+        self.drop_log = DropLog()
         self.max_batch = max_batch
         self.max_backlog = max_backlog
         self.idle_interval_s = idle_interval_s
@@ -259,13 +296,7 @@ class OutboxWriter:
             start = end
 
     def _report(self, event: DropEvent) -> None:
-        log.warning(
-            "outbox_dropped",
-            reason=event.reason,
-            count=event.count,
-            bytes=event.bytes,
-            streams=event.by_stream,
-        )
+        self.drop_log.add(event)
         if self.on_drop is not None:
             self.on_drop(event)
 
