@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 from cellctl.durations import Duration, PositiveDuration
 from cellctl.floats import float32_shortest
+from cellctl.model import Quality
 
 if TYPE_CHECKING:
     from cellctl.logs import LogLevel
@@ -42,6 +43,7 @@ __all__ = [
     "PointSpec",
     "Poller",
     "PositiveDuration",
+    "Quality",
     "Reading",
     "Subscriber",
     "ValueType",

@@ -14,9 +14,9 @@ import math
 import uuid
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Any, Final, Literal
+from typing import Any, Final
 
-Quality = Literal["good", "uncertain", "bad"]
+from cellctl.driver import Quality
 
 _SEVERITY_MASK: Final = 0xC000_0000
 _CODE_MASK: Final = 0xFFFF_0000
@@ -26,10 +26,10 @@ def quality_of(code: int) -> Quality:
     """Severity bits of a StatusCode (Part 4, 7.39): 00 good, 01 uncertain, 1x bad."""
     severity = code & _SEVERITY_MASK
     if severity == 0:
-        return "good"
+        return Quality.GOOD
     if severity == 0x4000_0000:
-        return "uncertain"
-    return "bad"
+        return Quality.UNCERTAIN
+    return Quality.BAD
 
 
 def code_only(code: int) -> int:
