@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import structlog
 
 from cellctl import __version__, systemd
 from cellctl.commands.executor import WriteExecutor
-from cellctl.config.loader import CompiledCell
+from cellctl.config.loader import CompiledCell, CompiledDevice, load_cell
 from cellctl.deliver.delivery import Delivery
 from cellctl.deliver.mqtt import MqttSession
 from cellctl.deliver.report import OutboxReporter
@@ -31,13 +33,16 @@ from cellctl.encode.uns import UnsEncoder, cell_root
 from cellctl.engine.cell import Cell
 from cellctl.engine.runner import now_ms
 from cellctl.errors import ConfigError
+from cellctl.manifest import build_manifest
 from cellctl.outbox import DropEvent, Outbox, OutboxError, OutboxWriter, Record
+from cellctl.reload import diff_cells
 from cellctl.sparkplug.state import StateFileError
 from cellctl.sparkplug.topics import case_collisions
 
 log = structlog.get_logger("cellctl.daemon")
 
 SHUTDOWN_TIMEOUT = 5.0
+PID_FILE = "cellctl.pid"  # in the state dir: `cellctl reload` finds the daemon by it
 DRAIN_TIMEOUT = 2.0
 
 
@@ -96,6 +101,11 @@ class Daemon:
         self.compiled = compiled
         self.stop = asyncio.Event()
         self.started = asyncio.Event()
+        self.reloads = 0
+        self._reload_tasks: set[asyncio.Task[bool]] = set()
+        self._reload_lock = asyncio.Lock()
+        started_ms = now_ms()
+        self.joined: dict[str, int] = {d.config.id: started_ms for d in compiled.devices}
         self.root = cell_root(cfg.publish.prefix, cfg.identity)
         self.state_dir = state_dir(compiled)
         self.outbox = self._open_outbox()
@@ -121,6 +131,7 @@ class Daemon:
         self.cell = Cell(self.compiled, self.fanout)
         self.executor = WriteExecutor(self.cell.runner)
         self.reporter: OutboxReporter | None = None
+        self._removed: set[str] = set()  # devices removed by a reload (their retained state is cleared)
         self.writer = OutboxWriter(
             self.outbox, on_drop=self._on_drop, min_interval_s=cfg.outbox.commit_interval
         )
@@ -173,10 +184,98 @@ class Daemon:
         self.reporter = OutboxReporter(self.writer, uns=self.uns, node=self.node)
 
     def _uns_live(self) -> None:
-        """The UNS session is live: retained messages of current state go out again."""
+        """The UNS session is live: retained messages of current state go out again (also
+        the manifest, and the clearing of devices removed while the broker was away)."""
         self.cell.republish_all()
         if self.publisher is not None:
             self.publisher.republish_points(self.cell.snapshots(), now_ms())
+            for device_id in self._removed:
+                self.publisher.clear_retained(device_id)
+        self._publish_manifest()
+
+    def _publish_manifest(self) -> None:
+        if self.publisher is not None:
+            self.publisher.manifest(build_manifest(self.compiled, self.joined, now_ms()))
+
+    # -- reload --------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Re-read the config and its profiles; refuse an invalid one (the running config
+        stays); otherwise start added devices, stop removed ones (published as removed),
+        restart changed ones, and leave the others untouched. True when applied."""
+        async with self._reload_lock:
+            systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                return await self._reload()
+            except Exception as exc:  # a reload never ends the daemon
+                log.exception("reload_failed", config=str(self.compiled.path), error=repr(exc))
+                return False
+            finally:
+                systemd.notify("READY=1")
+
+    async def _reload(self) -> bool:
+        path = self.compiled.path
+        try:
+            new = await asyncio.to_thread(load_cell, path)
+        except ConfigError as exc:
+            log.warning("reload_refused", config=str(path), problems=exc.problems, kept="the running config")
+            return False
+        except Exception as exc:  # a reload never ends the daemon
+            log.exception("reload_failed", config=str(path), error=repr(exc), kept="the running config")
+            return False
+        diff = diff_cells(self.compiled, new)
+        if diff.other_sections:
+            log.warning(
+                "reload_refused",
+                config=str(path),
+                problems=[
+                    f"{path}: {k}: changes here need a restart (systemctl restart cellctl)"
+                    for k in diff.other_sections
+                ],
+                kept="the running config",
+            )
+            return False
+        ts = now_ms()
+        for device_id in diff.removed:
+            await self._remove_device(device_id, announce=True)
+        for device in diff.changed:
+            await self._remove_device(device.config.id, announce=False)
+            self._add_device(device, ts)
+        for device in diff.added:
+            self._add_device(device, ts)
+        self.compiled = new
+        self.cell.compiled = new
+        self.reloads += 1
+        self._publish_manifest()
+        log.info(
+            "reloaded",
+            added=[d.config.id for d in diff.added],
+            removed=diff.removed,
+            changed=[d.config.id for d in diff.changed],
+            unchanged=len(diff.unchanged),
+        )
+        return True
+
+    async def _remove_device(self, device_id: str, *, announce: bool) -> None:
+        runner = await self.cell.remove(device_id)
+        if runner is None:
+            return
+        if announce:
+            self.fanout.device_removed(device_id)
+            self._removed.add(device_id)
+            self.joined.pop(device_id, None)
+        elif self.node is not None:
+            self.node.encoder.device_removed(device_id)  # DDEATH; the new version births again
+        if self.node is not None:
+            self.node.remove_device(device_id)
+
+    def _add_device(self, device: CompiledDevice, ts: int) -> None:
+        device_id = device.config.id
+        self._removed.discard(device_id)
+        self.joined.setdefault(device_id, ts)
+        if self.node is not None:
+            self.node.add_device(device)
+        self.cell.add(device)
 
     def _on_drop(self, event: DropEvent) -> None:
         if self.reporter is not None:
@@ -197,6 +296,10 @@ class Daemon:
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop.set)
+            loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
+        pid_file = self.state_dir / PID_FILE
+        with contextlib.suppress(OSError):
+            pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
         cfg = self.compiled.config
         stats = self.outbox.stats()
         log.info(
@@ -237,8 +340,10 @@ class Daemon:
                         await d.close()
                     writer_task.cancel()  # commits what is queued (acks included), bounded
         finally:
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
             if install_signal_handlers:
-                for sig in (signal.SIGINT, signal.SIGTERM):
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                     with contextlib.suppress(Exception):
                         loop.remove_signal_handler(sig)
             stats = self.outbox.stats()
@@ -251,6 +356,12 @@ class Daemon:
                 outbox_backlog=stats.messages,
                 **{f"{d.fmt}_{k}": v for d in self.deliveries for k, v in d.stats().items()},
             )
+
+    def _reload_soon(self) -> None:
+        """SIGHUP: reload in a task of its own (the signal handler must not wait)."""
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
 
     async def _drain(self) -> None:
         """Bounded: what was put is committed and handed over, and what was sent is acked,

@@ -97,6 +97,38 @@ def run(ctx: click.Context, config: Path) -> None:
 
 @cli.command()
 @config_arg
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+def reload(config: Path, as_json: bool) -> None:
+    """Ask the daemon running CONFIG to reload it (SIGHUP; `systemctl reload cellctl` does
+    the same). CONFIG is checked first: an invalid one is refused here with exit code 2 and
+    the daemon keeps its running config. Exit 1 when no daemon runs for CONFIG."""
+    import os
+    import signal
+
+    import orjson
+
+    from cellctl.daemon import PID_FILE, state_dir
+
+    compiled = _load(config)  # the same errors `check` prints, exit 2
+    pid_file = state_dir(compiled) / PID_FILE
+    try:
+        pid = int(pid_file.read_text(encoding="utf-8").strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as exc:
+        reason = f"no cellctl daemon is running for {str(config)!r} ({pid_file}: {exc.__class__.__name__})"
+        if as_json:
+            click.echo(orjson.dumps({"ok": False, "error": reason}).decode())
+        else:
+            click.echo(f"error: {reason}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(orjson.dumps({"ok": True, "pid": pid, "devices": len(compiled.devices)}).decode())
+    else:
+        click.echo(f"reload requested from cellctl (pid {pid}); its log says what changed")
+
+
+@cli.command()
+@config_arg
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable summary.")
 def check(config: Path, as_json: bool) -> None:
     """Validate CONFIG and every profile it uses; print what would run. No device I/O."""

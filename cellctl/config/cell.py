@@ -35,8 +35,8 @@ def _topic_level(value: str) -> str:
 
 
 TopicLevel = Annotated[str, AfterValidator(_topic_level)]
-# `status`, `outbox` and `events` are cell-level UNS topics; `cmd` is reserved for commands.
-RESERVED_DEVICE_IDS = frozenset({"status", "cmd", "outbox", "events"})
+# `status`, `outbox`, `events` and `manifest` are cell-level UNS topics; `cmd` is reserved for commands.
+RESERVED_DEVICE_IDS = frozenset({"status", "cmd", "outbox", "events", "manifest"})
 
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|kB|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$")

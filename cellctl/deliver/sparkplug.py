@@ -156,6 +156,21 @@ class SparkplugNode(Delivery):
         self._snapshots = snapshots
         self.executor = executor
 
+    # -- devices added and removed by a reload ---------------------------------------------
+
+    def add_device(self, device: CompiledDevice) -> None:
+        """A device added (or replaced) by a reload: its metrics get lasting aliases now;
+        its DBIRTH follows its first reading or failure."""
+        model = device_model(device, self.aliases)
+        self.aliases.save()
+        self.models[model.id] = model
+        self.encoder.add_device(model, self.topics.device(MessageType.DDATA, model.id))
+
+    def remove_device(self, device_id: str) -> None:
+        """After the encoder's DDEATH (device_removed): commands for it are refused from now."""
+        self.models.pop(device_id, None)
+        self._birthed.pop(device_id, None)
+
     @property
     def encode_fallbacks(self) -> int:
         fallbacks: int = self.encoder.encode_fallbacks

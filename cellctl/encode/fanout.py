@@ -53,3 +53,10 @@ class FanOut:
                 s.device_available(snapshot)
             except Exception as exc:
                 self._failed(i, snapshot.device_id, "device_available", exc)
+
+    def device_removed(self, device_id: str) -> None:
+        for i, s in enumerate(self.sinks):
+            try:
+                s.device_removed(device_id)
+            except Exception as exc:
+                self._failed(i, device_id, "device_removed", exc)

@@ -262,7 +262,7 @@ class SparkplugEncoder:
     def __init__(
         self, models: Mapping[str, DeviceModel], out: RecordSink, ddata_topics: Mapping[str, str]
     ) -> None:
-        self.models = models
+        self.models = models  # the node's dict: a reload adds and removes devices in it
         self.out = out
         self.births: BirthScheduler | None = None
         self._ddata = dict(ddata_topics)
@@ -285,6 +285,21 @@ class SparkplugEncoder:
 
     def device_state(self, snapshot: DeviceSnapshot) -> None:
         """Sparkplug has no retained state: BIRTH messages carry it."""
+
+    def device_removed(self, device_id: str) -> None:
+        """A DDEATH if the device was ever birthed; then it is forgotten (the node's
+        `remove_device` drops its model)."""
+        if device_id in self._told and self.births is not None:
+            self.births.device_death(device_id)
+        for table in (self._alive, self._builders, self._ddata):
+            table.pop(device_id, None)
+        self._told.discard(device_id)
+
+    def add_device(self, model: DeviceModel, ddata_topic: str) -> None:
+        """A device added by a reload: birthed when it is first heard of."""
+        self._builders[model.id] = DataBuilder(model)
+        self._ddata[model.id] = ddata_topic
+        self._alive[model.id] = False
 
     def device_available(self, snapshot: DeviceSnapshot) -> None:
         device_id = snapshot.device_id

@@ -12,6 +12,7 @@ Device messages become outbox records here; `UnsDelivery` (cellctl/deliver/uns.p
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Protocol
 
@@ -191,6 +192,24 @@ class UnsEncoder:
 
     def device_available(self, snapshot: DeviceSnapshot) -> None:
         """UNS says it in `state` and in the data's machine state; nothing extra."""
+
+    def device_removed(self, device_id: str) -> None:
+        """An event says so, and the device's retained state (and per-point values) are
+        cleared: an empty retained message deletes what the broker holds."""
+        body = {"ts": time.time_ns() // 1_000_000, "event": "device_removed", "device": device_id}
+        self.out.put(Record(device_id, f"{self.root}/events", orjson.dumps(body), self.qos, False, "uns"))
+        self.clear_retained(device_id)
+        self._data_topic.pop(device_id, None)
+
+    def clear_retained(self, device_id: str) -> None:
+        put, qos = self.out.put, self.qos
+        put(Record(device_id, self.state_topic(device_id), b"", qos, True, "uns"))
+        for point_id in self._point_quality.pop(device_id, {}):
+            put(Record(device_id, self.point_topic(device_id, point_id), b"", qos, True, "uns"))
+
+    def manifest(self, body: dict[str, Any]) -> None:
+        """The retained cell manifest (cellctl/manifest.py)."""
+        self.out.put(Record("", f"{self.root}/manifest", orjson.dumps(body), self.qos, True, "uns"))
 
     def republish_points(self, snapshots: Iterable[DeviceSnapshot], ts_ms: int) -> None:
         """per_point mode, after (re)connecting: every point's current value, retained.

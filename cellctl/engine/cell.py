@@ -1,5 +1,6 @@
 """The cell: every device runner under one TaskGroup, plus the task that keeps the
-retained device states fresh."""
+retained device states fresh. Devices can be added, removed and replaced while it runs
+(a reload), each without touching the others."""
 
 from __future__ import annotations
 
@@ -7,13 +8,24 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from cellctl.config.loader import CompiledCell
+from cellctl.config.loader import CompiledCell, CompiledDevice
 from cellctl.engine.runner import DeviceRunner, DeviceSink
 from cellctl.model import DeviceSnapshot
 
 # A device that is away is tried again at least this often (after three quick retries):
 # a TCP connect to a machine that is off costs nothing, and a plant wants it back soon.
 DEVICE_BACKOFF_MAX = 5.0
+STOP_TIMEOUT = 5.0  # one device task's cleanup when it is removed
+
+
+async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
+    """Cancel until they end: Python 3.11's asyncio.wait_for (pymodbus connects with it)
+    loses a cancellation that arrives as the connection completes. Bounded by the caller."""
+    pending = tasks
+    while pending:
+        for t in pending:
+            t.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=0.2)
 
 
 class Cell:
@@ -24,16 +36,18 @@ class Cell:
         self.sink = sink
         self.clock = clock
         backbone = compiled.config.backbone
-        self.runners = [
-            DeviceRunner(
-                d, sink, backoff_min=backbone.reconnect_min, backoff_max=max(backbone.reconnect_min, DEVICE_BACKOFF_MAX)
-            )
-            for d in compiled.devices
-        ]
+        self._backoff = (backbone.reconnect_min, max(backbone.reconnect_min, DEVICE_BACKOFF_MAX))
+        self.runners = [self._runner(d) for d in compiled.devices]
         self._by_id = {r.id: r for r in self.runners}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tg: asyncio.TaskGroup | None = None
         publish = compiled.config.publish
         self.state_min_interval = publish.state_min_interval
         self.full_refresh = publish.full_refresh
+
+    def _runner(self, device: CompiledDevice) -> DeviceRunner:
+        low, high = self._backoff
+        return DeviceRunner(device, self.sink, backoff_min=low, backoff_max=high)
 
     def republish_all(self) -> None:
         """After a (re)connect: every retained state goes out again now."""
@@ -58,24 +72,51 @@ class Cell:
             await asyncio.sleep(tick)
             self.refresh_states()
 
+    def _start(self, runner: DeviceRunner) -> None:
+        assert self._tg is not None
+        self._tasks[runner.id] = self._tg.create_task(runner.run(), name=f"device:{runner.id}")
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run every device until `stop` is set, then cancel them all (bounded by the runners'
         own cleanup)."""
         async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(r.run(), name=f"device:{r.id}") for r in self.runners]
-            tasks.append(tg.create_task(self._refresher(), name="state-refresher"))
+            self._tg = tg
+            for r in self.runners:
+                self._start(r)
+            refresher = tg.create_task(self._refresher(), name="state-refresher")
             await stop.wait()
-            pending = set(tasks)
-            while pending:  # bounded by the caller's timeout
-                for t in pending:
-                    t.cancel()
-                # Again until they end: Python 3.11's asyncio.wait_for (pymodbus connects
-                # with it) loses a cancellation that arrives as the connection completes.
-                _done, pending = await asyncio.wait(pending, timeout=0.2)
+            self._tg = None
+            await _cancel_all({*self._tasks.values(), refresher})
         # Nothing is known about the machines once we stop: say so in the retained states.
         for r in self.runners:
             r.mark_stopped("cellctl stopped")
         self.republish_all()
+
+    # -- changes while running (reload) -----------------------------------------------------
+
+    def add(self, device: CompiledDevice) -> DeviceRunner:
+        """A new device: its runner starts now (if the cell runs)."""
+        runner = self._runner(device)
+        self.runners.append(runner)
+        self._by_id[runner.id] = runner
+        if self._tg is not None:
+            self._start(runner)
+        return runner
+
+    async def remove(self, device_id: str) -> DeviceRunner | None:
+        """Stop one device's task (bounded) and forget it; the others run on untouched."""
+        runner = self._by_id.pop(device_id, None)
+        if runner is None:
+            return None
+        self.runners.remove(runner)
+        task = self._tasks.pop(device_id, None)
+        if task is not None:
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await _cancel_all({task})
+            except TimeoutError:
+                runner.log.warning("device_stop_timed_out", timeout=STOP_TIMEOUT)
+        return runner
 
     def runner(self, device_id: str) -> DeviceRunner | None:
         return self._by_id.get(device_id)

@@ -40,6 +40,11 @@ class DeviceSink(Protocol):
 
     def device_available(self, snapshot: DeviceSnapshot) -> None: ...
 
+    def device_removed(self, device_id: str) -> None:
+        """The device left the cell's configuration (a reload): it is gone, not merely
+        unavailable."""
+        ...
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
