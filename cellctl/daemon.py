@@ -102,6 +102,9 @@ class Daemon:
         self.stop = asyncio.Event()
         self.started = asyncio.Event()
         self.reloads = 0
+        self._restart_with: CompiledCell | None = None
+        self._previous = compiled
+        self._terminating = False
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._reload_lock = asyncio.Lock()
         started_ms = now_ms()
@@ -225,16 +228,13 @@ class Daemon:
             return False
         diff = diff_cells(self.compiled, new)
         if diff.other_sections:
-            log.warning(
-                "reload_refused",
-                config=str(path),
-                problems=[
-                    f"{path}: {k}: changes here need a restart (systemctl restart cellctl)"
-                    for k in diff.other_sections
-                ],
-                kept="the running config",
-            )
-            return False
+            # the sessions (and possibly the outbox) are built on these: start them anew,
+            # cleanly (status offline/online, NDEATH and new births)
+            log.info("reload_restarting_sessions", sections=diff.other_sections)
+            self._restart_with = new
+            self.reloads += 1
+            self.stop.set()
+            return True
         ts = now_ms()
         for device_id in diff.removed:
             await self._remove_device(device_id, announce=True)
@@ -295,50 +295,23 @@ class Daemon:
         loop = asyncio.get_running_loop()
         if install_signal_handlers:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self.stop.set)
+                loop.add_signal_handler(sig, self.terminate)
             loop.add_signal_handler(signal.SIGHUP, self._reload_soon)
         pid_file = self.state_dir / PID_FILE
         with contextlib.suppress(OSError):
             pid_file.write_text(f"{os.getpid()}\n", encoding="utf-8")
-        cfg = self.compiled.config
-        stats = self.outbox.stats()
-        log.info(
-            "cellctl_starting",
-            version=__version__,
-            config=str(self.compiled.path),
-            devices=len(self.compiled.devices),
-            broker=f"{cfg.backbone.host}:{cfg.backbone.port}",
-            formats=cfg.publish.formats,
-            state_dir=str(self.state_dir),
-            outbox_backlog=stats.messages,
-        )
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                for d in self.deliveries:
-                    await stack.enter_async_context(d.session)
-                async with asyncio.TaskGroup() as tg:
-                    writer_task = tg.create_task(self.writer.run(), name="outbox-writer")
-                    helpers = [tg.create_task(d.run(), name=f"delivery:{d.fmt}") for d in self.deliveries]
-                    assert self.reporter is not None
-                    helpers.append(tg.create_task(self.reporter.run(), name="outbox-report"))
-                    helpers.append(tg.create_task(self.executor.run(), name="command-executor"))
-                    cell_task = tg.create_task(self.cell.run(self.stop), name="cell")
-                    interval = systemd.watchdog_interval()
-                    if interval:
-                        helpers.append(tg.create_task(self._watchdog(interval), name="watchdog"))
-                    systemd.notify("READY=1")
-                    self.started.set()
-                    await self.stop.wait()
-                    systemd.notify("STOPPING=1")
-                    log.info("cellctl_stopping")
-                    async with asyncio.timeout(SHUTDOWN_TIMEOUT):
-                        await cell_task  # devices stopped; their final states are put
-                    for t in helpers:
-                        t.cancel()  # replay stops first: the final live messages settle sooner
-                    await self._drain()
-                    for d in self.deliveries:
-                        await d.close()
-                    writer_task.cancel()  # commits what is queued (acks included), bounded
+            while True:
+                await self._run_once()
+                new, self._restart_with = self._restart_with, None
+                if new is None or self._terminating:
+                    break
+                try:
+                    self._rebuild(new)
+                except ConfigError as exc:  # e.g. the new state_dir's outbox cannot be opened
+                    log.warning("reload_refused", problems=exc.problems, kept="the previous config")
+                    self._rebuild(self._previous)
+                self.stop.clear()
         finally:
             with contextlib.suppress(OSError):
                 pid_file.unlink()
@@ -356,6 +329,67 @@ class Daemon:
                 outbox_backlog=stats.messages,
                 **{f"{d.fmt}_{k}": v for d in self.deliveries for k, v in d.stats().items()},
             )
+
+    def terminate(self) -> None:
+        """SIGINT/SIGTERM: stop for good (also in the middle of a session restart)."""
+        self._terminating = True
+        self.stop.set()
+
+    def _rebuild(self, new: CompiledCell) -> None:
+        """After a reload that changed more than the devices: the same outbox (or the new
+        one, if its place or bounds changed) and everything else built anew."""
+        old = self._previous = self.compiled
+        self.compiled = new
+        self.root = cell_root(new.config.publish.prefix, new.config.identity)
+        if (state_dir(new), new.config.outbox) != (self.state_dir, old.config.outbox):
+            self.outbox.close()
+            self.state_dir = state_dir(new)
+            self.outbox = self._open_outbox()
+        ts = now_ms()
+        self.joined = {d.config.id: self.joined.get(d.config.id, ts) for d in new.devices}
+        self._build()
+
+    async def _run_once(self) -> None:
+        cfg = self.compiled.config
+        stats = self.outbox.stats()
+        log.info(
+            "cellctl_starting",
+            version=__version__,
+            config=str(self.compiled.path),
+            devices=len(self.compiled.devices),
+            broker=f"{cfg.backbone.host}:{cfg.backbone.port}",
+            formats=cfg.publish.formats,
+            state_dir=str(self.state_dir),
+            outbox_backlog=stats.messages,
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            for d in self.deliveries:
+                await stack.enter_async_context(d.session)
+            async with asyncio.TaskGroup() as tg:
+                writer_task = tg.create_task(self.writer.run(), name="outbox-writer")
+                helpers = [tg.create_task(d.run(), name=f"delivery:{d.fmt}") for d in self.deliveries]
+                assert self.reporter is not None
+                helpers.append(tg.create_task(self.reporter.run(), name="outbox-report"))
+                helpers.append(tg.create_task(self.executor.run(), name="command-executor"))
+                cell_task = tg.create_task(self.cell.run(self.stop), name="cell")
+                interval = systemd.watchdog_interval()
+                if interval:
+                    helpers.append(tg.create_task(self._watchdog(interval), name="watchdog"))
+                systemd.notify("READY=1")
+                self.started.set()
+                await self.stop.wait()
+                restarting = self._restart_with is not None
+                if not restarting:
+                    systemd.notify("STOPPING=1")
+                log.info("cellctl_restarting" if restarting else "cellctl_stopping")
+                async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+                    await cell_task  # devices stopped; their final states are put
+                for t in helpers:
+                    t.cancel()  # replay stops first: the final live messages settle sooner
+                await self._drain()
+                for d in self.deliveries:
+                    await d.close()
+                writer_task.cancel()  # commits what is queued (acks included), bounded
 
     def _reload_soon(self) -> None:
         """SIGHUP: reload in a task of its own (the signal handler must not wait)."""
