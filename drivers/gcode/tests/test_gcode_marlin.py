@@ -150,7 +150,7 @@ async def test_reset_mid_job_fails_cleanly_and_the_next_job_runs(marlin_factory:
         assert job.state == JobState.FAILED
         assert job.error.startswith("the printer reset ('start') after")
         sent = job.next
-        await asyncio.sleep(0.2)
+        assert (await dev.command("M105")).ok  # FIFO with the stream: a line queued after the reset goes first
         assert job.next == sent
         before = len(job_lines_executed(sim))
         again = await dev.run_job(program(marlin_job(40, seed=5)))
@@ -203,7 +203,8 @@ async def test_pause_resume_cancel_and_a_new_job(marlin_factory: Any) -> None:
         dev.pause()
         await until(lambda: values.values.get("state") == "Paused", what="paused")
         held = job.next
-        await asyncio.sleep(0.2)
+        reports = sim.auto_reports
+        await until(lambda: sim.auto_reports > reports, what="a temperature report while paused")
         assert job.next == held  # nothing streamed while paused
         dev.resume()
         await until(lambda: job.acked > held + 20, what="printing again")

@@ -135,6 +135,7 @@ class MarlinSim(SerialMachine):
         self.line_errors: list[str] = []
         self.rx_overflows = 0
         self.busy_sent = 0
+        self.auto_reports = 0  # M155/M154/M27 S reports sent: a test's clock for "a report later"
         self._reset_state()
 
     # -- life cycle -----------------------------------------------------------------------
@@ -667,6 +668,7 @@ class MarlinSim(SerialMachine):
                     setattr(self, attr, self._need_loop().call_later(interval, tick))
                     return
                 self._send(report())
+                self.auto_reports += 1
                 setattr(self, attr, self._need_loop().call_later(interval, tick))
 
             setattr(self, attr, self._need_loop().call_later(seconds, tick))
