@@ -26,13 +26,6 @@ async def sim() -> AsyncIterator[GrblSim]:
         yield s
 
 
-@pytest.fixture
-async def port(sim: GrblSim) -> AsyncIterator[RawPort]:
-    p = RawPort(sim.path)
-    yield p
-    p.close()
-
-
 async def test_path_is_a_tty_and_status_reports_every_field(sim: GrblSim, port: RawPort) -> None:
     assert stat.S_ISCHR(os.stat(sim.path).st_mode)
     rep = await port.status()

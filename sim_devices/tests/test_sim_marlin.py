@@ -40,13 +40,6 @@ async def sim() -> AsyncIterator[MarlinSim]:
         yield s
 
 
-@pytest.fixture
-async def port(sim: MarlinSim) -> AsyncIterator[RawPort]:
-    p = RawPort(sim.path)
-    yield p
-    p.close()
-
-
 async def test_numbered_lines_and_reports(sim: MarlinSim, port: RawPort) -> None:
     await reset_numbers(port)
     since = port.mark()

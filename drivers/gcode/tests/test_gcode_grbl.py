@@ -4,16 +4,15 @@ rules, pause / resume / cancel, the watchdog and a lost port."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from typing import Any
 
 import pytest
-from cellctl_gcode.device import GcodeDevice, open_device
+from cellctl_gcode.device import open_device
 from cellctl_gcode.job import Job, JobRejected, JobState
 from cellctl_gcode.program import Program
 from cellctl_sim.grbl import GrblSim
-from gcode_testutil import Values, ctx, grbl_job, points, until
+from gcode_testutil import Values, ctx, grbl_job, points, subscribed, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,17 +29,6 @@ STATUS_FIELDS = (
 
 def program(lines: list[str], name: str = "job.nc") -> Program:
     return Program.from_text("\n".join(lines), dialect="grbl", name=name)
-
-
-@contextlib.asynccontextmanager
-async def subscribed(dev: GcodeDevice, values: Values) -> Any:
-    task = asyncio.get_running_loop().create_task(dev.subscribe(values), name="subscribe")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, DeviceUnavailable):
-            await task
 
 
 async def test_status_report_fields_are_published(grbl_factory: Any) -> None:

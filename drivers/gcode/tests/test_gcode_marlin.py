@@ -4,16 +4,15 @@ streaming, resends under line noise, keep-alives, halts and resets, the watchdog
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from typing import Any
 
 import pytest
-from cellctl_gcode.device import GcodeDevice, open_device
+from cellctl_gcode.device import open_device
 from cellctl_gcode.job import Job, JobState
 from cellctl_gcode.program import Program
 from cellctl_sim.marlin import MarlinSim
-from gcode_testutil import Values, ctx, marlin_job, points, until
+from gcode_testutil import Values, ctx, marlin_job, points, subscribed, until
 
 from cellctl.driver import DeviceUnavailable
 
@@ -33,17 +32,6 @@ def program(lines: list[str], name: str = "print.gcode") -> Program:
 
 def job_lines_executed(sim: MarlinSim) -> list[str]:
     return [x for x in sim.executed if not x.startswith(HOUSEKEEPING)]
-
-
-@contextlib.asynccontextmanager
-async def subscribed(dev: GcodeDevice, values: Values) -> Any:
-    task = asyncio.get_running_loop().create_task(dev.subscribe(values), name="subscribe")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, DeviceUnavailable):
-            await task
 
 
 async def test_handshake_auto_reports_and_values(marlin_factory: Any) -> None:
