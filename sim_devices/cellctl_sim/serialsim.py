@@ -10,16 +10,31 @@ import abc
 import asyncio
 from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Self, TypedDict
 
 from cellctl_sim.grbl.serialline import PtyLine
+
+
+class LinkOptions(TypedDict, total=False):
+    """What every serial machine takes besides its dialect's own settings."""
+
+    speedup: float  # simulated time runs this much faster (math.inf: motion is instant)
+    baudrate: int | None  # pace bytes as this baud rate would (None: as fast as they come)
+    link: str | None  # a stable symlink to the pty, as /dev/serial/by-id gives
+    seed: int | None  # for reproducible line noise
+
 
 
 class SerialMachine(abc.ABC):
     """A simulated controller on a pseudo-terminal. Use as `async with Sim(...) as sim:`;
     clients open `sim.path`."""
 
-    def __init__(self, *, baudrate: int | None, link: str | None, seed: int | None) -> None:
+    def __init__(
+        self, *, speedup: float = 1.0, baudrate: int | None = None, link: str | None = None, seed: int | None = None
+    ) -> None:
+        if speedup <= 0:
+            raise ValueError(f"speedup must be positive, got {speedup!r}")
+        self.speedup = speedup
         self.line = PtyLine(self._on_bytes, baudrate=baudrate, link=link, seed=seed)
         self.resets = 0
         # faults

@@ -1,12 +1,15 @@
-"""Fixtures: a stepped (deterministic) simulator with every device type, and clients."""
+"""Fixtures: a stepped (deterministic) Modbus simulator with every device type, and
+clients; a raw serial client for the G-code simulators (whose modules define `sim`)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from cellctl_sim.modbus import SimModbusServer
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from test_sim_grbl_support import RawPort
 
 ALL_UNITS = {1: "energy-meter", 2: "machine-plc", 3: "type-test", 4: "bench", 5: "bench"}
 
@@ -41,3 +44,11 @@ async def rtu(rtu_path: str) -> AsyncIterator[AsyncModbusSerialClient]:
     assert await client.connect()
     yield client
     client.close()
+
+
+@pytest.fixture
+async def port(sim: Any) -> AsyncIterator[RawPort]:
+    """A raw client on the pty of the module's G-code simulator (its `sim` fixture)."""
+    p = RawPort(sim.path)
+    yield p
+    p.close()

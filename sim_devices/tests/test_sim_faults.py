@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
+from typing import Any
 
 import pytest
 from cellctl_sim.modbus import SimModbusServer
@@ -160,3 +161,52 @@ async def test_server_wide_silence_covers_absent_units_too(sim: SimModbusServer,
     t0 = time.monotonic()
     assert exc_code(await tcp.read_holding_registers(0, count=1, device_id=99)) == 0x0B
     assert time.monotonic() - t0 >= 0.2
+
+
+async def test_stall_holds_requests_in_flight_until_released() -> None:
+    async with SimModbusServer({1: "blank", 2: "blank"}, auto_tick=False) as sim:
+        sim.unit(1).load("holding", 0, [11, 12])
+        port = await sim.serve_tcp()
+        async with AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5, retries=0) as c:
+            sim.stall(unit=1)
+            held = asyncio.ensure_future(c.read_holding_registers(0, count=2, device_id=1))
+            await wait_until(lambda: sim.traffic.in_flight == 1)
+            assert not held.done()
+            sim.release(unit=2)  # another unit's release leaves this stall alone
+            assert sim.traffic.in_flight == 1
+            sim.release()
+            rr = await asyncio.wait_for(held, 3)
+            assert rr.registers == [11, 12]  # answered late, as a device that recovers
+            assert sim.traffic.in_flight == 0
+            assert sim.traffic.max_in_flight == 1
+            assert sim.traffic.requests == 1
+            assert sim.traffic.connects == 1
+            assert [(u, fc) for _, u, fc in sim.traffic.arrivals] == [(1, 3)]
+
+
+async def test_a_once_exception_hits_the_first_matching_request_only() -> None:
+    async with SimModbusServer({1: "blank"}, auto_tick=False) as sim:
+        port = await sim.serve_tcp()
+        sim.set_exception(6, unit=1, table="holding", start=40, end=40, once=True)
+        async with AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5, retries=0) as c:
+            assert not (await c.read_holding_registers(0, count=2, device_id=1)).isError()  # not a match
+            assert exc_code(await c.read_holding_registers(40, count=1, device_id=1)) == 6
+            assert not (await c.read_holding_registers(40, count=1, device_id=1)).isError()
+
+
+async def test_mangle_rewrites_answers_and_blank_units_keep_what_is_loaded() -> None:
+    async with SimModbusServer({1: "blank"}, tick=0.01) as sim:  # ticking changes nothing on a blank unit
+        sim.unit(1).load("input", 5, [1, 2, 3])
+        with pytest.raises(ValueError, match=r"unit 1: cannot load 2 value\(s\) at holding 199"):
+            sim.unit(1).load("holding", 199, [1, 2])
+        port = await sim.serve_tcp()
+
+        def truncate(pdu: Any) -> Any:
+            pdu.registers = list(pdu.registers)[:-1]
+            return pdu
+
+        async with AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5, retries=0) as c:
+            await wait_until(lambda: sim.ticks >= 2)
+            assert (await c.read_input_registers(5, count=3, device_id=1)).registers == [1, 2, 3]
+            sim.mangle = truncate
+            assert (await c.read_input_registers(5, count=3, device_id=1)).registers == [1, 2]

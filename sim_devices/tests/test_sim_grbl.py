@@ -26,13 +26,6 @@ async def sim() -> AsyncIterator[GrblSim]:
         yield s
 
 
-@pytest.fixture
-async def port(sim: GrblSim) -> AsyncIterator[RawPort]:
-    p = RawPort(sim.path)
-    yield p
-    p.close()
-
-
 async def test_path_is_a_tty_and_status_reports_every_field(sim: GrblSim, port: RawPort) -> None:
     assert stat.S_ISCHR(os.stat(sim.path).st_mode)
     rep = await port.status()
@@ -134,8 +127,9 @@ async def test_status_in_every_state() -> None:
             deadline = time.monotonic() + 3
             while state_of(await port.status()) != "Idle":
                 assert time.monotonic() < deadline
+            since = port.mark()
             port.send("$J=G91X5F600")
-            await asyncio.sleep(0.01)
+            await port.wait_for("ok", since=since)  # planned: the jog is under way
             assert state_of(await port.status()) == "Jog"
             port.write(b"\x85")  # jog cancel
             assert state_of(await port.status()) == "Idle"
@@ -163,10 +157,9 @@ async def test_soft_limit_is_a_critical_alarm_until_reset(sim: GrblSim, port: Ra
     await port.wait_for("[MSG:Reset to continue]", since=since)
     port.send("G0X1")
     port.write(b"?")
-    await asyncio.sleep(0.1)
-    assert [x for x in port.lines[since:] if x.startswith(("ok", "<"))] == []  # nothing answered
-    port.write(b"\x18")
+    port.write(b"\x18")  # bytes are taken in order: the banner comes after any answer to those
     await port.wait_for(BANNER, since=since)
+    assert [x for x in port.lines[since:] if x.startswith(("ok", "<"))] == []  # nothing answered
     await port.wait_for("[MSG:'$H'|'$X' to unlock]", since=since)
     assert state_of(await port.status()) == "Alarm"
     since = port.mark()
@@ -192,7 +185,8 @@ async def test_settings_need_idle_and_eeprom_writes_lose_input() -> None:
             since = port.mark()
             port.write(b"$110=2000\nG0X1\n")  # a host that does not wait for the ok
             await port.wait_for("ok", since=since)
-            await asyncio.sleep(0.1)
+            port.send("$I")  # a marker: its answer comes after every byte before it was taken in
+            await port.wait_for("[VER:", since=since)
             assert sim.lost_bytes > 0
             assert sim.settings.values[110] == 2000
         finally:
@@ -249,17 +243,19 @@ async def test_faults_drop_ok_stall_reset() -> None:
             port.send("G1X1F100")
             port.send("G1X2")
             await port.count("ok", 1, since=since)
-            await asyncio.sleep(0.05)
+            await port.status()  # answered after both lines: a second ok would stand before it
             assert len([x for x in port.lines[since:] if x == "ok"]) == 1
             assert sim.executed == ["G1X1F100", "G1X2"]
             sim.stall()
             since = port.mark()
+            bytes_in = sim.line.bytes_in
             port.write(b"?")
             port.send("G1X3")
-            await asyncio.sleep(0.1)
+            await until(lambda: sim.line.bytes_in >= bytes_in + 6, what="the stalled machine to take the bytes in")
             assert port.lines[since:] == []
             sim.unstall()
             await port.wait_for("ok", since=since)
+            assert port.lines[since:] == ["ok"]  # the status request sent during the stall was never answered
             since = port.mark()
             sim.reset()
             await port.wait_for(BANNER, since=since)
@@ -273,10 +269,7 @@ async def test_unplug_and_replug_under_a_stable_link(tmp_path: Path) -> None:
         port = RawPort(link)
         assert state_of(await port.status()) == "Idle"
         sim.unplug()
-        deadline = time.monotonic() + 2
-        while not port.eof:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await until(lambda: port.eof, 2, "end of file after the unplug")
         port.close()
         assert not exists(link)
         sim.replug()

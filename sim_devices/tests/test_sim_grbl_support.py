@@ -12,6 +12,10 @@ import time
 import tty
 from collections.abc import Callable
 
+from cellctl.testing import async_wait_until as until
+
+__all__ = ["RawPort", "checksum_line", "exists", "field_of", "state_of", "until"]
+
 
 class RawPort:
     def __init__(self, path: str) -> None:
@@ -135,15 +139,6 @@ def checksum_line(n: int, cmd: str) -> str:
     for ch in body.encode("ascii"):
         cs ^= ch
     return f"{body}*{cs}"
-
-
-async def until(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
-    """Wait on the loop until `predicate()` holds, or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        await asyncio.sleep(0.005)
 
 
 def exists(path: str) -> bool:

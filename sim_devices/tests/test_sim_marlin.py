@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from cellctl_sim.marlin import MarlinSim
-from test_sim_grbl_support import RawPort, checksum_line, exists
+from test_sim_grbl_support import RawPort, checksum_line, exists, until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -27,17 +27,17 @@ async def reset_numbers(port: RawPort) -> None:
     await port.wait_for("ok", since=since)
 
 
+async def settled(port: RawPort, since: int) -> None:
+    """Send a marker (an unnumbered M105) and wait for its answer: the printer runs its
+    queue in order, so whatever the lines before it were to bring has arrived by then."""
+    port.send("M105")
+    await port.wait_for("ok T:", since=since)
+
+
 @pytest.fixture
 async def sim() -> AsyncIterator[MarlinSim]:
     async with MarlinSim(speedup=math.inf) as s:
         yield s
-
-
-@pytest.fixture
-async def port(sim: MarlinSim) -> AsyncIterator[RawPort]:
-    p = RawPort(sim.path)
-    yield p
-    p.close()
 
 
 async def test_numbered_lines_and_reports(sim: MarlinSim, port: RawPort) -> None:
@@ -76,9 +76,9 @@ async def test_line_errors_ask_for_a_resend_and_flush_input(sim: MarlinSim, port
     port.write((line + "\n" + checksum_line(2, "G1 X7") + "\n").encode())  # the good line behind it is flushed
     assert await port.wait_for("Error:", since=since) == error
     assert await port.wait_for("Resend:", since=since) == "Resend: 2"
-    await asyncio.sleep(0.05)
+    await settled(port, since)
     assert "ok" not in port.lines[since:]  # this firmware sends no ok after a resend request
-    assert sim.executed == ["M110 N0", "G1 X5 F100"]
+    assert sim.executed == ["M110 N0", "G1 X5 F100", "M105"]  # the flushed line never ran
     since = port.mark()
     port.send(checksum_line(2, "G1 X7"))
     await port.wait_for("ok", since=since)
@@ -144,11 +144,12 @@ async def test_autoreport_and_emergency_parser() -> None:
             await port.wait_for("Error:Printer halted. kill() called!", since=since)
             assert sim.killed
             since = port.mark()
+            bytes_in = sim.line.bytes_in
             port.send(checksum_line(4, "M105"))
-            await asyncio.sleep(0.1)
-            assert port.lines[since:] == []  # halted: nothing answers
+            await until(lambda: sim.line.bytes_in > bytes_in, what="the halted printer to take the line in")
             sim.reset()
-            await port.wait_for("start", since=since)
+            banner = await port.wait_for("start", since=since)
+            assert port.lines[since : port.lines.index(banner, since)] == []  # halted: nothing answered
             assert sim.last_n == 0
         finally:
             port.close()
@@ -199,14 +200,11 @@ async def test_faults_drop_ok_and_unplug(tmp_path: Path) -> None:
             await reset_numbers(port)
             sim.drop_ok(1)
             port.send(checksum_line(1, "G1 X1 F100"))
-            await asyncio.sleep(0.05)
+            await settled(port, port.mark())
             assert port.lines.count("ok") == 1
-            assert sim.executed == ["M110 N0", "G1 X1 F100"]
+            assert sim.executed == ["M110 N0", "G1 X1 F100", "M105"]
             sim.unplug()
-            deadline = time.monotonic() + 2
-            while not port.eof:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.01)
+            await until(lambda: port.eof, 2, "end of file after the unplug")
         finally:
             port.close()
         assert not exists(link)

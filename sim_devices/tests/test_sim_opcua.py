@@ -8,7 +8,6 @@ import asyncio
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ import yaml
 from asyncua import Client, ua
 from asyncua.ua.uaerrors import BadOutOfRange, BadTypeMismatch, BadUserAccessDenied, UaStatusCodeError
 from cellctl_sim.opcua import NAMESPACE, POINTS, JobRefused, Machine, Security, SimOpcUaServer
+
+from cellctl.testing import async_wait_until
 
 pytestmark = pytest.mark.timeout(60)
 in_module_loop = pytest.mark.asyncio(loop_scope="module")  # shares the module's simulator
@@ -187,15 +188,17 @@ async def test_cli_serves_restarts_on_sighup_and_exits_on_sigterm() -> None:
         async with Client(url, timeout=2) as c:
             assert await c.get_namespace_index(NAMESPACE) >= 1
         proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 20
-        while True:  # the old session dies, a new one on the same URL works
+
+        async def serves() -> bool:
             try:
                 async with Client(url, timeout=2) as c:
                     await c.get_namespace_index(NAMESPACE)
-                    break
             except (OSError, TimeoutError, UaStatusCodeError):
-                assert time.monotonic() < deadline, "the simulator did not come back after SIGHUP"
-                await asyncio.sleep(0.1)
+                return False
+            return True
+
+        # the old session dies, a new one on the same URL works
+        await async_wait_until(serves, 20, "the simulator to serve again after SIGHUP", interval=0.1)
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(15):
             assert await proc.wait() == 0

@@ -4,12 +4,28 @@ broker for the end-to-end tests comes from the cellctl.testing plugin)."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from cellctl_sim.grbl import GrblSim
 from cellctl_sim.marlin import MarlinSim
+from cellctl_sim.serialsim import SerialMachine
+
+
+async def _machines(kind: type[SerialMachine]) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """A factory of started simulators of `kind`, all closed at teardown."""
+    sims: list[SerialMachine] = []
+
+    async def make(**kwargs: Any) -> SerialMachine:
+        sim = kind(**kwargs)
+        await sim.start()
+        sims.append(sim)
+        return sim
+
+    yield make
+    for sim in sims:
+        sim.close()
 
 
 @pytest.fixture
@@ -19,18 +35,9 @@ async def grbl() -> AsyncIterator[GrblSim]:
 
 
 @pytest.fixture
-async def grbl_factory() -> AsyncIterator[Any]:
-    sims: list[GrblSim] = []
-
-    async def make(**kwargs: Any) -> GrblSim:
-        sim = GrblSim(**kwargs)
-        await sim.start()
-        sims.append(sim)
-        return sim
-
-    yield make
-    for sim in sims:
-        sim.close()
+async def grbl_factory() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    async for make in _machines(GrblSim):
+        yield make
 
 
 @pytest.fixture
@@ -40,15 +47,6 @@ async def marlin() -> AsyncIterator[MarlinSim]:
 
 
 @pytest.fixture
-async def marlin_factory() -> AsyncIterator[Any]:
-    sims: list[MarlinSim] = []
-
-    async def make(**kwargs: Any) -> MarlinSim:
-        sim = MarlinSim(**kwargs)
-        await sim.start()
-        sims.append(sim)
-        return sim
-
-    yield make
-    for sim in sims:
-        sim.close()
+async def marlin_factory() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    async for make in _machines(MarlinSim):
+        yield make

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 from cellctl_gcode.config import GcodeAddress, GcodeConnection, GcodeOptions
+from cellctl_gcode.device import GcodeDevice
 from cellctl_gcode.fields import FIELDS
 
-from cellctl.driver import DeviceContext, PointSpec, Reading
+from cellctl.driver import DeviceContext, DeviceUnavailable, PointSpec, Reading
 from cellctl.testing import async_wait_until as until
 
 __all__ = ["until"]
@@ -56,6 +60,18 @@ class Values:
             else:
                 self.values[pid] = reading.values[k]
                 self.errors.pop(pid, None)
+
+
+@contextlib.asynccontextmanager
+async def subscribed(dev: GcodeDevice, values: Values) -> AsyncIterator[asyncio.Task[None]]:
+    """The device's subscription running in the background, feeding `values`."""
+    task = asyncio.get_running_loop().create_task(dev.subscribe(values), name="subscribe")
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, DeviceUnavailable):
+            await task
 
 
 def grbl_job(n: int, *, seed: int = 1) -> list[str]:

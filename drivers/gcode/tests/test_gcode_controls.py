@@ -59,8 +59,9 @@ async def test_job_folder_files_results_and_never_restarts_an_interrupted_job(tm
         tmp = tmp_path / "good.part"
         tmp.write_text("\n".join(grbl_job(100, seed=43)))
         os.replace(tmp, job_dir / "good.nc")
+        # half.nc was filed before any job could start: had it been restarted, it would have
+        # run before good.nc, so good.nc's result is the event that proves it was not
         await until((job_dir / "done" / "good.nc.result.json").exists, what="good job done")
-        await asyncio.sleep(0.05)
     half = orjson.loads((job_dir / "failed" / "half.nc.result.json").read_bytes())
     assert half["error"].startswith("interrupted")
     bad = orjson.loads((job_dir / "failed" / "bad.nc.result.json").read_bytes())

@@ -4,16 +4,15 @@ rules, pause / resume / cancel, the watchdog and a lost port."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from typing import Any
 
 import pytest
-from cellctl_gcode.device import GcodeDevice, open_device
+from cellctl_gcode.device import open_device
 from cellctl_gcode.job import Job, JobRejected, JobState
 from cellctl_gcode.program import Program
 from cellctl_sim.grbl import GrblSim
-from gcode_testutil import Values, ctx, grbl_job, points, until
+from gcode_testutil import Values, ctx, grbl_job, points, subscribed, until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,17 +29,6 @@ STATUS_FIELDS = (
 
 def program(lines: list[str], name: str = "job.nc") -> Program:
     return Program.from_text("\n".join(lines), dialect="grbl", name=name)
-
-
-@contextlib.asynccontextmanager
-async def subscribed(dev: GcodeDevice, values: Values) -> Any:
-    task = asyncio.get_running_loop().create_task(dev.subscribe(values), name="subscribe")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, DeviceUnavailable):
-            await task
 
 
 async def test_status_report_fields_are_published(grbl_factory: Any) -> None:
@@ -211,13 +199,12 @@ async def test_soft_limit_alarm_mid_job_fails_and_publishes_the_alarm(grbl_facto
         assert values.values["state"] == "Alarm"
         assert values.values["alarm_text"] == "soft limit: the target is outside the machine travel"
         sent = job.next
-        await asyncio.sleep(0.3)
-        assert job.next == sent  # nothing more goes out
         with pytest.raises(JobRejected, match="not Idle"):
             dev.start_job(Job(program(["G0X1"])))
         dev.realtime(b"\x18")  # the operator resets and unlocks
         await until(lambda: values.values.get("state") == "Alarm" and dev.job is job, what="reset seen")
-        assert (await dev.command("$X")).ok
+        assert (await dev.command("$X")).ok  # FIFO with the stream: a job line queued meanwhile went first
+        assert job.next == sent  # nothing more went out
         await until(lambda: values.values.get("state") == "Idle" and values.values.get("alarm_code") == 0,
                     what="alarm cleared")
         again = await dev.run_job(program(["G0X1Y1"]))
@@ -236,7 +223,7 @@ async def test_reset_banner_mid_job_fails_cleanly_and_the_device_goes_on(grbl_fa
         assert job.state == JobState.FAILED
         assert job.error.startswith("the machine reset (banner \"Grbl 1.1h ['$' for help]\") after")
         sent = job.next
-        await asyncio.sleep(0.2)
+        assert (await dev.command("$I")).ok  # FIFO with the stream: a line queued after the reset goes first
         assert job.next == sent  # not one line more after the reset
         executed = len(sim.executed)
         again = await dev.run_job(program(grbl_job(50, seed=10)))
@@ -257,7 +244,8 @@ async def test_pause_resume_and_cancel(grbl_factory: Any) -> None:
         await until(lambda: values.values.get("state") == "Hold:0" and values.values.get("job_state") == "paused",
                     what="held")
         held = job.acked
-        await asyncio.sleep(0.3)
+        reports = sim.status_reports
+        await until(lambda: sim.status_reports >= reports + 2, what="two more status reports while held")
         assert job.acked <= held + 30  # held: the planner and RX may fill up, no more
         dev.resume()
         await until(lambda: job.acked > held + 20, what="running again")

@@ -1,144 +1,59 @@
-"""Test helpers: server-side instrumentation for in-process pymodbus servers and builders
-for device contexts (the pty null modem and `wait_until` come from cellctl.testing).
+"""Test helpers: the cellctl_sim Modbus simulator served for a test (TCP on 127.0.0.1 or
+RTU on a pty), with blank units loaded with a known image, and builders for points and
+device contexts (`wait_until` comes from cellctl.testing).
 (A unique module name, not conftest, so it cannot collide with other test directories of the monorepo.)"""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cellctl_modbus.config import ModbusAddress, ModbusConnection, ModbusOptions
+from cellctl_sim.modbus import SimModbusServer, Table
 from pymodbus.client.mixin import ModbusClientMixin
-from pymodbus.constants import ExcCodes
-from pymodbus.pdu import ModbusPDU
-from pymodbus.server import ModbusSerialServer, ModbusTcpServer
-from pymodbus.simulator import DataType, SimData, SimDevice
 
 from cellctl.driver import DeviceContext, PointSpec
-from cellctl.testing import PtyBridge
 from cellctl.testing import async_wait_until as wait_until
 
-__all__ = ["PtyBridge", "wait_until"]
+__all__ = ["wait_until"]
+
+Image = Mapping[Table, Sequence[int] | Sequence[bool]]  # table -> values from address 0
 
 
 @dataclass
-class Trace:
-    """Server-side view of the wire: requests in flight, connections, arrivals."""
+class Served:
+    """A simulator of blank units, listening where the driver under test connects."""
 
-    in_flight: int = 0
-    max_in_flight: int = 0
-    requests: int = 0
-    connects: int = 0
-    arrivals: list[tuple[float, int, int]] = field(default_factory=list)  # (time, unit, fc)
-    mangle: Callable[[ModbusPDU], ModbusPDU] | None = None
-
-    def pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
-        if sending:
-            self.in_flight -= 1
-            if self.mangle is not None:
-                return self.mangle(pdu)
-        else:
-            self.in_flight += 1
-            self.requests += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            self.arrivals.append((time.monotonic(), pdu.dev_id, pdu.function_code))
-        return pdu
-
-    def connect(self, up: bool) -> None:
-        if up:
-            self.connects += 1
-
-
-@dataclass
-class Behaviour:
-    """Knobs on the simulated devices, applied through pymodbus's SimDevice action."""
-
-    hang: set[int] = field(default_factory=set)  # units that stop answering
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-    delay: float = 0.0  # simulated processing time per request
-    fail_once: dict[tuple[int, int], ExcCodes] = field(default_factory=dict)  # (unit, address)
-
-    async def action(  # noqa: PLR0917 - the signature pymodbus calls
-        self,
-        unit: int,
-        function_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        registers: list[int],
-        values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        if unit in self.hang:
-            await self.release.wait()
-            return ExcCodes.DEVICE_BUSY
-        if self.delay:
-            await asyncio.sleep(self.delay)  # device latency, widens any overlap window
-        return self.fail_once.pop((unit, address), None)
-
-
-def sim_device(
-    unit: int,
-    behaviour: Behaviour,
-    *,
-    holding: Sequence[int] = (),
-    input_regs: Sequence[int] = (),
-    coils: Sequence[bool] = (),
-    discrete: Sequence[bool] = (),
-    size: int = 200,
-) -> SimDevice:
-    """A device with `size` addresses in every table (0..size-1), preloaded from 0."""
-
-    def regs(values: Sequence[int]) -> list[int]:
-        return list(values) + [0] * (size - len(values))
-
-    def bits(values: Sequence[bool]) -> list[bool]:
-        return list(values) + [False] * (size - len(values))
-
-    return SimDevice(
-        unit,
-        simdata=(
-            [SimData(0, values=bits(coils), datatype=DataType.BITS)],
-            [SimData(0, values=bits(discrete), datatype=DataType.BITS)],
-            [SimData(0, values=regs(holding), datatype=DataType.REGISTERS)],
-            [SimData(0, values=regs(input_regs), datatype=DataType.REGISTERS)],
-        ),
-        action=partial(behaviour.action, unit),
-    )
-
-
-@dataclass
-class Sim:
-    server: ModbusTcpServer | ModbusSerialServer
-    trace: Trace
-    behaviour: Behaviour
-    host: str = "127.0.0.1"
-    port: int = 0
-    serial_port: str = ""
+    sim: SimModbusServer
+    port: int = 0  # TCP
+    serial_port: str = ""  # RTU: the pty path clients open
 
     def connection(self, unit: int = 1, **kw: Any) -> ModbusConnection:
         if self.serial_port:
             return ModbusConnection(
                 transport="rtu", serial_port=self.serial_port, parity="N", baudrate=115200, unit=unit, **kw
             )
-        return ModbusConnection(transport="tcp", host=self.host, port=self.port, unit=unit, **kw)
+        return ModbusConnection(transport="tcp", host="127.0.0.1", port=self.port, unit=unit, **kw)
 
-    async def holding(self, unit: int, address: int, count: int) -> list[int]:
-        values: list[int] = await self.server.async_getValues(unit, 3, address, count)
+    def read(self, unit: int, table: Table, address: int, count: int) -> list[int] | list[bool]:
+        """What the device holds now (a test's view, not over the wire)."""
+        values = self.sim.unit(unit).read(table, address, count)
+        assert not isinstance(values, int), f"unit {unit}: {table} {address}+{count} is outside the image"
         return values
 
-    async def coils(self, unit: int, address: int, count: int) -> list[bool]:
-        values: list[bool] = await self.server.async_getValues(unit, 1, address, count)
-        return values[:count]
 
-    async def set_holding(self, unit: int, address: int, values: list[int]) -> None:
-        await self.server.async_setValues(unit, 16, address, values)
+ServeFactory = Callable[[Mapping[int, Image]], Awaitable[Served]]
 
 
-SimFactory = Callable[..., Awaitable[Sim]]
+def blank_sim(units: Mapping[int, Image]) -> SimModbusServer:
+    """A simulator of `blank` units (nothing changes by itself), each loaded with its image."""
+    sim = SimModbusServer(dict.fromkeys(units, "blank"), auto_tick=False)
+    for uid, image in units.items():
+        for table, values in image.items():
+            if values:
+                sim.unit(uid).load(table, 0, values)
+    return sim
 
 
 def spec(index: int, value_type: str, access: str = "r", **address: Any) -> PointSpec:
@@ -189,6 +104,8 @@ HOLDING = (
 INPUT = [777, *conv(-3.5, DT.FLOAT32)]
 COILS = [True, False, True, True]
 DISCRETE = [False, True]
+UNIT1: Image = {Table.HOLDING: HOLDING, Table.INPUT: INPUT, Table.COIL: COILS, Table.DISCRETE: DISCRETE}
+UNIT2: Image = {Table.HOLDING: [7, 8, 9], Table.COIL: [True]}
 
 
 def reg(i: int, t: str, table: str = "holding", start: int = 0, **kw: Any) -> PointSpec:

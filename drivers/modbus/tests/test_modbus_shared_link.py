@@ -134,10 +134,7 @@ async def test_breaker_stops_a_stalled_unit_holding_the_link(sim: SimModbusServe
                 return False
             return True
 
-        deadline = time.monotonic() + 5
-        while not await answers():  # the next probe finds it back
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_until(answers, 5, "the next probe to find unit 3 back", interval=0.05)
         assert (await d1.poll()).errors is None
 
 

@@ -12,25 +12,21 @@ import pytest
 from cellctl_modbus import transport
 from cellctl_modbus.config import ModbusConnection
 from cellctl_modbus.plugin import ModbusDevice, plugin
+from cellctl_sim.modbus import Table
 from modbus_testutil import (
     ALL_POINTS,
     COILS,
-    DISCRETE,
     EXPECTED,
-    HOLDING,
-    INPUT,
-    Behaviour,
-    SimFactory,
+    UNIT1,
+    UNIT2,
+    ServeFactory,
     device_ctx,
     reg,
-    sim_device,
     spec,
     wait_until,
 )
 from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
-from pymodbus.simulator import SimDevice
 
 from cellctl.driver import DeviceUnavailable, Poller, Writer, WriteRejected
 
@@ -39,20 +35,14 @@ pytestmark = pytest.mark.timeout(30)
 MARGIN = 0.5  # seconds of slack on top of a configured timeout
 
 
-def unit1(b: Behaviour) -> list[SimDevice]:
-    return [sim_device(1, b, holding=HOLDING, input_regs=INPUT, coils=COILS, discrete=DISCRETE)]
+DEVICE_BUSY = 6
+unit1 = {1: UNIT1}
+two_units = {1: UNIT1, 2: UNIT2}
 
 
-def two_units(b: Behaviour) -> list[SimDevice]:
-    return [
-        sim_device(1, b, holding=HOLDING, input_regs=INPUT, coils=COILS, discrete=DISCRETE),
-        sim_device(2, b, holding=[7, 8, 9], coils=[True]),
-    ]
-
-
-async def test_values_read_equal_what_the_server_holds(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(unit1)
-    async with plugin.open(device_ctx(sim.connection(), ALL_POINTS)) as dev:
+async def test_values_read_equal_what_the_server_holds(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim(unit1)
+    async with plugin.open(device_ctx(served.connection(), ALL_POINTS)) as dev:
         assert isinstance(dev, Poller)
         assert isinstance(dev, Writer)
         reading = await dev.poll()
@@ -61,27 +51,27 @@ async def test_values_read_equal_what_the_server_holds(tcp_sim: SimFactory) -> N
     assert reading.values == EXPECTED
     assert [type(v) for v in reading.values] == [type(v) for v in EXPECTED]
     # merged: holding 0..24, input 0..2, coil 0..3, discrete 1
-    assert sim.trace.requests == 4
+    assert served.sim.traffic.requests == 4
 
 
-async def test_per_point_mode_reads_the_same(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(unit1)
-    async with plugin.open(device_ctx(sim.connection(), ALL_POINTS, request_mode="per_point")) as dev:
+async def test_per_point_mode_reads_the_same(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim(unit1)
+    async with plugin.open(device_ctx(served.connection(), ALL_POINTS, request_mode="per_point")) as dev:
         reading = await dev.poll()
     assert reading.values == EXPECTED
-    assert sim.trace.requests == len(ALL_POINTS)
+    assert served.sim.traffic.requests == len(ALL_POINTS)
 
 
-async def test_exception_response_marks_only_those_points(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(unit1)
+async def test_exception_response_marks_only_those_points(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim(unit1)
     points = [
         reg(0, "int16", start=0),
         reg(1, "int16", start=250),  # beyond the device's 200 registers
         spec(2, "bool", table="coil", start=0),
         reg(3, "uint16", start=40),
     ]
-    sim.behaviour.fail_once[(1, 40)] = ExcCodes.DEVICE_BUSY
-    async with plugin.open(device_ctx(sim.connection(), points)) as dev:
+    served.sim.set_exception(DEVICE_BUSY, unit=1, table="holding", start=40, end=40, once=True)
+    async with plugin.open(device_ctx(served.connection(), points)) as dev:
         first = await dev.poll()
         second = await dev.poll()
     assert first.errors == {
@@ -91,16 +81,16 @@ async def test_exception_response_marks_only_those_points(tcp_sim: SimFactory) -
     assert (first.values[0], first.values[2]) == (-1234, True)
     assert second.errors == {1: "modbus exception 2 (illegal data address)"}
     assert second.values[3] == 0
-    assert sim.trace.connects == 1  # the connection stayed
+    assert served.sim.traffic.connects == 1  # the connection stayed
 
 
-async def test_silent_device_is_unavailable_within_timeout_and_reconnects(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(unit1)
+async def test_silent_device_is_unavailable_within_timeout_and_reconnects(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim(unit1)
     timeout = 0.3
-    ctx = device_ctx(sim.connection(), ALL_POINTS[:2], timeout=timeout)
+    ctx = device_ctx(served.connection(), ALL_POINTS[:2], timeout=timeout)
     async with plugin.open(ctx) as dev:
         assert (await dev.poll()).values == EXPECTED[:2]
-        sim.behaviour.hang.add(1)
+        served.sim.stall(unit=1)
         t0 = time.monotonic()
         with pytest.raises(DeviceUnavailable, match=r"no response from unit 1 .* within 0.3 s"):
             await dev.poll()
@@ -111,10 +101,10 @@ async def test_silent_device_is_unavailable_within_timeout_and_reconnects(tcp_si
         with pytest.raises(DeviceUnavailable):
             await dev.poll()
     assert transport.links() == {}
-    sim.behaviour.hang.clear()
+    served.sim.release()
     async with plugin.open(ctx) as dev:
         assert (await dev.poll()).values == EXPECTED[:2]
-    assert sim.trace.connects == 2
+    assert served.sim.traffic.connects == 2
 
 
 async def test_refused_connection_is_unavailable() -> None:
@@ -130,18 +120,18 @@ async def test_refused_connection_is_unavailable() -> None:
     assert transport.links() == {}
 
 
-async def test_server_going_away_is_unavailable_for_every_device(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(two_units)
+async def test_server_going_away_is_unavailable_for_every_device(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim(two_units)
     timeout = 2.0  # long, to show a disconnect is noticed without waiting for it
     pts = [reg(0, "uint16", start=0)]
     async with (
-        plugin.open(device_ctx(sim.connection(1), pts, timeout=timeout)) as d1,
-        plugin.open(device_ctx(sim.connection(2), pts, timeout=timeout)) as d2,
+        plugin.open(device_ctx(served.connection(1), pts, timeout=timeout)) as d1,
+        plugin.open(device_ctx(served.connection(2), pts, timeout=timeout)) as d2,
     ):
         assert (await d1.poll()).values == [0xFB2E]
         assert (await d2.poll()).values == [7]
         (link,) = transport.links().values()
-        await sim.server.shutdown()
+        await served.sim.close()
         await wait_until(lambda: not link.connected, what="the client to see the disconnect")
         for dev in (d1, d2):
             t0 = time.monotonic()
@@ -150,60 +140,60 @@ async def test_server_going_away_is_unavailable_for_every_device(tcp_sim: SimFac
             assert time.monotonic() - t0 < 0.5
 
 
-async def test_disconnect_during_a_request_does_not_wait_for_the_timeout(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(unit1)
+async def test_disconnect_during_a_request_does_not_wait_for_the_timeout(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim(unit1)
     timeout = 5.0
-    async with plugin.open(device_ctx(sim.connection(), ALL_POINTS[:1], timeout=timeout)) as dev:
-        sim.behaviour.hang.add(1)
+    async with plugin.open(device_ctx(served.connection(), ALL_POINTS[:1], timeout=timeout)) as dev:
+        served.sim.stall(unit=1)
         poll = asyncio.ensure_future(dev.poll())
-        await wait_until(lambda: sim.trace.in_flight == 1, what="the request to reach the server")
+        await wait_until(lambda: served.sim.traffic.in_flight == 1, what="the request to reach the server")
         t0 = time.monotonic()
-        await sim.server.shutdown()
+        await served.sim.close()
         with pytest.raises(DeviceUnavailable, match="lost"):
             await poll
         assert time.monotonic() - t0 < 1.0
 
 
-async def test_two_units_on_one_connection_never_overlap(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(two_units)
-    sim.behaviour.delay = 0.002  # device latency: any overlap would show
+async def test_two_units_on_one_connection_never_overlap(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim(two_units)
+    served.sim.set_latency(0.002)  # device latency: any overlap would show
     pts = [reg(0, "uint16", start=0), reg(1, "uint16", start=100), spec(2, "bool", table="coil", start=0)]
     async with (
-        plugin.open(device_ctx(sim.connection(1), pts, device_id="a")) as d1,
-        plugin.open(device_ctx(sim.connection(2), pts, device_id="b")) as d2,
+        plugin.open(device_ctx(served.connection(1), pts, device_id="a")) as d1,
+        plugin.open(device_ctx(served.connection(2), pts, device_id="b")) as d2,
     ):
         assert len(transport.links()) == 1
         readings = await asyncio.gather(*(d.poll() for _ in range(10) for d in (d1, d2)))
     assert all(r.errors is None for r in readings)
     assert {r.values[0] for r in readings} == {0xFB2E, 7}
-    assert sim.trace.requests == 2 * 10 * 3
-    assert sim.trace.connects == 1
-    assert sim.trace.max_in_flight == 1
+    assert served.sim.traffic.requests == 2 * 10 * 3
+    assert served.sim.traffic.connects == 1
+    assert served.sim.traffic.max_in_flight == 1
     # control: the instrument does see overlap when two connections are used
-    sim.trace.max_in_flight = 0
+    served.sim.traffic.max_in_flight = 0
     clients = [
-        AsyncModbusTcpClient("127.0.0.1", port=sim.port, retries=0, reconnect_delay=0) for _ in range(2)
+        AsyncModbusTcpClient("127.0.0.1", port=served.port, retries=0, reconnect_delay=0) for _ in range(2)
     ]
     for c in clients:
         assert await c.connect()
     try:
-        sim.behaviour.delay = 0.05
+        served.sim.set_latency(0.05)
         await asyncio.gather(*(c.read_holding_registers(0, count=1, device_id=1) for c in clients))
     finally:
         for c in clients:
             c.close()
-    assert sim.trace.max_in_flight == 2
+    assert served.sim.traffic.max_in_flight == 2
 
 
-async def test_one_silent_unit_leaves_the_shared_link_up(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(two_units)
+async def test_one_silent_unit_leaves_the_shared_link_up(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim(two_units)
     timeout = 0.3
     pts = [reg(0, "uint16", start=0)]
     async with (
-        plugin.open(device_ctx(sim.connection(1), pts, timeout=timeout)) as d1,
-        plugin.open(device_ctx(sim.connection(2), pts, timeout=timeout)) as d2,
+        plugin.open(device_ctx(served.connection(1), pts, timeout=timeout)) as d1,
+        plugin.open(device_ctx(served.connection(2), pts, timeout=timeout)) as d2,
     ):
-        sim.behaviour.hang.add(2)
+        served.sim.stall(unit=2)
         t0 = time.monotonic()
         with pytest.raises(DeviceUnavailable, match="unit 2"):
             await d2.poll()
@@ -215,9 +205,9 @@ async def test_one_silent_unit_leaves_the_shared_link_up(tcp_sim: SimFactory) ->
             await d2.poll()
         assert (await d1.poll()).values == [0xFB2E]
         assert link.connected
-        assert sim.trace.connects == 1
+        assert served.sim.traffic.connects == 1
         # when every unit on the link is silent, the link itself is dropped
-        sim.behaviour.hang.add(1)
+        served.sim.stall(unit=1)
         with pytest.raises(DeviceUnavailable):
             await d1.poll()
         assert link.connected  # unit 2 has not been silent since unit 1 last answered
@@ -226,10 +216,10 @@ async def test_one_silent_unit_leaves_the_shared_link_up(tcp_sim: SimFactory) ->
         assert not link.connected
 
 
-async def test_shared_connection_is_reference_counted(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(two_units)
+async def test_shared_connection_is_reference_counted(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim(two_units)
     pts = [reg(0, "uint16", start=0)]
-    ctx1, ctx2 = device_ctx(sim.connection(1), pts), device_ctx(sim.connection(2), pts)
+    ctx1, ctx2 = device_ctx(served.connection(1), pts), device_ctx(served.connection(2), pts)
     async with plugin.open(ctx1):
         async with plugin.open(ctx2):
             (link,) = transport.links().values()
@@ -238,11 +228,11 @@ async def test_shared_connection_is_reference_counted(tcp_sim: SimFactory) -> No
         assert link.connected
     assert transport.links() == {}
     assert not link.connected
-    await wait_until(lambda: sim.trace.connects == 1)
+    await wait_until(lambda: served.sim.traffic.connects == 1)
 
 
-async def test_writes_land_in_the_server(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(lambda b: [sim_device(1, b, holding=[0] * 40 + [0x8001], coils=COILS)])
+async def test_writes_land_in_the_server(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim({1: {Table.HOLDING: [0] * 40 + [0x8001], Table.COIL: COILS}})
     points = [
         reg(0, "int16", start=30, access="rw"),
         reg(1, "uint32", start=32, order="CDAB", access="rw"),
@@ -255,17 +245,17 @@ async def test_writes_land_in_the_server(tcp_sim: SimFactory) -> None:
         reg(8, "uint16", table="input", start=0, access="rw"),  # check_point would refuse this
         reg(9, "int16", start=250, access="rw"),  # beyond the device
     ]
-    async with plugin.open(device_ctx(sim.connection(), points)) as dev:
+    async with plugin.open(device_ctx(served.connection(), points)) as dev:
         await dev.write(0, -5)
         await dev.write(1, 0x12345678)
         await dev.write(2, 1.5)
         await dev.write(3, "AB")
         await dev.write(4, True)
         await dev.write(5, True)
-        assert await sim.holding(1, 40, 1) == [0x8011]  # read-modify-write kept bits 0 and 15
+        assert served.read(1, Table.HOLDING, 40, 1) == [0x8011]  # read-modify-write kept bits 0 and 15
         await dev.write(6, False)
-        assert await sim.holding(1, 30, 11) == [0xFFFB, 0, 0x5678, 0x1234, 0x3FC0, 0, 0x4142, 0, 0, 0, 0x0011]
-        assert await sim.coils(1, 10, 1) == [True]
+        assert served.read(1, Table.HOLDING, 30, 11) == [0xFFFB, 0, 0x5678, 0x1234, 0x3FC0, 0, 0x4142, 0, 0, 0, 0x0011]
+        assert served.read(1, Table.COIL, 10, 1) == [True]
         with pytest.raises(ValueError, match="read-only"):
             await dev.write(7, 1)
         with pytest.raises(ValueError, match="input table"):
@@ -276,13 +266,13 @@ async def test_writes_land_in_the_server(tcp_sim: SimFactory) -> None:
             await dev.write(99, 1)
         with pytest.raises(WriteRejected, match="modbus exception 2"):
             await dev.write(9, 1)
-        assert await sim.holding(1, 30, 1) == [0xFFFB]
+        assert served.read(1, Table.HOLDING, 30, 1) == [0xFFFB]
         reading = await dev.poll()
     assert reading.values[:7] == [-5, 0x12345678, 1.5, "AB", True, True, False]
 
 
-async def test_garbage_marks_points_not_the_device(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(lambda b: [sim_device(1, b, holding=[1, 2, 0, 0, 0xFFFE, 0x4142, 5], coils=COILS)])
+async def test_garbage_marks_points_not_the_device(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim({1: {Table.HOLDING: [1, 2, 0, 0, 0xFFFE, 0x4142, 5], Table.COIL: COILS}})
     points = [
         reg(0, "uint16", start=0),
         reg(1, "uint16", start=1),
@@ -297,8 +287,8 @@ async def test_garbage_marks_points_not_the_device(tcp_sim: SimFactory) -> None:
             pdu.registers = list(pdu.registers)[:-1]
         return pdu
 
-    sim.trace.mangle = truncate
-    async with plugin.open(device_ctx(sim.connection(), points)) as dev:
+    served.sim.mangle = truncate
+    async with plugin.open(device_ctx(served.connection(), points)) as dev:
         first = await dev.poll()
         second = await dev.poll()
     bad = "bad response: 6 registers for a read of 7"
@@ -310,23 +300,23 @@ async def test_garbage_marks_points_not_the_device(tcp_sim: SimFactory) -> None:
     assert (second.values[0], second.values[1], second.values[4]) == (1, 2, 5)
 
 
-async def test_pause_between_requests(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(unit1)
+async def test_pause_between_requests(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim(unit1)
     pause = 0.05
     points = [reg(0, "uint16", start=0), reg(1, "uint16", start=100), spec(2, "bool", table="coil", start=0)]
-    async with plugin.open(device_ctx(sim.connection(), points, pause_between_requests=pause)) as dev:
+    async with plugin.open(device_ctx(served.connection(), points, pause_between_requests=pause)) as dev:
         await dev.poll()
         await dev.poll()
-    times = [t for t, _, _ in sim.trace.arrivals]
+    times = [t for t, _, _ in served.sim.traffic.arrivals]
     assert len(times) == 6
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= pause * 0.9
 
 
-async def test_nan_is_returned_as_is(tcp_sim: SimFactory) -> None:
-    sim = await tcp_sim(lambda b: [sim_device(1, b, holding=[0x7FC0, 0, 0x7F80, 0])])
+async def test_nan_is_returned_as_is(tcp_sim: ServeFactory) -> None:
+    served = await tcp_sim({1: {Table.HOLDING: [0x7FC0, 0, 0x7F80, 0]}})
     pts = [reg(0, "float32", start=0), reg(1, "float32", start=2)]
-    async with plugin.open(device_ctx(sim.connection(), pts)) as dev:
+    async with plugin.open(device_ctx(served.connection(), pts)) as dev:
         reading = await dev.poll()
     assert math.isnan(reading.values[0])
     assert reading.values[1] == math.inf

@@ -35,10 +35,10 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Unpack
 
 from cellctl_sim.grbl.gcode import Block, WordError, parse_words, strip_block
-from cellctl_sim.serialsim import SerialMachine
+from cellctl_sim.serialsim import LinkOptions, SerialMachine
 
 log = logging.getLogger("cellctl_sim.grbl")
 
@@ -104,10 +104,6 @@ class GrblSim(SerialMachine):
     def __init__(
         self,
         *,
-        speedup: float = 1.0,
-        baudrate: int | None = None,
-        link: str | None = None,
-        seed: int | None = None,
         rx_size: int = 128,
         planner_blocks: int = 15,
         soft_limits: bool = True,
@@ -115,17 +111,15 @@ class GrblSim(SerialMachine):
         report_buffer: bool = False,
         eeprom_write_time: float = 0.01,
         homing: bool = False,
+        **link: Unpack[LinkOptions],
     ) -> None:
-        if speedup <= 0:
-            raise ValueError(f"speedup must be positive, got {speedup!r}")
         if rx_size < 16:
             raise ValueError(f"rx_size must be at least 16, got {rx_size!r}")
-        self.speedup = speedup
         self.rx_size = rx_size
         self.planner_blocks = planner_blocks
         self.work_area = work_area
         self.eeprom_write_time = eeprom_write_time
-        super().__init__(baudrate=baudrate, link=link, seed=seed)
+        super().__init__(**link)
         self.settings = _Settings()
         self.settings.values[20] = 1 if soft_limits else 0
         self.settings.values[22] = 1 if homing else 0

@@ -32,10 +32,10 @@ import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Self
+from typing import Final, Self, Unpack
 
 from cellctl_sim.grbl.gcode import WordError, parse_words, strip_block
-from cellctl_sim.serialsim import SerialMachine
+from cellctl_sim.serialsim import LinkOptions, SerialMachine
 
 log = logging.getLogger("cellctl_sim.marlin")
 
@@ -99,10 +99,6 @@ class MarlinSim(SerialMachine):
     def __init__(
         self,
         *,
-        speedup: float = 1.0,
-        baudrate: int | None = None,
-        link: str | None = None,
-        seed: int | None = None,
         bufsize: int = 4,
         planner_blocks: int = 16,
         rx_size: int = 128,
@@ -113,10 +109,8 @@ class MarlinSim(SerialMachine):
         busy_interval: float = 2.0,
         heat_rate: float = 5.0,
         sd_files: dict[str, list[str]] | None = None,
+        **link: Unpack[LinkOptions],
     ) -> None:
-        if speedup <= 0:
-            raise ValueError(f"speedup must be positive, got {speedup!r}")
-        self.speedup = speedup
         self.bufsize = bufsize
         self.planner_blocks = planner_blocks
         self.rx_size = rx_size
@@ -127,7 +121,7 @@ class MarlinSim(SerialMachine):
         self.busy_interval = busy_interval
         self.heat_rate = heat_rate
         self.sd_files = dict(sd_files or {})
-        super().__init__(baudrate=baudrate, link=link, seed=seed)
+        super().__init__(**link)
         # what a test inspects
         self.executed: list[str] = []
         self.unknown: list[str] = []  # lines answered "Unknown command" (not executed)
@@ -135,6 +129,7 @@ class MarlinSim(SerialMachine):
         self.line_errors: list[str] = []
         self.rx_overflows = 0
         self.busy_sent = 0
+        self.auto_reports = 0  # M155/M154/M27 S reports sent: a test's clock for "a report later"
         self._reset_state()
 
     # -- life cycle -----------------------------------------------------------------------
@@ -667,6 +662,7 @@ class MarlinSim(SerialMachine):
                     setattr(self, attr, self._need_loop().call_later(interval, tick))
                     return
                 self._send(report())
+                self.auto_reports += 1
                 setattr(self, attr, self._need_loop().call_later(interval, tick))
 
             setattr(self, attr, self._need_loop().call_later(seconds, tick))

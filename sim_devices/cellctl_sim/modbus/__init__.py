@@ -9,6 +9,7 @@ from cellctl_sim.modbus.devices import DEVICE_TYPES, DeviceModel
 from cellctl_sim.modbus.faults import ExceptionRule, Faults
 from cellctl_sim.modbus.registers import Order, Point, RegisterMap, Table, Value, WireType
 from cellctl_sim.modbus.server import DEFAULT_UNITS, Listener, SimModbusServer
+from cellctl_sim.modbus.traffic import Traffic
 from cellctl_sim.modbus.unit import SimUnit
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "SimModbusServer",
     "SimUnit",
     "Table",
+    "Traffic",
     "Value",
     "WireType",
 ]

@@ -489,8 +489,44 @@ class Bench(DeviceModel):
         raise ValueError("bench values are a function of the tick and cannot be set")
 
 
+# ------------------------------------------------------------------------------------
+# blank
+# ------------------------------------------------------------------------------------
+BLANK_SIZE = 200
+
+
+class Blank(DeviceModel):
+    """A plain register image for tests that set the registers themselves (with
+    `SimUnit.load`) and check what a client wrote: nothing changes by itself."""
+
+    TYPE = "blank"
+    DESCRIPTION = (
+        f"addresses 0..{BLANK_SIZE - 1} of every table, all zero until loaded; holding registers "
+        "and coils writable; nothing changes by itself"
+    )
+    MAP = RegisterMap(
+        (
+            *(Point(f"hr{i}", HR, i, WireType.UINT16, writable=True, evolves="set by a test or a client") for i in range(BLANK_SIZE)),
+            *(Point(f"ir{i}", IR, i, WireType.UINT16, evolves="set by a test") for i in range(BLANK_SIZE)),
+            *(Point(f"co{i}", CO, i, WireType.BOOL, writable=True, evolves="set by a test or a client") for i in range(BLANK_SIZE)),
+            *(Point(f"di{i}", DI, i, WireType.BOOL, evolves="set by a test") for i in range(BLANK_SIZE)),
+        )
+    )
+
+    def __init__(self, rng: random.Random, tick: float) -> None:
+        super().__init__(rng, tick)
+        for p in self.MAP.points:
+            self.values[p.name] = False if p.type is WireType.BOOL else 0
+
+    def evolve(self, dt: float) -> None:
+        """Nothing evolves: the registers hold what was loaded or written."""
+
+    def render(self, image: RegisterImage) -> None:
+        """The image is the state (loads and writes go straight into it): nothing to render."""
+
+
 DEVICE_TYPES: dict[str, type[DeviceModel]] = {
-    m.TYPE: m for m in (EnergyMeter, MachinePlc, TypeTest, Bench)
+    m.TYPE: m for m in (EnergyMeter, MachinePlc, TypeTest, Bench, Blank)
 }
 
 __all__ = [
@@ -501,6 +537,7 @@ __all__ = [
     "SEQUENCES",
     "STATE_NAMES",
     "Bench",
+    "Blank",
     "DeviceModel",
     "EnergyMeter",
     "MachinePlc",

@@ -30,12 +30,14 @@ class ExceptionRule:
 
     `table` None matches every table; `start`/`end` (inclusive) None match every
     address. A rule with neither matches every request, whatever its function code.
+    A rule with `once` is removed after its first match: a transient error.
     """
 
     code: int
     table: Table | None = None
     start: int | None = None
     end: int | None = None
+    once: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.code <= 0xFF:
@@ -68,19 +70,23 @@ class Faults:
 
     latency: float = 0.0
     silent: bool = False
+    stalled: bool = False  # requests are held (in flight, unanswered) until released
     exceptions: list[ExceptionRule] = field(default_factory=list)
 
     def clear(self) -> None:
         self.latency = 0.0
         self.silent = False
+        self.stalled = False
         self.exceptions.clear()
 
     @property
     def active(self) -> bool:
-        return bool(self.latency or self.silent or self.exceptions)
+        return bool(self.latency or self.silent or self.stalled or self.exceptions)
 
     def exception_for(self, accesses: list[Access]) -> int | None:
         for rule in self.exceptions:
             if rule.matches(accesses):
+                if rule.once:
+                    self.exceptions.remove(rule)
                 return rule.code
         return None

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -49,6 +49,7 @@ from cellctl_sim.modbus.faults import (
 )
 from cellctl_sim.modbus.pty import PtyBridge
 from cellctl_sim.modbus.registers import RegisterImage, Table, Value
+from cellctl_sim.modbus.traffic import Traffic
 from cellctl_sim.modbus.unit import SimUnit
 
 log = logging.getLogger("cellctl_sim.modbus")
@@ -124,6 +125,8 @@ class _SimRequestHandler(ServerRequestHandler):
             if pdu is None:
                 continue
             pdu = self.trace_pdu(False, pdu)
+            owner: _SimListener = self.server
+            owner.sim.traffic.arrived(pdu.dev_id, pdu.function_code)
             if not hasattr(self, "_tasks"):
                 self._tasks = set()
             task = asyncio.get_running_loop().create_task(self._handle(pdu, addr), name="cellctl-sim request")
@@ -138,16 +141,22 @@ class _SimRequestHandler(ServerRequestHandler):
 
     async def _handle(self, pdu: ModbusPDU, addr: tuple[Any, ...] | None) -> None:
         owner: _SimListener = self.server
+        sim = owner.sim
         try:
-            response = await owner.sim._respond(pdu, gateway=owner.gateway)
-        except Exception:
-            log.exception("simulator failed on %s", pdu)
-            response = ExceptionResponse(pdu.function_code, DEVICE_FAILURE)
-        if response is None or not self.transport:  # silenced, or the connection was dropped meanwhile
-            return
-        response.transaction_id = pdu.transaction_id
-        response.dev_id = pdu.dev_id
-        self.server_send(response, addr)  # type: ignore[no-untyped-call]
+            try:
+                response = await sim._respond(pdu, gateway=owner.gateway)
+                if response is not None and sim.mangle is not None:
+                    response = sim.mangle(response)
+            except Exception:
+                log.exception("simulator failed on %s", pdu)
+                response = ExceptionResponse(pdu.function_code, DEVICE_FAILURE)
+            if response is None or not self.transport:  # silenced, or the connection was dropped meanwhile
+                return
+            response.transaction_id = pdu.transaction_id
+            response.dev_id = pdu.dev_id
+            self.server_send(response, addr)  # type: ignore[no-untyped-call]
+        finally:
+            sim.traffic.finished()
 
 
 class _SimListener:
@@ -171,6 +180,10 @@ class _SimTcpServer(_SimListener, ModbusTcpServer):
         super().__init__(_placeholder_context(), address=(host, port))
         self.sim = sim
         self.gateway = True  # a TCP gateway answers 0x0B for units it cannot reach
+
+    def callback_new_connection(self) -> _SimRequestHandler:
+        self.sim.traffic.connects += 1
+        return super().callback_new_connection()
 
 
 class _SimSerialServer(_SimListener, ModbusSerialServer):
@@ -218,6 +231,10 @@ class SimModbusServer:
         self.ticks = 0
         self.missed_ticks = 0
         self.faults = Faults()  # server-wide
+        self.traffic = Traffic()
+        # test hook: rewrites each answer before it is sent (a truncated or wrong response)
+        self.mangle: Callable[[ModbusPDU], ModbusPDU] | None = None
+        self._unstalled = asyncio.Event()  # set (then replaced) whenever stalls are lifted
         self._units: dict[int, SimUnit] = {}
         self._groups: list[tuple[DeviceModel, RegisterImage]] = []
         shared: dict[str, tuple[DeviceModel, RegisterImage]] = {}
@@ -259,6 +276,7 @@ class SimModbusServer:
 
     async def close(self) -> None:
         """Stop ticking and every listener; closes client connections and ptys."""
+        self.release()  # held requests end (their connections are going away)
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -370,10 +388,12 @@ class SimModbusServer:
         table: Table | str | None = None,
         start: int | None = None,
         end: int | None = None,
+        once: bool = False,
     ) -> ExceptionRule:
         """Answer requests with exception `code`: all of them, or those touching
-        `table` (holding|input|coil|discrete) and/or addresses `start`..`end` inclusive."""
-        rule = ExceptionRule(code, Table(table) if table is not None else None, start, end)
+        `table` (holding|input|coil|discrete) and/or addresses `start`..`end` inclusive;
+        with `once`, only the first such request (a transient error)."""
+        rule = ExceptionRule(code, Table(table) if table is not None else None, start, end, once)
         self.fault_target(unit).exceptions.append(rule)
         return rule
 
@@ -388,6 +408,23 @@ class SimModbusServer:
     def stop_answering(self, *, unit: int | None = None) -> None:
         """Drop requests silently (connections stay open; clients time out)."""
         self.fault_target(unit).silent = True
+
+    def stall(self, *, unit: int | None = None) -> None:
+        """Hold requests (to one unit, or all) unanswered until `release()`: the request
+        stays in flight, as with a device that hangs mid-transaction."""
+        self.fault_target(unit).stalled = True
+
+    def release(self, *, unit: int | None = None) -> None:
+        """End a `stall` (of one unit, or every stall for None): held requests are
+        answered now, late, as the device would once it recovers."""
+        targets = [self.fault_target(unit)] if unit is not None else [self.faults, *(u.faults for u in self._units.values())]
+        for f in targets:
+            f.stalled = False
+        self._wake_stalled()
+
+    def _wake_stalled(self) -> None:
+        event, self._unstalled = self._unstalled, asyncio.Event()
+        event.set()
 
     def drop_connections(self) -> int:
         """Close every client TCP connection now; returns how many were closed.
@@ -405,10 +442,11 @@ class SimModbusServer:
         """Clear faults: of one unit, or (None) server-wide and of every unit."""
         if unit is not None:
             self.unit(unit).faults.clear()
-            return
-        self.faults.clear()
-        for u in self._units.values():
-            u.faults.clear()
+        else:
+            self.faults.clear()
+            for u in self._units.values():
+                u.faults.clear()
+        self._wake_stalled()
 
     # -- request path (called by the handler) ------------------------------------------
     async def _respond(self, pdu: ModbusPDU, *, gateway: bool) -> ModbusPDU | None:
@@ -421,6 +459,8 @@ class SimModbusServer:
         layers = (self.faults,) if unit is None else (self.faults, unit.faults)
         if unit is not None:
             unit.requests += 1
+        while any(f.stalled for f in layers):
+            await self._unstalled.wait()
         if any(f.silent for f in layers):
             return None
         latency = sum(f.latency for f in layers)

@@ -70,12 +70,25 @@ class SimUnit:
         whole request. Written points are decoded (by the sim's own codec) and handed
         to the model, which keeps them until written again.
         """
-        data = self.image.table(table)
         count = len(values)
         writable = self._writable.get(table, frozenset())
-        if address < 0 or count < 1 or address + count > len(data):
-            return ILLEGAL_ADDRESS
         if any(a not in writable for a in range(address, address + count)):
+            return ILLEGAL_ADDRESS
+        return self._store(table, address, values)
+
+    def load(self, table: Table | str, address: int, values: Sequence[int] | Sequence[bool]) -> None:
+        """Set raw registers or bits directly, read-only ones too (test helper): what a
+        test needs the wire to show, and the model adopts the decoded points."""
+        table = Table(table)
+        rc = self._store(table, address, values)
+        if rc is not None:
+            size = len(self.image.table(table))
+            raise ValueError(f"unit {self.unit_id}: cannot load {len(values)} value(s) at {table} {address} (table size {size})")
+
+    def _store(self, table: Table, address: int, values: Sequence[int] | Sequence[bool]) -> int | None:
+        data = self.image.table(table)
+        count = len(values)
+        if address < 0 or count < 1 or address + count > len(data):
             return ILLEGAL_ADDRESS
         before = data[address : address + count]
         new: list[int] | list[bool] = (
