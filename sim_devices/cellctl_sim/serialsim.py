@@ -12,7 +12,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Self, TypedDict
 
-from cellctl_sim.grbl.serialline import PtyLine
+from cellctl_sim.serialline import PtyLine
 
 
 class LinkOptions(TypedDict, total=False):
