@@ -43,6 +43,7 @@ class SerialMachine(abc.ABC):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timers: list[asyncio.TimerHandle] = []
         self._wake_timer: asyncio.TimerHandle | None = None  # the main loop's next wake-up
+        self._hold_until: float | None = None  # end of the command that takes time (dwell, homing)
 
     # -- what a dialect supplies ------------------------------------------------------
 
@@ -106,6 +107,18 @@ class SerialMachine(abc.ABC):
         if self._wake_timer is not None:
             self._wake_timer.cancel()
         self._wake_timer = self._need_loop().call_at(when, self._wake)
+
+    def _waited(self, seconds: float) -> bool:
+        """Simulated time for a command that takes `seconds` (a dwell, homing): False, with a
+        wake-up booked, until that much time has passed since the first call; then True."""
+        now = self._now()
+        if self._hold_until is None:
+            self._hold_until = now + seconds / min(self.speedup, 1e9)
+        if now < self._hold_until:
+            self._wake_at(self._hold_until)
+            return False
+        self._hold_until = None
+        return True
 
     def _wake(self) -> None:
         self._wake_timer = None

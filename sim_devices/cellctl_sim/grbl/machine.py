@@ -157,7 +157,6 @@ class GrblSim(SerialMachine):
         self._active_end = 0.0
         self._move_timer: asyncio.TimerHandle | None = None
         self._wake_timer: asyncio.TimerHandle | None = None
-        self._dwell_until: float | None = None
         self._eeprom_until = 0.0
         self._eeprom_ok: str | None = None
         self._hold: int | None = None
@@ -766,14 +765,8 @@ class GrblSim(SerialMachine):
         if sync and not self._motion_idle:
             return False  # GRBL waits for the planner to empty before these
         if 4 in gs:
-            p = words.get("P") or 0.0
-            now = self._now()
-            if self._dwell_until is None:
-                self._dwell_until = now + p / self.speedup
-            if now < self._dwell_until:
-                self._wake_at(self._dwell_until)
+            if not self._waited(words.get("P") or 0.0):
                 return False
-            self._dwell_until = None
             self._ok(block)
             return True
         # modal state

@@ -503,14 +503,8 @@ class MarlinSim(SerialMachine):
         if not self._sync():
             return False
         w = self._words(text)
-        seconds = w.get("S", 0.0) + w.get("P", 0.0) / 1000.0
-        now = self._now()
-        if self._wait_until is None:
-            self._wait_until = now + seconds / self.speedup
-        if now < self._wait_until:
-            self._wake_at(self._wait_until)
+        if not self._waited(w.get("S", 0.0) + w.get("P", 0.0) / 1000.0):
             return False
-        self._wait_until = None
         self._log_exec(item)
         self._ok(item)
         return True
@@ -518,13 +512,8 @@ class MarlinSim(SerialMachine):
     def _home(self, item: _Queued, text: str) -> bool:
         if not self._sync():
             return False
-        now = self._now()
-        if self._wait_until is None:
-            self._wait_until = now + 2.0 / min(self.speedup, 1e9)
-        if now < self._wait_until:
-            self._wake_at(self._wait_until)
+        if not self._waited(2.0):  # homing takes a while
             return False
-        self._wait_until = None
         self.position = self._planned = (0.0, 0.0, 0.0, self._planned[3])
         self._log_exec(item)
         self._ok(item)
