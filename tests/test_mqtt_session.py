@@ -56,3 +56,19 @@ async def test_the_session_is_reusable_but_not_reentrant(broker: Mosquitto, uniq
         assert await session.wait_connected(10)
         assert session.publish(f"{unique}/x", b"2", 1) > 0
     assert events.ups == 2
+
+
+async def test_a_vanished_broker_is_noticed_by_tcp_not_only_by_keepalive(broker: Mosquitto, unique: str) -> None:
+    """Issue 16 item 8: unacknowledged data gives up after TCP_USER_TIMEOUT_MS, so a broker
+    that vanished (power, cable) is detected in seconds instead of 1.5 keep-alives."""
+    import socket
+
+    from cellctl.deliver.mqtt import TCP_USER_TIMEOUT_MS
+
+    session = MqttSession(Backbone(host="127.0.0.1", port=broker.port), client_id=unique, events=Events())
+    async with session:
+        assert await session.wait_connected(10)
+        sock = session.client.socket()
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == TCP_USER_TIMEOUT_MS
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
