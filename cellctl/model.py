@@ -103,6 +103,82 @@ class MachineState:
         return out
 
 
+# -- jobs and OEE (cellctl/jobs/, docs/jobs.md) -------------------------------------------
+
+
+class JobState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+
+ENDED = frozenset({JobState.COMPLETED, JobState.ABORTED, JobState.FAILED})
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    job_id: str
+    order_id: str | None
+    program: str | None
+    state: JobState
+    start_ms: int
+    end_ms: int | None = None
+    reason: str | None = None
+    produced: int = 0
+    good: int = 0
+    scrap: int = 0
+    running_s: float = 0.0  # time executing during the job
+    cycle_time_s: float | None = None  # running time per part produced
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "order_id": self.order_id,
+            "program": self.program,
+            "state": self.state.value,
+            "start_ts": self.start_ms,
+            "end_ts": self.end_ms,
+            "reason": self.reason,
+            "produced": self.produced,
+            "good": self.good,
+            "scrap": self.scrap,
+            "running_s": round(self.running_s, 3),
+            "cycle_time_s": None if self.cycle_time_s is None else round(self.cycle_time_s, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """started, paused, resumed, completed, aborted, failed — with the record as it stood."""
+
+    event: str
+    record: JobRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Oee:
+    availability: float | None
+    performance: float | None
+    quality: float | None
+    oee: float | None
+    seconds: Mapping[str, float]
+    produced: int
+    good: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "availability": self.availability,
+            "performance": self.performance,
+            "quality": self.quality,
+            "oee": self.oee,
+            "seconds": dict(self.seconds),
+            "produced": self.produced,
+            "good": self.good,
+        }
+
+
 # -- what the engine hands to the encoders ------------------------------------------------
 
 
@@ -129,6 +205,8 @@ class DeviceUpdate:
     quality: Mapping[str, QualityChange]
     machine: MachineState | None = None
     available: bool | None = None  # set when the device became available (True) or not (False)
+    job: JobRecord | None = None  # the job record when it changed
+    job_events: tuple[JobEvent, ...] = ()  # started, paused, resumed, completed, aborted, failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,3 +238,5 @@ class DeviceSnapshot:
     # The device answers but every point is bad (wrong unit id, a profile for another
     # device type): why, else None.
     degraded: str | None = None
+    job: JobRecord | None = None  # the current or last job record, when the profile maps jobs
+    oee: Oee | None = None  # OEE of the current window, when the profile maps jobs

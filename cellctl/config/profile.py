@@ -134,6 +134,19 @@ class ProgramMap(_Frozen):
 class Counters(_Frozen):
     good: str | None = None
     bad: str | None = None
+    # The counter registers' range (65536 for uint16): a fall of more than half of it is a
+    # wrap-around, a smaller fall a reset. Without it every fall is a reset.
+    modulus: Annotated[int, Field(ge=2)] | None = None
+
+
+class JobMap(_Frozen):
+    """Points that identify the job a machine runs (docs/jobs.md): a new value of `id`
+    starts a job record, whose parts come from `counters` and whose end from `program.state`."""
+
+    id: str
+    order: str | None = None
+    program: str | None = None  # else `program.name`
+    ideal_cycle_time: Annotated[float, Field(gt=0)] | None = None  # seconds per part, for OEE
 
 
 class Profile(_Frozen):
@@ -149,6 +162,7 @@ class Profile(_Frozen):
     counters: Counters | None = None
     alarms: list[AlarmDef] = []
     program: ProgramMap | None = None
+    job: JobMap | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Profile:
@@ -192,6 +206,9 @@ def _refs(data: dict[str, Any]) -> list[tuple[str, Any]]:
         refs += [(f"alarms[{i}].point", a.get("point")) for i, a in enumerate(alarms) if isinstance(a, dict)]
     if isinstance(program, dict):
         refs += [(f"program.{k}", program.get(k)) for k in _PROGRAM_REFS]
+    job = data.get("job")
+    if isinstance(job, dict):
+        refs += [(f"job.{k}", job.get(k)) for k in ("id", "order", "program")]
     return refs
 
 

@@ -104,6 +104,8 @@ def state_json(snapshot: DeviceSnapshot) -> dict[str, Any]:
         "degraded": snapshot.degraded,
         "machine": snapshot.machine.as_dict() if snapshot.machine is not None else None,
         "points": {p.id: point_json(p) for p in snapshot.points},
+        **({"job": snapshot.job.as_dict()} if snapshot.job is not None else {}),
+        **({"oee": snapshot.oee.as_dict()} if snapshot.oee is not None else {}),
     }
 
 
@@ -150,8 +152,25 @@ class UnsEncoder:
             payload, bad = _dumps_point_by_point(msg, update.values, msg.get("quality", {}))
             self._unencodable(device_id, bad)
         self.out.put(Record(device_id, topic, payload, self.qos, False, "uns"))
+        if update.job is not None:
+            self._job(update)
         if self.per_point:
             self._publish_points(update)
+
+    def _job(self, update: DeviceUpdate) -> None:
+        """The current job (retained) and each job event, through the outbox like samples."""
+        device_id, put, qos = update.device_id, self.out.put, self.qos
+        assert update.job is not None
+        for e in update.job_events:
+            body = {
+                "ts": update.ts_ms,
+                "event": f"job_{e.event}",
+                "device": device_id,
+                "job": e.record.as_dict(),
+            }
+            put(Record(device_id, f"{self.root}/{device_id}/events", orjson.dumps(body), qos, False, "uns"))
+        job = {"ts": update.ts_ms, **update.job.as_dict()}
+        put(Record(device_id, f"{self.root}/{device_id}/job", orjson.dumps(job), qos, True, "uns"))
 
     def _publish_points(self, update: DeviceUpdate) -> None:
         device_id, ts_ms, values = update.device_id, update.ts_ms, update.values

@@ -19,7 +19,8 @@ from cellctl.driver import DeviceUnavailable, Poller, Reading, Subscriber, Write
 from cellctl.engine.backoff import Backoff, worth_repeating
 from cellctl.engine.machine import MachineMapper
 from cellctl.engine.points import BAD, PointTable
-from cellctl.model import DeviceSnapshot, DeviceUpdate, MachineState
+from cellctl.jobs.device import DeviceJobs
+from cellctl.model import DeviceSnapshot, DeviceUpdate, JobEvent, JobRecord, MachineState
 
 log = structlog.get_logger("cellctl.engine")
 
@@ -66,6 +67,7 @@ class DeviceRunner:
         self.mapper = MachineMapper(device.profile, self.table)
         self.machine: MachineState = self.mapper.compute(False)
         self.has_machine = self.mapper.has_machine
+        self.jobs = DeviceJobs(device.profile, self.table) if device.profile.job is not None else None
         self.available = False
         self.known = False  # a first reading or failure happened
         self.degraded: str | None = None  # why the device is online but useless
@@ -187,19 +189,28 @@ class DeviceRunner:
         if quality:
             self._check_degraded()
         machine = None
-        if self.has_machine and (
-            quality or self.machine_stale or not self.mapper.watched.isdisjoint(values)
-        ):
+        if self.has_machine and (quality or self.machine_stale or not self.mapper.watched.isdisjoint(values)):
             self.machine_stale = False
             new_state = self.mapper.compute(True)
             if new_state != self.machine:
                 self.machine = machine = new_state
+        ts = now_ms()
+        job: JobRecord | None = None
+        job_events: tuple[JobEvent, ...] = ()
+        jobs = self.jobs
+        if jobs is not None and (machine is not None or quality or not jobs.watched.isdisjoint(values)):
+            before = jobs.record
+            job_events = tuple(jobs.observe(self.machine, ts))
+            if jobs.record is not before:
+                job = jobs.record
         if appeared:  # after taking the reading, so a birth carries its values
             self.sink.device_available(self.snapshot())
-        if values or quality or machine is not None or appeared:
+        if values or quality or machine is not None or appeared or job is not None:
             self.state_dirty = True
             self.sink.device_update(
-                DeviceUpdate(self.id, now_ms(), values, quality, machine, True if appeared else None)
+                DeviceUpdate(
+                    self.id, ts, values, quality, machine, True if appeared else None, job, job_events
+                )
             )
 
     def _check_degraded(self) -> None:
@@ -272,4 +283,6 @@ class DeviceRunner:
             machine=self.machine if self.has_machine else None,
             points=self.table.states(),
             degraded=self.degraded if self.available else None,
+            job=self.jobs.record if self.jobs is not None else None,
+            oee=self.jobs.oee() if self.jobs is not None else None,
         )

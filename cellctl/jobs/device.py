@@ -1,0 +1,68 @@
+"""The job side of one device: reads the points its profile's `job:` and `counters:`
+name from the engine's point table and feeds the job tracker and the OEE window. Only
+profiles that map a job pay for this, and only when one of those points or the machine
+state changed."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from cellctl.config.profile import Profile
+from cellctl.engine.points import GOOD, PointTable
+from cellctl.jobs.oee import OeeWindow
+from cellctl.jobs.tracker import JobTracker
+from cellctl.model import Execution, JobEvent, JobRecord, MachineState, Oee
+
+
+class DeviceJobs:
+    def __init__(self, profile: Profile, table: PointTable, *, oee_window_s: float = 3600.0) -> None:
+        job = profile.job
+        assert job is not None
+        self.table = table
+        counters = profile.counters
+        modulus = counters.modulus if counters is not None else None
+        self.tracker = JobTracker(modulus=modulus)
+        self.window = OeeWindow(window_s=oee_window_s, ideal_cycle_s=job.ideal_cycle_time, modulus=modulus)
+        program = job.program or (profile.program.name if profile.program else None)
+        names: dict[str, str | None] = {
+            "id": job.id,
+            "order": job.order,
+            "program": program,
+            "good": counters.good if counters else None,
+            "bad": counters.bad if counters else None,
+        }
+        self.index = {k: table.index_of(v) for k, v in names.items() if v is not None and v in table.ids}
+        self.watched = frozenset(table.ids[i] for i in self.index.values())
+
+    def _value(self, name: str) -> Any:
+        i = self.index.get(name)
+        if i is None or self.table.quality[i] != GOOD:
+            return None
+        return self.table.value[i]
+
+    def _count(self, name: str) -> int | None:
+        v = self._value(name)
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def observe(self, machine: MachineState, now_ms: int) -> list[JobEvent]:
+        good, bad = self._count("good"), self._count("bad")
+        self.window.observe(now_ms / 1000.0, machine.item_state, good, bad)
+        return self.tracker.observe(
+            now_ms=now_ms,
+            job_id=self._value("id"),
+            order_id=self._value("order"),
+            program=self._value("program"),
+            good=good,
+            bad=bad,
+            machine=machine,
+            completed=machine.execution == Execution.PROGRAM_COMPLETED,
+            stopped=machine.execution == Execution.PROGRAM_STOPPED,
+        )
+
+    @property
+    def record(self) -> JobRecord | None:
+        return self.tracker.current
+
+    def oee(self) -> Oee | None:
+        return self.window.figures(time.time())

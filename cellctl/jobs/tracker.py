@@ -1,0 +1,137 @@
+"""One device's job record, from the points its profile declares (`job:` and `counters:`)
+and its machine state: a job starts when the job id point takes a new value, counts the
+parts produced, good and scrap during the job from counter *deltas* (resets and wraps
+survive, see counting.py), follows the machine (running / paused), and ends completed,
+aborted or failed when the program state says so or when the next job starts.
+
+Field names follow OPC 40001-3 (job management: JobId, OrderId, ProducedQuantity,
+GoodQuantity, ScrapQuantity, result) and MTConnect (PartCount ALL/GOOD/BAD); docs/jobs.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from cellctl.jobs.counting import RunningCount
+from cellctl.model import ENDED, Execution, ItemState, JobEvent, JobRecord, JobState, MachineState
+
+_EVENT_OF = {
+    JobState.RUNNING: "resumed",
+    JobState.PAUSED: "paused",
+    JobState.COMPLETED: "completed",
+    JobState.ABORTED: "aborted",
+    JobState.FAILED: "failed",
+}
+_PAUSED = frozenset({Execution.FEED_HOLD, Execution.INTERRUPTED, Execution.OPTIONAL_STOP, Execution.STOPPED})
+
+
+@dataclass(slots=True)
+class JobTracker:
+    """Feed `observe` with the job inputs whenever the machine state or a job point changes;
+    it returns the events that happened (empty most of the time)."""
+
+    modulus: int | None = None
+    current: JobRecord | None = None
+    _good: RunningCount = field(default_factory=RunningCount)
+    _bad: RunningCount = field(default_factory=RunningCount)
+    _running_since: float | None = None
+
+    def __post_init__(self) -> None:
+        self._good.modulus = self._bad.modulus = self.modulus
+
+    def observe(
+        self,
+        *,
+        now_ms: int,
+        job_id: Any,
+        order_id: Any,
+        program: Any,
+        good: int | None,
+        bad: int | None,
+        machine: MachineState,
+        completed: bool,
+        stopped: bool,
+    ) -> list[JobEvent]:
+        events: list[JobEvent] = []
+        job = None if job_id in (None, "", 0) else str(job_id)
+        cur = self.current
+        if cur is not None and cur.state not in ENDED and job != cur.job_id:
+            # a new job id (or none) ends the job that ran: it was not seen to complete;
+            # what was counted up to now is its
+            self._count(good, bad, now_ms)
+            events.append(
+                self._end(now_ms, JobState.COMPLETED if completed else JobState.ABORTED, "next job")
+            )
+            cur = None
+        if job is not None and (cur is None or (cur.job_id != job)):
+            self.current = JobRecord(
+                job_id=job,
+                order_id=None if order_id in (None, "") else str(order_id),
+                program=None if program in (None, "") else str(program),
+                state=JobState.RUNNING,
+                start_ms=now_ms,
+            )
+            self._good = RunningCount(self.modulus)
+            self._bad = RunningCount(self.modulus)
+            self._running_since = None
+            self._count(good, bad, now_ms)
+            events.append(JobEvent("started", self._stamp(now_ms)))
+            cur = self.current
+        if cur is None or cur.state in ENDED:
+            return events
+        self._count(good, bad, now_ms)
+        self._clock(machine, now_ms)
+        if completed:
+            events.append(self._end(now_ms, JobState.COMPLETED, None))
+        elif stopped:
+            events.append(self._end(now_ms, JobState.ABORTED, "program stopped"))
+        elif machine.item_state == ItemState.OUT_OF_SERVICE and machine.alarms:
+            events.append(
+                self._end(
+                    now_ms, JobState.FAILED, f"alarm {machine.alarms[0].code}: {machine.alarms[0].text}"
+                )
+            )
+        else:
+            state = JobState.PAUSED if machine.execution in _PAUSED else JobState.RUNNING
+            if state != cur.state:
+                self.current = replace(self._stamp(now_ms), state=state)
+                events.append(JobEvent(_EVENT_OF[state], self.current))
+        return events
+
+    def _count(self, good: int | None, bad: int | None, now_ms: int) -> None:
+        g = self._good.update(good) if good is not None else self._good.total
+        b = self._bad.update(bad) if bad is not None else self._bad.total
+        if self.current is not None:
+            self.current = replace(self.current, good=g, scrap=b, produced=g + b)
+
+    def _clock(self, machine: MachineState, now_ms: int) -> None:
+        executing = machine.item_state == ItemState.EXECUTING
+        now = now_ms / 1000.0
+        if executing and self._running_since is None:
+            self._running_since = now
+        elif not executing and self._running_since is not None:
+            self._add_running(now)
+            self._running_since = None
+
+    def _add_running(self, now: float) -> None:
+        assert self.current is not None
+        assert self._running_since is not None
+        self.current = replace(self.current, running_s=self.current.running_s + (now - self._running_since))
+        self._running_since = now
+
+    def _stamp(self, now_ms: int) -> JobRecord:
+        """The current record with running time and cycle time brought up to now."""
+        assert self.current is not None
+        if self._running_since is not None:
+            self._add_running(now_ms / 1000.0)
+        cur = self.current
+        cycle = cur.running_s / cur.produced if cur.produced else None
+        self.current = replace(cur, cycle_time_s=cycle)
+        return self.current
+
+    def _end(self, now_ms: int, state: JobState, reason: str | None) -> JobEvent:
+        record = replace(self._stamp(now_ms), state=state, end_ms=now_ms, reason=reason)
+        self._running_since = None
+        self.current = record
+        return JobEvent(_EVENT_OF[state], record)

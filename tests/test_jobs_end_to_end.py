@@ -1,0 +1,94 @@
+"""A job record and its events over MQTT from a scripted PLC (issue 11, first slice): the
+profile's `job:` and `counters:` points drive it; counts survive a uint32 wrap; the record
+is retained at `<root>/<device>/job`, the events go to `<root>/<device>/events` through the
+outbox, and the device's state carries the current hour's OEE."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cellctl_sim.modbus.server import SimModbusServer
+
+from cellctl.localbroker import Mosquitto
+from cellctl.testing import Collector, modbus_device, root_topic, running_daemon, write_config
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def words32(n: int) -> list[int]:
+    return [(n >> 16) & 0xFFFF, n & 0xFFFF]
+
+
+def text(s: str, length: int = 8) -> list[int]:
+    raw = s.encode().ljust(2 * length, b"\0")
+    return [raw[i] << 8 | raw[i + 1] for i in range(0, 2 * length, 2)]
+
+
+@pytest.fixture
+async def plc() -> AsyncIterator[tuple[SimModbusServer, int]]:
+    async with SimModbusServer({2: "blank"}, tick=0.05, seed=1) as sim:  # nothing moves by itself
+        yield sim, await sim.serve_tcp()
+
+
+async def test_a_job_with_a_counter_wrap_is_published_with_its_events(
+    plc: tuple[SimModbusServer, int], broker: Mosquitto, unique: str, tmp_path: Path
+) -> None:
+    sim, port = plc
+    unit = sim.unit(2)
+    unit.load("holding", 0, [1])  # idle
+    unit.load("holding", 4, words32(2**32 - 3))  # good parts, about to wrap
+    unit.load("holding", 6, words32(10))  # scrap
+    config = write_config(
+        tmp_path,
+        broker.port,
+        [modbus_device("plc", "sim-machine-plc", port, 2, poll_interval=0.05)],
+        cell=unique,
+    )
+    c = Collector(broker.port, f"{root_topic(unique)}/#")
+    try:
+        async with running_daemon(config):
+            await c.until(lambda _m: c.on("/plc/state"), what="the PLC online")
+            unit.load("holding", 10, text("BRACKET"))  # a program: the job starts
+            unit.load("holding", 0, [2])  # running
+            await c.until(
+                lambda _m: [m for m in c.on("/plc/events") if m.json()["event"] == "job_started"],
+                what="started",
+            )
+            unit.load("holding", 4, words32(4))  # +7 good across the wrap
+            unit.load("holding", 6, words32(11))  # +1 scrap
+            await c.until(
+                lambda _m: (j := c.on("/plc/job")) and j[-1].json()["produced"] == 8,
+                what="the counts in the job",
+            )
+            unit.load("holding", 0, [3])  # feed hold
+            await c.until(
+                lambda _m: [m for m in c.on("/plc/events") if m.json()["event"] == "job_paused"],
+                what="paused",
+            )
+            unit.load("holding", 10, text("FLANGE"))  # the next program: this job ends
+            await c.until(
+                lambda _m: [m for m in c.on("/plc/events") if m.json()["event"] == "job_aborted"],
+                what="ended",
+            )
+            state = await c.until(
+                lambda _m: (s := c.on("/plc/state")) and "oee" in s[-1].json() and s[-1].json()
+            )
+    finally:
+        c.close()
+    events = [m.json() for m in c.on("/plc/events")]
+    kinds = [e["event"] for e in events]
+    assert kinds[:4] == ["job_started", "job_paused", "job_aborted", "job_started"]
+    ended = events[2]["job"]
+    assert ended["job_id"] == "BRACKET"
+    assert (ended["produced"], ended["good"], ended["scrap"]) == (8, 7, 1)
+    assert ended["reason"] == "next job"
+    assert events[3]["job"]["job_id"] == "FLANGE"
+    late = Collector(broker.port, f"{root_topic(unique)}/plc/job")  # a consumer that comes later
+    try:
+        job = await late.until(lambda m: m and m[-1].json(), what="the retained job record")
+    finally:
+        late.close()
+    assert job["job_id"] == "FLANGE"
+    assert set(state["oee"]) >= {"availability", "performance", "quality", "oee", "seconds"}
