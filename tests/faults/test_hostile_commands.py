@@ -3,8 +3,9 @@ the command path, and at daemon level every hostile command is refused and count
 the machine stays untouched and the daemon runs on. UNS has no command path yet: garbage
 on `<root>/<device>/cmd/...` style topics must simply change nothing.
 
-The corpus (`hostile_corpus`, ~200 payloads, also sent by bench/chaos.py): random bytes, truncated protobuf, wrong datatypes, NaN and infinities, huge and unknown
-aliases, a 65 KiB payload, deeply nested properties, invalid UTF-8, values of exotic types."""
+The corpus (`hostile_corpus`, ~200 payloads, also sent by bench/chaos.py): random
+bytes, truncated protobuf, wrong datatypes, NaN and infinities, huge and unknown aliases,
+a 65 KiB payload, deeply nested properties, invalid UTF-8, values of exotic types."""
 
 from __future__ import annotations
 
@@ -105,6 +106,20 @@ def deep_properties(alias: int, depth: int) -> bytes:
     return p.SerializeToString()
 
 
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def raw_metric(metric: bytes) -> bytes:
+    """A payload of one metric given as raw protobuf bytes (what the library will not build)."""
+    return b"\x12" + varint(len(metric)) + metric
+
+
 def hostile_corpus(setpoint: int, temperature: int, seed: int = 16) -> list[tuple[str, bytes]]:
     """(target, payload): target "node" is an NCMD, anything else the DCMD's device. None
     of them may be executed; every one is refused by the router."""
@@ -137,12 +152,6 @@ def hostile_corpus(setpoint: int, temperature: int, seed: int = 16) -> list[tupl
         (setpoint, None, None, s("is_null", True)),
         (setpoint, None, None, lambda m: None),  # no value at all
         (None, None, None, s("double_value", 1.0)),  # neither name nor alias
-        (
-            None,
-            "setpoint\udcff".encode("utf-8", "surrogateescape").decode("latin-1"),
-            None,
-            s("double_value", 1.0),
-        ),
         (None, "no such point", DataType.Double, s("double_value", 1.0)),
         (2**64 - 1, None, None, s("double_value", 1.0)),  # huge alias
         (0, None, None, s("double_value", 1.0)),
@@ -158,6 +167,8 @@ def hostile_corpus(setpoint: int, temperature: int, seed: int = 16) -> list[tupl
     out += [("plc", deep_properties(setpoint, 200)), ("plc", deep_properties(setpoint, 60))]
     out += [("plc", b""), ("plc", pb.Payload(timestamp=1).SerializeToString())]  # no metrics
     out += [("plc", valid + b"\xff" * 7)]  # trailing garbage
+    out += [("plc", raw_metric(b"\x0a\x02\xff\xfe" + b"\x69" + bytes(8)))]  # name not UTF-8
+    out += [("plc", raw_metric(b"\x10" + varint(setpoint) + b"\x7a\x03\xc3\x28\xa0"))]  # string not UTF-8
     out += [
         ("node", metric_payload(None, REBIRTH_METRIC, None, s("string_value", "true"))),
         ("node", metric_payload(None, "Commands/Refused", None, s("long_value", 0))),
