@@ -195,7 +195,7 @@ async def outage(run: Run, n: int, outage_s: float, summary: dict[str, Any]) -> 
                 Run.stop(proc)
             finally:
                 c.close()
-    rows = []
+    rows: list[list[Any]] = []
     got = streams(c.messages)
     for dev in sorted(got, key=lambda d: int(d[1:])):
         st = got[dev]
