@@ -19,7 +19,7 @@ from cellctl_sim.modbus.server import SimModbusServer
 from cellctl.deliver.mqtt import MAX_INFLIGHT
 from cellctl.localbroker import Mosquitto
 from cellctl.testing import Collector, Message, modbus_device, root_topic, running_daemon, write_config
-from cellctl.testing.sparkplug import Capture, check_node
+from cellctl.testing.sparkplug import Capture, SpMessage, check_node
 
 from .streams import streams
 
@@ -43,6 +43,16 @@ async def meters() -> AsyncIterator[list[int]]:
             sim = await stack.enter_async_context(SimModbusServer({1: "energy-meter"}, tick=0.01, seed=seed))
             ports.append(await sim.serve_tcp())
         yield ports
+
+
+def replayed(msgs: list[SpMessage]) -> bool:
+    """The node was born again after the restart, sent its history and is live again."""
+    births = [i for i, m in enumerate(msgs) if m.kind == "NBIRTH"]
+    if len(births) < 2:
+        return False
+    after = [m for m in msgs[births[-1] :] if m.kind == "DDATA"]
+    flags = [m.decode().metrics[0].is_historical for m in after]
+    return sum(flags) >= 20 and any(not f for f in flags[-3:])
 
 
 async def test_outage_loses_nothing_keeps_order_and_flags_history_in_both_formats(
@@ -88,11 +98,7 @@ async def test_outage_loses_nothing_keeps_order_and_flags_history_in_both_format
                 )
 
             await uns.until(caught_up, timeout=40, what="every seq of every device, through the outage")
-            await spb.until(
-                lambda m: any(x.kind == "DDATA" and not x.decode().metrics[0].is_historical for x in m[-5:]),
-                timeout=20,
-                what="live DDATA after the replay",
-            )
+            await spb.until(replayed, timeout=30, what="a new NBIRTH, the history, then live DDATA")
     finally:
         uns.close()
         spb.close()
