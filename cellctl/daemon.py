@@ -36,8 +36,8 @@ from cellctl.errors import ConfigError
 from cellctl.manifest import build_manifest
 from cellctl.outbox import DropEvent, Outbox, OutboxError, OutboxWriter, Record
 from cellctl.reload import diff_cells
-from cellctl.sparkplug.state import StateFileError
 from cellctl.sparkplug.topics import case_collisions
+from cellctl.statefile import StateFileError
 
 log = structlog.get_logger("cellctl.daemon")
 
@@ -131,7 +131,7 @@ class Daemon:
         cfg = self.compiled.config
         formats = cfg.publish.formats
         self.fanout = FanOut()
-        self.cell = Cell(self.compiled, self.fanout)
+        self.cell = Cell(self.compiled, self.fanout, state_dir=self.state_dir)
         self.executor = WriteExecutor(self.cell.runner)
         self.reporter: OutboxReporter | None = None
         self._removed: set[str] = set()  # devices removed by a reload (their retained state is cleared)

@@ -92,3 +92,52 @@ async def test_a_job_with_a_counter_wrap_is_published_with_its_events(
         late.close()
     assert job["job_id"] == "FLANGE"
     assert set(state["oee"]) >= {"availability", "performance", "quality", "oee", "seconds"}
+
+
+async def test_a_restart_mid_job_continues_the_job_or_closes_it_as_interrupted(
+    plc: tuple[SimModbusServer, int], broker: Mosquitto, unique: str, tmp_path: Path
+) -> None:
+    """Issue 11 item 3: counts never restart at zero and nothing is counted twice."""
+    sim, port = plc
+    unit = sim.unit(2)
+    unit.load("holding", 0, [2])
+    unit.load("holding", 4, words32(100))
+    unit.load("holding", 10, text("BRACKET"))
+    config = write_config(
+        tmp_path,
+        broker.port,
+        [modbus_device("plc", "sim-machine-plc", port, 2, poll_interval=0.05)],
+        cell=unique,
+    )
+    c = Collector(broker.port, f"{root_topic(unique)}/#")
+
+    def events() -> list[dict[str, object]]:
+        return [m.json() for m in c.on("/plc/events")]
+
+    try:
+        async with running_daemon(config):
+            await c.until(lambda _m: [e for e in events() if e["event"] == "job_started"], what="started")
+            unit.load("holding", 4, words32(105))
+            await c.until(lambda _m: (j := c.on("/plc/job")) and j[-1].json()["good"] == 5, what="5 good")
+        unit.load("holding", 4, words32(108))  # 3 more parts while cellctl is down
+        async with running_daemon(config):
+            await c.until(lambda _m: [e for e in events() if e["event"] == "job_resumed"], what="resumed")
+            await c.until(
+                lambda _m: (j := c.on("/plc/job")) and j[-1].json()["good"] == 8, what="8 good, not 3 or 0"
+            )
+        unit.load("holding", 10, text("FLANGE"))  # another program while cellctl is down
+        async with running_daemon(config):
+            await c.until(lambda _m: [e for e in events() if e["event"] == "job_aborted"], what="closed")
+            await c.until(
+                lambda _m: [
+                    e for e in events() if e["event"] == "job_started" and e["job"]["job_id"] == "FLANGE"
+                ],
+                what="the next job",
+            )
+    finally:
+        c.close()
+    closed = next(e for e in events() if e["event"] == "job_aborted")["job"]
+    assert closed["job_id"] == "BRACKET"
+    assert closed["good"] == 8
+    assert "interrupted" in closed["reason"]
+    assert [e["job"]["job_id"] for e in events() if e["event"] == "job_started"] == ["BRACKET", "FLANGE"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from cellctl.config.loader import CompiledCell, CompiledDevice
 from cellctl.engine.runner import DeviceRunner, DeviceSink
@@ -30,9 +31,16 @@ async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
 
 class Cell:
     def __init__(
-        self, compiled: CompiledCell, sink: DeviceSink, *, clock: Callable[[], float] = time.monotonic
+        self,
+        compiled: CompiledCell,
+        sink: DeviceSink,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        state_dir: Path | None = None,
     ):
         self.compiled = compiled
+        # job records survive restarts here (cellctl/jobs/device.py)
+        self.job_dir = state_dir / "jobs" if state_dir is not None else None
         self.sink = sink
         self.clock = clock
         backbone = compiled.config.backbone
@@ -47,7 +55,9 @@ class Cell:
 
     def _runner(self, device: CompiledDevice) -> DeviceRunner:
         low, high = self._backoff
-        return DeviceRunner(device, self.sink, backoff_min=low, backoff_max=high)
+        if self.job_dir is not None and device.profile.job is not None:
+            self.job_dir.mkdir(parents=True, exist_ok=True)
+        return DeviceRunner(device, self.sink, backoff_min=low, backoff_max=high, job_dir=self.job_dir)
 
     def republish_all(self) -> None:
         """After a (re)connect: every retained state goes out again now."""

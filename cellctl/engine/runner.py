@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
@@ -59,6 +60,7 @@ class DeviceRunner:
         *,
         backoff_min: float = 0.5,
         backoff_max: float = 30.0,
+        job_dir: Path | None = None,
     ) -> None:
         self.device = device
         self.id = device.config.id
@@ -67,7 +69,11 @@ class DeviceRunner:
         self.mapper = MachineMapper(device.profile, self.table)
         self.machine: MachineState = self.mapper.compute(False)
         self.has_machine = self.mapper.has_machine
-        self.jobs = DeviceJobs(device.profile, self.table) if device.profile.job is not None else None
+        self.jobs = (
+            DeviceJobs(device.profile, self.table, store=job_dir / f"{self.id}.json" if job_dir else None)
+            if device.profile.job is not None
+            else None
+        )
         self.available = False
         self.known = False  # a first reading or failure happened
         self.degraded: str | None = None  # why the device is online but useless

@@ -6,20 +6,35 @@ state changed."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
+
+import orjson
+import structlog
 
 from cellctl.config.profile import Profile
 from cellctl.engine.points import GOOD, PointTable
 from cellctl.jobs.oee import OeeWindow
 from cellctl.jobs.tracker import JobTracker
 from cellctl.model import Execution, JobEvent, JobRecord, MachineState, Oee
+from cellctl.statefile import atomic_write
+
+log = structlog.get_logger("cellctl.jobs")
+
+
+SAVE_INTERVAL_MS = 5000  # the job file is written on every job event and at most this often otherwise
 
 
 class DeviceJobs:
-    def __init__(self, profile: Profile, table: PointTable, *, oee_window_s: float = 3600.0) -> None:
+    def __init__(
+        self, profile: Profile, table: PointTable, *, store: Path | None = None, oee_window_s: float = 3600.0
+    ) -> None:
         job = profile.job
         assert job is not None
         self.table = table
+        self.store = store
+        self._saved_at = 0
+        self._restore: dict[str, Any] | None = self._load()
         counters = profile.counters
         modulus = counters.modulus if counters is not None else None
         self.tracker = JobTracker(modulus=modulus)
@@ -45,10 +60,46 @@ class DeviceJobs:
         v = self._value(name)
         return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
+    def _load(self) -> dict[str, Any] | None:
+        if self.store is None:
+            return None
+        try:
+            data = orjson.loads(self.store.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.warning("job_state_unreadable", file=str(self.store), error=str(exc))
+            return None
+        return data if isinstance(data, dict) and data.get("job") else None
+
+    def _save(self, now_ms: int, force: bool) -> None:
+        if self.store is None or (not force and now_ms - self._saved_at < SAVE_INTERVAL_MS):
+            return
+        self._saved_at = now_ms
+        state = self.tracker.dump()
+        if state is None:
+            return
+        try:
+            atomic_write(self.store, orjson.dumps(state))
+        except OSError as exc:
+            log.warning("job_state_not_saved", file=str(self.store), error=str(exc))
+
     def observe(self, machine: MachineState, now_ms: int) -> list[JobEvent]:
+        events = self._observe(machine, now_ms)
+        self._save(now_ms, force=bool(events))
+        return events
+
+    def _observe(self, machine: MachineState, now_ms: int) -> list[JobEvent]:
         good, bad = self._count("good"), self._count("bad")
         self.window.observe(now_ms / 1000.0, machine.item_state, good, bad)
-        return self.tracker.observe(
+        resumed: list[JobEvent] = []
+        if self._restore is not None:
+            saved, self._restore = self._restore, None
+            try:
+                resumed = self.tracker.resume(saved, job_id=self._value("id"), now_ms=now_ms)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("job_state_unreadable", file=str(self.store), error=repr(exc))
+        return resumed + self.tracker.observe(
             now_ms=now_ms,
             job_id=self._value("id"),
             order_id=self._value("order"),

@@ -99,6 +99,47 @@ class JobTracker:
                 events.append(JobEvent(_EVENT_OF[state], self.current))
         return events
 
+    # -- durable state (a daemon restart or kill -9 mid-job) --------------------------------
+
+    def dump(self) -> dict[str, Any] | None:
+        """What it takes to continue the current job after a restart; None when no job."""
+        if self.current is None:
+            return None
+        return {
+            "job": self.current.as_dict(),
+            "counts": [[c.last, c.total] for c in (self._good, self._bad)],
+            "running": self._running_since is not None,
+        }
+
+    def resume(self, saved: dict[str, Any], *, job_id: Any, now_ms: int) -> list[JobEvent]:
+        """After a restart: the saved job continues when the machine still runs that job
+        (counting on from the saved raw counters, so nothing is counted twice or lost), and
+        is closed as aborted with the reason otherwise. Never silently restarts at zero."""
+        j = saved["job"]
+        record = JobRecord(
+            job_id=j["job_id"],
+            order_id=j["order_id"],
+            program=j["program"],
+            state=JobState(j["state"]),
+            start_ms=j["start_ts"],
+            end_ms=j["end_ts"],
+            reason=j["reason"],
+            produced=j["produced"],
+            good=j["good"],
+            scrap=j["scrap"],
+            running_s=j["running_s"],
+            cycle_time_s=j["cycle_time_s"],
+        )
+        self.current = record
+        for count, (last, total) in zip((self._good, self._bad), saved["counts"], strict=True):
+            count.last, count.total = last, total
+        if record.state in ENDED:
+            return []
+        same = job_id not in (None, "", 0) and str(job_id) == record.job_id
+        if same:
+            return [JobEvent("resumed", record)]
+        return [self._end(now_ms, JobState.ABORTED, "interrupted: cellctl restarted and the machine no longer runs it")]
+
     def _count(self, good: int | None, bad: int | None, now_ms: int) -> None:
         g = self._good.update(good) if good is not None else self._good.total
         b = self._bad.update(bad) if bad is not None else self._bad.total
