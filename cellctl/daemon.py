@@ -34,6 +34,7 @@ from cellctl.engine.cell import Cell
 from cellctl.engine.runner import now_ms
 from cellctl.errors import ConfigError
 from cellctl.manifest import build_manifest
+from cellctl.observe import server as observe
 from cellctl.outbox import DropEvent, Outbox, OutboxError, OutboxWriter, Record
 from cellctl.reload import diff_cells
 from cellctl.sparkplug.state import StateFileError
@@ -102,6 +103,7 @@ class Daemon:
         self.stop = asyncio.Event()
         self.started = asyncio.Event()
         self.reloads = 0
+        self.observer: observe.ObserveServer | None = None
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._reload_lock = asyncio.Lock()
         started_ms = now_ms()
@@ -314,6 +316,8 @@ class Daemon:
         )
         try:
             async with contextlib.AsyncExitStack() as stack:
+                # /metrics and /health (metrics: section), from before the broker is up
+                self.observer = await stack.enter_async_context(observe.serving(self, cfg.metrics))
                 for d in self.deliveries:
                     await stack.enter_async_context(d.session)
                 async with asyncio.TaskGroup() as tg:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,14 @@ from cellctl.config.loader import load_cell
 from cellctl.daemon import Daemon
 from cellctl.errors import ConfigError
 from cellctl.localbroker import BrokerTls, Mosquitto
-from cellctl.testing import Collector, async_wait_until, modbus_device, root_topic, running_daemon, write_config
+from cellctl.testing import (
+    Collector,
+    async_wait_until,
+    modbus_device,
+    root_topic,
+    running_daemon,
+    write_config,
+)
 from cellctl.testing.certs import CertAuthority, CertFiles
 
 pytestmark = pytest.mark.timeout(60)
@@ -53,6 +61,20 @@ async def sim_port() -> AsyncIterator[int]:
         yield await sim.serve_tcp()
 
 
+@dataclass(frozen=True)
+class Cell:
+    """Where a test's cell lives: its simulated device, its name, its directory."""
+
+    sim_port: int
+    name: str
+    dir: Path
+
+
+@pytest.fixture
+def cell(sim_port: int, unique: str, tmp_path: Path) -> Cell:
+    return Cell(sim_port, unique, tmp_path)
+
+
 @pytest.fixture
 def tls_broker(pki: Pki) -> Iterator[Mosquitto]:
     with Mosquitto(tls=BrokerTls(pki.ca.ca_file, pki.server.cert, pki.server.key)) as b:
@@ -60,10 +82,8 @@ def tls_broker(pki: Pki) -> Iterator[Mosquitto]:
 
 
 def tls_config(
-    tmp_path: Path,
+    cell: Cell,
     port: int,
-    sim_port: int,
-    cell: str,
     *,
     protocol: str = "3.1.1",
     ca_file: Path,
@@ -80,17 +100,16 @@ def tls_config(
         "protocol": protocol,
         "tls": tls,
     }
-    return write_config(
-        tmp_path, port, [modbus_device("m", "sim-energy-meter", sim_port, 1)], cell=cell, backbone=backbone
-    )
+    devices = [modbus_device("m", "sim-energy-meter", cell.sim_port, 1)]
+    return write_config(cell.dir, port, devices, cell=cell.name, backbone=backbone)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_tls_with_the_right_ca_connects_and_publishes(
-    pki: Pki, tls_broker: Mosquitto, sim_port: int, unique: str, tmp_path: Path, protocol: str
+    pki: Pki, tls_broker: Mosquitto, cell: Cell, protocol: str
 ) -> None:
-    config = tls_config(tmp_path, tls_broker.port, sim_port, unique, protocol=protocol, ca_file=pki.ca.ca_file)
-    collector = Collector(tls_broker.port, f"{root_topic(unique)}/#", tls=pki.observer_context())
+    config = tls_config(cell, tls_broker.port, protocol=protocol, ca_file=pki.ca.ca_file)
+    collector = Collector(tls_broker.port, f"{root_topic(cell.name)}/#", tls=pki.observer_context())
     try:
         async with running_daemon(config) as daemon:
             await collector.until(lambda _m: collector.on("/m/data"), what="data over TLS")
@@ -110,9 +129,7 @@ async def test_tls_with_the_right_ca_connects_and_publishes(
 )
 async def test_refused_broker_certificate_names_the_cause(
     pki: Pki,
-    sim_port: int,
-    unique: str,
-    tmp_path: Path,
+    cell: Cell,
     capsys: pytest.CaptureFixture[str],
     case: str,
     expected: str,
@@ -120,7 +137,7 @@ async def test_refused_broker_certificate_names_the_cause(
     server = {"wrong_ca": pki.server, "expired": pki.expired, "wrong_host": pki.wrong_host}[case]
     ca_file = pki.other_ca.ca_file if case == "wrong_ca" else pki.ca.ca_file
     with Mosquitto(tls=BrokerTls(pki.ca.ca_file, server.cert, server.key)) as broker:
-        config = tls_config(tmp_path, broker.port, sim_port, unique, ca_file=ca_file)
+        config = tls_config(cell, broker.port, ca_file=ca_file)
         async with running_daemon(config) as daemon:
             error = await async_wait_until(lambda: daemon.session.last_error, what="a failed connect")
             assert error.startswith(expected.format(ca=ca_file)), error
@@ -133,10 +150,10 @@ async def test_refused_broker_certificate_names_the_cause(
 
 
 async def test_missing_ca_file_is_a_config_error(
-    sim_port: int, unique: str, tmp_path: Path, tls_broker: Mosquitto
+    cell: Cell, tls_broker: Mosquitto
 ) -> None:
-    missing = tmp_path / "no-such-ca.pem"
-    config = tls_config(tmp_path, tls_broker.port, sim_port, unique, ca_file=missing)
+    missing = cell.dir / "no-such-ca.pem"
+    config = tls_config(cell, tls_broker.port, ca_file=missing)
     with pytest.raises(ConfigError) as info:
         Daemon(load_cell(config))
     assert info.value.problems == [
@@ -158,20 +175,20 @@ def mtls_broker(pki: Pki, unique: str) -> Iterator[Mosquitto]:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 async def test_client_certificate_authenticates_and_the_acl_keeps_the_cell_in_its_subtree(
-    pki: Pki, mtls_broker: Mosquitto, sim_port: int, unique: str, tmp_path: Path, protocol: str
+    pki: Pki, mtls_broker: Mosquitto, cell: Cell, protocol: str
 ) -> None:
     client = pki.ca.issue("cell-1", client=True)
     config = tls_config(
-        tmp_path, mtls_broker.port, sim_port, unique, protocol=protocol, ca_file=pki.ca.ca_file, client=client
+        cell, mtls_broker.port, protocol=protocol, ca_file=pki.ca.ca_file, client=client
     )
-    outside = f"uns/v1/test/lab/a1/l1/{unique}-other/m/data"
+    outside = f"uns/v1/test/lab/a1/l1/{cell.name}-other/m/data"
     collector = Collector(mtls_broker.port, "uns/v1/test/#", tls=pki.observer_context())
     try:
         async with running_daemon(config) as daemon:
             await collector.until(lambda _m: collector.on("/m/data"), what="data with a client certificate")
             # the cell's own credentials publishing outside its subtree: the broker drops it
             daemon.session.publish(outside, b'{"intruder": true}', 1)
-            daemon.session.publish(f"{root_topic(unique)}/marker", b"{}", 1)
+            daemon.session.publish(f"{root_topic(cell.name)}/marker", b"{}", 1)
             await collector.until(lambda _m: collector.on("/marker"), what="the marker inside the subtree")
             assert [m.topic for m in collector.messages if m.topic == outside] == []
             # the daemon keeps running and publishing on the same connection
@@ -185,10 +202,10 @@ async def test_client_certificate_authenticates_and_the_acl_keeps_the_cell_in_it
 
 @pytest.mark.parametrize("case", ["no_certificate", "untrusted_certificate"])
 async def test_mtls_refuses_a_cell_without_a_trusted_certificate(
-    pki: Pki, mtls_broker: Mosquitto, sim_port: int, unique: str, tmp_path: Path, case: str
+    pki: Pki, mtls_broker: Mosquitto, cell: Cell, case: str
 ) -> None:
     client = pki.other_ca.issue("cell-1", client=True) if case == "untrusted_certificate" else None
-    config = tls_config(tmp_path, mtls_broker.port, sim_port, unique, ca_file=pki.ca.ca_file, client=client)
+    config = tls_config(cell, mtls_broker.port, ca_file=pki.ca.ca_file, client=client)
     async with running_daemon(config) as daemon:
         error = await async_wait_until(lambda: daemon.session.last_error, what="a refused connection")
         assert error.startswith("the broker closed the connection before accepting it: "), error
