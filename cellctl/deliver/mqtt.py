@@ -37,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cellctl.config.cell import Backbone
+from cellctl.credentials import secret_path
 from cellctl.engine.backoff import Backoff, worth_repeating
 from cellctl.errors import ConfigError
 
@@ -178,9 +179,9 @@ class MqttSession:
         return self._last_error
 
     def _read_password(self) -> str | None:
-        path = self.backbone.password_file
-        if path is None:
+        if self.backbone.password_file is None:
             return None
+        path = secret_path(self.backbone.password_file)
         try:
             return path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
