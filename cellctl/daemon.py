@@ -34,6 +34,7 @@ from cellctl.engine.cell import Cell
 from cellctl.engine.runner import now_ms
 from cellctl.errors import ConfigError
 from cellctl.manifest import build_manifest
+from cellctl.observe import server as observe
 from cellctl.outbox import DropEvent, Outbox, OutboxError, OutboxWriter, Record
 from cellctl.reload import diff_cells
 from cellctl.sparkplug.topics import case_collisions
@@ -105,6 +106,7 @@ class Daemon:
         self._restart_with: CompiledCell | None = None
         self._previous = compiled
         self._terminating = False
+        self.observer: observe.ObserveServer | None = None
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._reload_lock = asyncio.Lock()
         started_ms = now_ms()
@@ -363,6 +365,8 @@ class Daemon:
             outbox_backlog=stats.messages,
         )
         async with contextlib.AsyncExitStack() as stack:
+            # /metrics and /health (metrics: section), from before the broker is up
+            self.observer = await stack.enter_async_context(observe.serving(self, cfg.metrics))
             for d in self.deliveries:
                 await stack.enter_async_context(d.session)
             async with asyncio.TaskGroup() as tg:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, runtime_checka
 
 from pydantic import BaseModel
 
+from cellctl.credentials import secret_path
 from cellctl.durations import Duration, PositiveDuration
 from cellctl.floats import float32_shortest
 from cellctl.model import Quality
@@ -51,6 +52,7 @@ __all__ = [
     "Writer",
     "configure_logging",
     "float32_shortest",
+    "secret_path",
 ]
 
 ValueType = Literal["bool", "int", "float", "string"]

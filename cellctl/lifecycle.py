@@ -22,17 +22,26 @@ STARTS_OFTEN = 3  # ...and more than this many of them is a crash loop worth a w
 _KEEP = 100  # bound on the history, whatever the clock does
 
 
+def recent_starts(state_dir: Path, *, now: float | None = None) -> list[float]:
+    """The starts recorded within the window (wall-clock seconds); [] when there is no
+    readable history. For metrics: more than one is a restart."""
+    now = time.time() if now is None else now
+    try:
+        loaded = json.loads((state_dir / STARTS_FILE).read_text(encoding="utf-8")).get("starts", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(loaded, list):
+        return []
+    return [t for t in loaded if isinstance(t, int | float) and now - STARTS_WINDOW_S < t <= now]
+
+
 def record_start(state_dir: Path, *, now: float | None = None) -> list[float]:
     """Add this start (wall-clock seconds) to `state_dir/starts.json` and return the
     starts within the window, this one included. Never raises: the history is a
     diagnostic, and a state dir that cannot be written is the daemon's to report."""
     path = state_dir / STARTS_FILE
     now = time.time() if now is None else now
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8")).get("starts", [])
-    except (OSError, ValueError, AttributeError):
-        loaded = []  # missing, unreadable or not ours: start a new history
-    earlier = [t for t in loaded if isinstance(t, int | float) and now - STARTS_WINDOW_S < t <= now]
+    earlier = recent_starts(state_dir, now=now)  # missing, unreadable or not ours: a new history
     recent = [*earlier, now][-_KEEP:]
     tmp = path.with_name(f".{STARTS_FILE}.tmp")
     try:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -35,6 +36,19 @@ def find_mosquitto() -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerTls:
+    """The broker's side of TLS: its certificate and key, and the CA that client
+    certificates must chain to (required only with `require_certificate`)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    # mutual TLS: a client without a certificate signed by `ca_file` is refused, and the
+    # certificate's common name is the client's user name (for the ACL)
+    require_certificate: bool = False
+
+
 class Mosquitto:
     """Start/stop/restart one mosquitto process on a fixed loopback port."""
 
@@ -48,10 +62,14 @@ class Mosquitto:
         persistence: bool = False,
         users: dict[str, str] | None = None,
         max_inflight_messages: int = 1000,
+        tls: BrokerTls | None = None,
+        acl: str | None = None,
     ) -> None:
         """`users` (name -> password) turns anonymous access off, for tests of auth.
         `max_inflight_messages` 20 is mosquitto's own default (QoS 1/2 messages to one
-        client beyond it are queued while QoS 0 ones go out at once)."""
+        client beyond it are queued while QoS 0 ones go out at once). `tls` makes the
+        listener TLS only (and mutual TLS with `require_certificate`); `acl` is the text of
+        a mosquitto ACL file (`user NAME` / `topic read|write|readwrite FILTER` lines)."""
         binary = find_mosquitto()
         if binary is None:
             raise BrokerError("mosquitto is not installed (Debian/Ubuntu: apt-get install mosquitto)")
@@ -85,9 +103,22 @@ class Mosquitto:
                     capture_output=True,
                 )
             lines.append(f"password_file {passwords}")
-        if (users or persistence) and os.geteuid() == 0:
+        if tls is not None:
+            lines += [
+                f"cafile {tls.ca_file}",
+                f"certfile {tls.cert_file}",
+                f"keyfile {tls.key_file}",
+                f"require_certificate {'true' if tls.require_certificate else 'false'}",
+            ]
+            if tls.require_certificate:
+                lines.append("use_identity_as_username true")
+        if acl is not None:
+            acl_file = self.dir / "acl"
+            acl_file.write_text(acl, encoding="utf-8")
+            lines.append(f"acl_file {acl_file}")
+        if (users or persistence or tls or acl is not None) and os.geteuid() == 0:
             # mosquitto drops root for user 'mosquitto', who can neither read nor write
-            # (persistence) our private temp dir
+            # (persistence) our private temp dir, nor read the test's keys
             lines.append("user root")
         self.config_path = self.dir / "mosquitto.conf"
         self.config_path.write_text("\n".join(lines) + "\n", encoding="utf-8")

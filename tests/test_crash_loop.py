@@ -49,7 +49,7 @@ def test_unit_is_valid_for_the_installed_systemd(tmp_path: Path) -> None:
     cellctl = shutil.which("cellctl", path=str(Path(sys.executable).parent))
     assert cellctl is not None
     unit = tmp_path / "cellctl.service"
-    unit.write_text(UNIT.read_text(encoding="utf-8").replace("/usr/local/bin/cellctl", cellctl))
+    unit.write_text(UNIT.read_text(encoding="utf-8").replace("/usr/bin/cellctl", cellctl))
     proc = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=30, check=False
     )

@@ -179,6 +179,30 @@ class SparkplugConfig(_Frozen):
     device_writes: Literal["refuse", "allow"] = "refuse"
 
 
+def _listen_address(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port such as 127.0.0.1:9464, got {value!r}")
+    return value
+
+
+class MetricsConfig(_Frozen):
+    """The Prometheus `/metrics` and JSON `/health` endpoint (docs/metrics.md). Off
+    unless the section is present; loopback by default, for a local agent or proxy."""
+
+    listen: Annotated[str, AfterValidator(_listen_address)] = "127.0.0.1:9464"
+    # /health reports "outbox filling" when the outbox holds more than this share of max_bytes
+    outbox_filling: Annotated[float, Field(gt=0, le=1)] = 0.8
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
 def _default_state_dir() -> Path:
     """systemd's StateDirectory= ($STATE_DIRECTORY, first entry), else /var/lib/cellctl."""
     env = os.environ.get("STATE_DIRECTORY", "")
@@ -230,6 +254,7 @@ class CellConfig(_Frozen):
     publish: Publish = Publish()
     outbox: OutboxConfig = OutboxConfig()
     sparkplug: SparkplugConfig = SparkplugConfig()
+    metrics: MetricsConfig | None = None  # off unless set
     profile_dirs: list[Path] = []
     devices: list[DeviceConfig] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -27,7 +27,7 @@ class AckTracker:
     with `fence(mid)`. The broker handles a connection's packets in order, so its answer
     to the fence proves it received every message sent before it."""
 
-    __slots__ = ("_acked", "_ids", "_pending", "_unconfirmed", "_wake_pending", "on_acked", "unknown", "wake")
+    __slots__ = ("_acked", "_ids", "_pending", "_unconfirmed", "_wake_pending", "acked_total", "on_acked", "unknown", "wake")
 
     def __init__(
         self, on_acked: Callable[[list[int]], None], *, wake: Callable[[], None] | None = None
@@ -35,6 +35,7 @@ class AckTracker:
         self.on_acked = on_acked  # e.g. OutboxWriter.ack
         self.wake = wake  # e.g. lambda: loop.call_soon_threadsafe(tracker.drain)
         self.unknown = 0  # acks for mids not tracked (births, QoS 0 status messages, ...)
+        self.acked_total = 0  # outbox messages confirmed by the broker (metrics)
         self._pending: dict[int, list[int]] = {}  # mid -> outbox ids; loop thread only
         self._ids: set[int] = set()  # every outbox id sent and not yet acknowledged
         self._unconfirmed: list[int] = []  # QoS 0 ids sent since the last fence
@@ -80,6 +81,7 @@ class AckTracker:
             else:
                 done.extend(ids)
         if done:
+            self.acked_total += len(done)
             self._ids.difference_update(done)
             self.on_acked(done)
         return len(done)

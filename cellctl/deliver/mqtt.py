@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as paho
@@ -35,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from cellctl.config.cell import Backbone
+from cellctl.credentials import secret_path
 from cellctl.engine.backoff import Backoff, worth_repeating
 from cellctl.errors import ConfigError
 
@@ -45,6 +48,48 @@ log = structlog.get_logger("cellctl.mqtt")
 FENCE_TOPIC = "cellctl/fence"
 MAX_INFLIGHT = 200
 TCP_USER_TIMEOUT_MS = 10_000
+
+
+# OpenSSL's X509_V_ERR_* codes, grouped by what the user has to do about them
+_UNKNOWN_ISSUER = frozenset({2, 18, 19, 20, 21})
+_NOT_YET_VALID, _EXPIRED = 9, 10
+_WRONG_NAME = frozenset({62, 64})
+
+
+def describe_connect_error(exc: BaseException, backbone: Backbone) -> str:
+    """A connection failure in words that name the cause: for a refused broker
+    certificate, which check failed and what to look at."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        detail = f"{exc.verify_message} (verify code {code})"
+        tls = backbone.tls
+        ca = str(tls.ca_file) if tls is not None and tls.ca_file is not None else "the system CA store"
+        if code in _UNKNOWN_ISSUER:
+            return f"tls: the broker's certificate is not signed by a CA in {ca!r}: {detail}"
+        if code == _EXPIRED:
+            return f"tls: the broker's certificate has expired (or this machine's clock is wrong): {detail}"
+        if code == _NOT_YET_VALID:
+            return f"tls: the broker's certificate is not valid yet (is this machine's clock right?): {detail}"
+        if code in _WRONG_NAME:
+            return (
+                f"tls: the broker's certificate is not valid for backbone.host {backbone.host!r}: {detail}"
+            )
+        return f"tls: the broker's certificate was refused: {detail}"
+    if isinstance(exc, ssl.SSLError):
+        return f"tls: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _LastError(logging.Handler):
+    """Keeps paho's last error line (e.g. the TLS alert of a broker that refused our
+    client certificate), which paho reports only through its logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
 
 
 class MqttError(Exception):
@@ -115,18 +160,52 @@ class MqttSession:
         self._fd: int | None = None
         self._last_error: str | None = None
         self._failed_connects = 0  # since the last successful connection
-        self.client: paho.Client = self._new_client(None)
+        self._refused = False
+        # paho's error lines while connecting (not once connected: paho logs every packet)
+        self._paho_errors = _LastError()
+        self._paho_log = logging.getLogger(f"cellctl.paho.{name}.{id(self)}")
+        self._paho_log.propagate = False
+        self._paho_log.setLevel(logging.ERROR)
+        self._paho_log.addHandler(self._paho_errors)
+        self._check_tls_files()
+        try:
+            self.client: paho.Client = self._new_client(None)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError([f"backbone.tls: {describe_connect_error(exc, backbone)}"]) from None
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last connection attempt failed; None once connected."""
+        return self._last_error
 
     def _read_password(self) -> str | None:
-        path = self.backbone.password_file
-        if path is None:
+        if self.backbone.password_file is None:
             return None
+        path = secret_path(self.backbone.password_file)
         try:
             return path.read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             raise ConfigError(
                 [f"backbone.password_file: cannot read {str(path)!r}: {exc.strerror}"]
             ) from None
+
+    def _check_tls_files(self) -> None:
+        """Missing or unreadable certificate files are a config error, found at start."""
+        tls = self.backbone.tls
+        if tls is None:
+            return
+        problems = []
+        for field in ("ca_file", "cert_file", "key_file"):
+            path: Path | None = getattr(tls, field)
+            if path is None:
+                continue
+            try:
+                with path.open("rb"):
+                    pass
+            except OSError as exc:
+                problems.append(f"backbone.tls.{field}: cannot read {str(path)!r}: {exc.strerror}")
+        if problems:
+            raise ConfigError(problems)
 
     def _new_client(self, will: Message | None) -> paho.Client:
         backbone = self.backbone
@@ -145,6 +224,7 @@ class MqttSession:
             client.will_set(will.topic, will.payload, will.qos, will.retain)
         if backbone.username is not None:
             client.username_pw_set(backbone.username, self._password)
+        client.enable_logger(self._paho_log)
         if backbone.tls is not None:
             tls = backbone.tls
             client.tls_set(
@@ -267,8 +347,10 @@ class MqttSession:
                     attempts=self._failed_connects,
                 )
             self._last_error = message
+            self._refused = True
             self._lost.set()
             return
+        client.disable_logger()
         self.connects += 1
         self.connected.set()
         self.backoff.reset()
@@ -317,20 +399,11 @@ class MqttSession:
         loop = asyncio.get_running_loop()
         while True:
             self._lost.clear()
+            self._refused = False  # this attempt got a CONNACK that refused us
             try:
                 await loop.run_in_executor(None, self._open)
             except (OSError, ssl.SSLError, ValueError) as exc:
-                message = f"{type(exc).__name__}: {exc}"
-                self._failed_connects += 1
-                if message != self._last_error or worth_repeating(self._failed_connects):
-                    self.log.warning(
-                        "mqtt_connect_failed",
-                        host=self.backbone.host,
-                        port=self.backbone.port,
-                        error=message,
-                        attempts=self._failed_connects,
-                    )
-                self._last_error = message
+                self._connect_failed(describe_connect_error(exc, self.backbone))
                 await asyncio.sleep(self.backoff.next_delay())
                 continue
             while not self._lost.is_set():
@@ -342,6 +415,13 @@ class MqttSession:
                         self._lost.set()
             self.connected.clear()
             self._forget_fd()
+            if not self._up and not self._refused:
+                # gone before CONNACK: with TLS, typically our client certificate refused
+                self._paho_errors.last, paho_error = None, self._paho_errors.last
+                self._connect_failed(
+                    "the broker closed the connection before accepting it"
+                    + (f": {paho_error}" if paho_error else "")
+                )
             if self._up:
                 self._up = False
                 self._in_loop(self.events.session_down)
@@ -349,6 +429,19 @@ class MqttSession:
                 self._restart_soon = False
                 self.backoff.reset()
             await asyncio.sleep(self.backoff.next_delay())
+
+    def _connect_failed(self, message: str) -> None:
+        """Count a failed attempt; log it when new or, while repeating, now and then."""
+        self._failed_connects += 1
+        if message != self._last_error or worth_repeating(self._failed_connects):
+            self.log.warning(
+                "mqtt_connect_failed",
+                host=self.backbone.host,
+                port=self.backbone.port,
+                error=message,
+                attempts=self._failed_connects,
+            )
+        self._last_error = message
 
     # -- API ----------------------------------------------------------------------------
 

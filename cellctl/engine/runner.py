@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,6 +19,7 @@ import structlog
 from cellctl.config.loader import CompiledDevice
 from cellctl.driver import DeviceUnavailable, Poller, Reading, Subscriber, Writer, WriteRejected
 from cellctl.engine.backoff import Backoff, worth_repeating
+from cellctl.engine.figures import LatencyHistogram, reason_kind
 from cellctl.engine.machine import MachineMapper
 from cellctl.engine.points import BAD, PointTable
 from cellctl.jobs.device import DeviceJobs
@@ -83,6 +85,9 @@ class DeviceRunner:
         self.polls = 0
         self.overruns = 0
         self.rejected_readings = 0
+        self.connects = 0  # connections opened (metrics: reconnects)
+        self.errors: Counter[str] = Counter()  # failures by reason_kind (metrics)
+        self.latency = LatencyHistogram()  # of polls (metrics)
         self.state_dirty = True
         self.machine_stale = True  # recompute the machine state at the next reading
         self.state_published_at = 0.0  # monotonic
@@ -110,6 +115,7 @@ class DeviceRunner:
                     except TimeoutError:
                         raise DeviceUnavailable(f"connect timed out after {self.connect_guard:g} s") from None
                     self.conn = conn
+                    self.connects += 1
                     try:
                         if isinstance(conn, Poller):
                             await self._poll_loop(conn)
@@ -133,11 +139,13 @@ class DeviceRunner:
             delay = next_at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
+            started = time.monotonic()
             try:
                 async with asyncio.timeout(self.poll_guard):
                     reading = await conn.poll()
             except TimeoutError:
                 raise DeviceUnavailable(f"poll did not finish within {self.poll_guard:g} s") from None
+            self.latency.observe(time.monotonic() - started)
             self.on_reading(reading)
             next_at += self.interval
             now = time.monotonic()
@@ -248,6 +256,8 @@ class DeviceRunner:
         self.known = self.known or first
         self.successes = 0
         self.failures += 1
+        if not expected:
+            self.errors[reason_kind(reason)] += 1
         if reason != self.last_reason:
             level = self.log.info if expected else self.log.warning
             level("device_unavailable", reason=reason, was_available=self.available)

@@ -3,6 +3,7 @@ the test wait for a condition with a deadline."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ class Collector:
         *,
         client_id: str | None = None,
         clean_session: bool = True,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.messages: list[Message] = []
         self._cond = threading.Condition()
@@ -50,6 +52,8 @@ class Collector:
             clean_session=clean_session,
         )
         self.client.max_queued_messages_set(0)
+        if tls is not None:  # a broker with TLS (cellctl.localbroker.BrokerTls)
+            self.client.tls_set_context(tls)
         self.client.reconnect_delay_set(0.05, 0.2)  # type: ignore[arg-type]  # paho takes float seconds
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()

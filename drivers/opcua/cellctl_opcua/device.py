@@ -35,7 +35,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from pydantic import BaseModel
 
-from cellctl.driver import DeviceContext, DeviceUnavailable, PointSpec, Reading, WriteRejected
+from cellctl.driver import DeviceContext, DeviceUnavailable, PointSpec, Reading, WriteRejected, secret_path
 from cellctl_opcua.browse import builtin_of
 from cellctl_opcua.config import (
     DataChangeTrigger,
@@ -374,7 +374,8 @@ class OpcUaDevice:
     def _read_password(self, conn: OpcUaConnection) -> str:
         assert conn.password_file is not None
         try:
-            return conn.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+            # a bare name may be a systemd credential (LoadCredential=, cellctl.credentials)
+            return secret_path(conn.password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as exc:
             raise DeviceUnavailable(
                 f"connection.password_file: cannot read {str(conn.password_file)!r}: {exc.strerror}"
