@@ -20,6 +20,15 @@ import orjson
 import structlog
 
 from cellctl.config.cell import Identity, Publish
+from cellctl.contract.payloads import (
+    DataJson,
+    DeviceRemovedEvent,
+    ManifestJson,
+    PointJson,
+    PointStateJson,
+    QualityJson,
+    StateJson,
+)
 from cellctl.model import DeviceSnapshot, DeviceUpdate, PointState, Quality, QualityChange
 from cellctl.outbox import Record
 
@@ -51,7 +60,7 @@ def cell_root(prefix: str, identity: Identity) -> str:
 
 
 def _dumps_point_by_point(
-    msg: dict[str, Any], values: Mapping[str, Any], quality: dict[str, Any]
+    msg: DataJson, values: Mapping[str, Any], quality: dict[str, QualityJson]
 ) -> tuple[bytes, list[str]]:
     """The slow path for a message orjson refused (an integer beyond 64 bits from a
     device, a type no driver should return): each value that cannot be encoded is sent
@@ -72,16 +81,16 @@ def _dumps_point_by_point(
     return orjson.dumps(msg), bad
 
 
-def quality_json(change: QualityChange) -> dict[str, str]:
+def quality_json(change: QualityChange) -> QualityJson:
     """`{"q": "bad", "reason": "timeout"}`; no reason key when there is none."""
     if change.reason:
         return {"q": change.quality, "reason": change.reason}
     return {"q": change.quality}
 
 
-def point_json(p: PointState) -> dict[str, Any]:
+def point_json(p: PointState) -> PointStateJson:
     """One point in a retained state message."""
-    entry: dict[str, Any] = {"v": p.value, "q": p.quality}
+    entry: PointStateJson = {"v": p.value, "q": p.quality}
     if p.reason:
         entry["reason"] = p.reason
     if p.unit:
@@ -91,7 +100,7 @@ def point_json(p: PointState) -> dict[str, Any]:
     return entry
 
 
-def state_json(snapshot: DeviceSnapshot) -> dict[str, Any]:
+def state_json(snapshot: DeviceSnapshot) -> StateJson:
     """The retained per-device state message body."""
     return {
         "version": PAYLOAD_VERSION,
@@ -117,7 +126,7 @@ class UnsEncoder:
         self.qos = qos
         self._data_topic: dict[str, str] = {}
         self._seq: dict[str, int] = {}
-        self._point_quality: dict[str, dict[str, str]] = {}
+        self._point_quality: dict[str, dict[str, Quality]] = {}
         self.unencodable = 0  # values sent as null/bad because JSON cannot carry them
 
     @property
@@ -137,7 +146,7 @@ class UnsEncoder:
             topic = self._data_topic[device_id] = f"{self.root}/{device_id}/data"
         seq = self._seq.get(device_id, 0) + 1
         self._seq[device_id] = seq
-        msg: dict[str, Any] = {"ts": update.ts_ms, "seq": seq, "values": update.values}
+        msg: DataJson = {"ts": update.ts_ms, "seq": seq, "values": update.values}
         if update.quality:
             msg["quality"] = {pid: quality_json(q) for pid, q in update.quality.items()}
         if update.machine is not None:
@@ -160,24 +169,26 @@ class UnsEncoder:
         for point_id, q in update.quality.items():
             known[point_id] = q.quality
             if point_id not in values:
-                body = {"ts": ts_ms, **quality_json(q)}
+                body: PointJson = {"ts": ts_ms, "q": q.quality}
+                if q.reason:
+                    body["reason"] = q.reason
                 put(Record(device_id, self.point_topic(device_id, point_id), orjson.dumps(body), qos, True))
         for point_id, value in values.items():
-            body = {"v": value, "ts": ts_ms, "q": known.get(point_id, "good")}
-            put(Record(device_id, self.point_topic(device_id, point_id), orjson.dumps(body), qos, True))
+            point: PointJson = {"v": value, "ts": ts_ms, "q": known.get(point_id, Quality.GOOD)}
+            put(Record(device_id, self.point_topic(device_id, point_id), orjson.dumps(point), qos, True))
 
     def device_state(self, snapshot: DeviceSnapshot) -> None:
         body = state_json(snapshot)
         try:
             payload = orjson.dumps(body)
         except (TypeError, orjson.JSONEncodeError):
-            points: dict[str, dict[str, Any]] = body["points"]
+            points = body["points"]
             bad = []
             for pid, entry in points.items():
                 try:
                     orjson.dumps(entry["v"])
                 except (TypeError, orjson.JSONEncodeError) as exc:
-                    entry.update(v=None, q=Quality.BAD, reason=f"cannot encode: {exc}")
+                    entry["v"], entry["q"], entry["reason"] = None, Quality.BAD, f"cannot encode: {exc}"
                     bad.append(pid)
             payload = orjson.dumps(body)
             self._unencodable(snapshot.device_id, bad)
@@ -196,7 +207,11 @@ class UnsEncoder:
     def device_removed(self, device_id: str) -> None:
         """An event says so, and the device's retained state (and per-point values) are
         cleared: an empty retained message deletes what the broker holds."""
-        body = {"ts": time.time_ns() // 1_000_000, "event": "device_removed", "device": device_id}
+        body: DeviceRemovedEvent = {
+            "ts": time.time_ns() // 1_000_000,
+            "event": "device_removed",
+            "device": device_id,
+        }
         self.out.put(Record(device_id, f"{self.root}/events", orjson.dumps(body), self.qos, False, "uns"))
         self.clear_retained(device_id)
         self._data_topic.pop(device_id, None)
@@ -207,7 +222,7 @@ class UnsEncoder:
         for point_id in self._point_quality.pop(device_id, {}):
             put(Record(device_id, self.point_topic(device_id, point_id), b"", qos, True, "uns"))
 
-    def manifest(self, body: dict[str, Any]) -> None:
+    def manifest(self, body: ManifestJson) -> None:
         """The retained cell manifest (cellctl/manifest.py)."""
         self.out.put(Record("", f"{self.root}/manifest", orjson.dumps(body), self.qos, True, "uns"))
 
@@ -222,7 +237,7 @@ class UnsEncoder:
         for snap in snapshots:
             known = self._point_quality.setdefault(snap.device_id, {})
             for p in snap.points:
-                body: dict[str, Any] = {"v": p.value, "ts": ts_ms, "q": p.quality}
+                body: PointJson = {"v": p.value, "ts": ts_ms, "q": p.quality}
                 if p.reason:
                     body["reason"] = p.reason
                 known[p.id] = p.quality
