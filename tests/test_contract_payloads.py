@@ -91,10 +91,12 @@ async def test_every_payload_of_all_three_drivers_matches_its_schema(
             config = write_config(tmp_path, broker.port, devices, cell=unique, publish={"mode": "per_point"})
             async with running_daemon(config):
                 await c.until(
-                    lambda _m: devices_publishing(c, names)
-                    and c.on(f"{root}/manifest")
-                    and c.on(f"{root}/outbox")
-                    and len(c.on("/data")) >= 50,
+                    lambda _m: (
+                        devices_publishing(c, names)
+                        and c.on(f"{root}/manifest")
+                        and c.on(f"{root}/outbox")
+                        and len(c.on("/data")) >= 50
+                    ),
                     timeout=30,
                     what="state and data of every device, the manifest and the outbox figures",
                 )
@@ -136,8 +138,10 @@ async def test_outage_replay_historical_messages_match_their_schema(
                     await asyncio.sleep(0.05)
             await asyncio.to_thread(broker.start)
             await c.until(
-                lambda m: len(historical([x for x in m if x.topic.endswith("/data")])) >= 50
-                and historical([x for x in m if "/points/" in x.topic]),
+                lambda m: (
+                    len(historical([x for x in m if x.topic.endswith("/data")])) >= 50
+                    and historical([x for x in m if "/points/" in x.topic])
+                ),
                 timeout=30,
                 what="historical data and point messages after the outage",
             )
@@ -168,8 +172,10 @@ async def test_a_removed_device_event_and_cleared_retained_topics_match_the_cont
             rewrite_devices(config, [keep])
             assert await daemon.reload()
             await c.until(
-                lambda _m: [m for m in c.on("/plc/state") if m.payload == b""]
-                and any(m.json().get("event") == "device_removed" for m in c.on(f"{root}/events")),
+                lambda _m: (
+                    [m for m in c.on("/plc/state") if m.payload == b""]
+                    and any(m.json().get("event") == "device_removed" for m in c.on(f"{root}/events"))
+                ),
                 what="the removal event and plc's retained state cleared",
             )
             # a consumer arriving now finds no retained topic of the removed device
@@ -210,8 +216,10 @@ async def test_outbox_drop_events_and_figures_match_their_schema(
                     await asyncio.sleep(0.05)
             await asyncio.to_thread(broker.start)
             await c.until(
-                lambda _m: any(m.json().get("event") == "outbox_dropped" for m in c.on(f"{root}/events"))
-                and any(m.json()["dropped_total"] > 0 for m in c.on(f"{root}/outbox")),
+                lambda _m: (
+                    any(m.json().get("event") == "outbox_dropped" for m in c.on(f"{root}/events"))
+                    and any(m.json()["dropped_total"] > 0 for m in c.on(f"{root}/outbox"))
+                ),
                 timeout=20,
                 what="a drop event and the figures with the drops",
             )

@@ -178,6 +178,32 @@ def schema(what: str, name: str | None, list_payloads: bool, strict: bool) -> No
     click.echo(orjson.dumps(payload_schema(name, strict=strict), option=orjson.OPT_INDENT_2).decode())
 
 
+@cli.command()
+@config_arg
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write here (default: stdout)."
+)
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+def asyncapi(config: Path, output: Path | None, fmt: str) -> None:
+    """Write the AsyncAPI 3.0 document of the cell CONFIG describes: every topic it publishes
+    and receives, concrete, with message schemas, QoS and retain, and the Sparkplug
+    channels with each DBIRTH's metrics. No device or broker I/O."""
+    import orjson
+    import yaml
+
+    from cellctl.contract.asyncapi import asyncapi_document
+
+    doc = asyncapi_document(_load(config))
+    if fmt == "json":
+        text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
+    else:
+        text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
 @cli.group()
 def profiles() -> None:
     """List and show device-type profiles on the search path."""

@@ -25,7 +25,10 @@ def _payload(name: str) -> Payload:
 @cache
 def _schema(name: str) -> Schema:
     pl = _payload(name)
-    head: Schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"urn:cellctl:uns:v1:{name}"}
+    head: Schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:cellctl:uns:v1:{name}",
+    }
     return head | TypeAdapter(pl.type).json_schema(mode="serialization")
 
 
