@@ -6,7 +6,11 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup broker demo test lint bench clean
+.PHONY: setup broker asyncapi-parser demo test lint bench clean
+
+# The AsyncAPI project's parser, for tests/test_contract_asyncapi.py (npm, into the test cache).
+ASYNCAPI_PARSER_DIR ?= .pytest_cache/asyncapi-parser
+ASYNCAPI_PARSER     ?= @asyncapi/parser@3.6.6
 
 $(VENV)/.installed: pyproject.toml drivers/modbus/pyproject.toml drivers/opcua/pyproject.toml drivers/gcode/pyproject.toml sim_devices/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cellctl needs Python 3.11 or newer")'
@@ -24,10 +28,17 @@ broker:
 	  echo "installing mosquitto (apt-get)"; \
 	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto; }
 
+asyncapi-parser:
+	@if command -v npm >/dev/null 2>&1; then \
+	  [ -d $(ASYNCAPI_PARSER_DIR)/node_modules/@asyncapi/parser ] || { \
+	    mkdir -p $(ASYNCAPI_PARSER_DIR) && \
+	    npm install --prefix $(ASYNCAPI_PARSER_DIR) --no-audit --no-fund --silent $(ASYNCAPI_PARSER); }; \
+	else echo "npm not found: the AsyncAPI parser test will be skipped (CI installs nodejs and npm)"; fi
+
 demo: setup broker
 	$(VENV)/bin/cellctl demo
 
-test: setup broker
+test: setup broker asyncapi-parser
 	$(VENV)/bin/pytest
 
 lint: setup

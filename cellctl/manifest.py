@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from cellctl import __version__
 from cellctl.config.loader import CompiledCell, CompiledDevice
+from cellctl.contract.payloads import IdentityJson, ManifestDeviceJson, ManifestJson
 
 MANIFEST_VERSION = 1
 
@@ -25,7 +25,7 @@ def file_hash(path: Path) -> str | None:
         return None
 
 
-def device_entry(device: CompiledDevice, joined_ms: int) -> dict[str, Any]:
+def device_entry(device: CompiledDevice, joined_ms: int) -> ManifestDeviceJson:
     profile = device.profile
     return {
         "id": device.config.id,
@@ -42,13 +42,14 @@ def device_entry(device: CompiledDevice, joined_ms: int) -> dict[str, Any]:
     }
 
 
-def build_manifest(compiled: CompiledCell, joined: Mapping[str, int], ts_ms: int) -> dict[str, Any]:
-    identity = compiled.config.identity
+def build_manifest(compiled: CompiledCell, joined: Mapping[str, int], ts_ms: int) -> ManifestJson:
+    i = compiled.config.identity
+    cell: IdentityJson = {"enterprise": i.enterprise, "site": i.site, "area": i.area, "line": i.line, "cell": i.cell}
     return {
         "version": MANIFEST_VERSION,
         "ts": ts_ms,
         "cellctl": __version__,
-        "cell": identity.model_dump(),
+        "cell": cell,
         "config_hash": file_hash(compiled.path),
         "formats": list(compiled.config.publish.formats),
         "devices": [device_entry(d, joined.get(d.config.id, ts_ms)) for d in compiled.devices],

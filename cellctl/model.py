@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the wire types; cellctl.contract imports this module at run time
+    from cellctl.contract.payloads import AlarmJson, JobJson, MachineJson, OeeJson, ProgramJson
 
 
 class Quality(StrEnum):
@@ -55,7 +58,7 @@ class Alarm:
     text: str
     severity: str
 
-    def as_dict(self) -> dict[str, str]:
+    def as_dict(self) -> AlarmJson:
         return {"code": self.code, "text": self.text, "severity": self.severity}
 
 
@@ -69,7 +72,7 @@ class Program:
     progress: float | None = None
     eta: float | None = None
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> ProgramJson:
         return {"name": self.name, "line": self.line, "progress": self.progress, "eta": self.eta}
 
 
@@ -87,11 +90,11 @@ class MachineState:
     program: Program | None = None
     reason: str | None = None  # why the state is unknown (item_state `unknown`)
 
-    def as_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {
-            "item_state": self.item_state.value,
-            "operation_mode": self.operation_mode.value,
-            "execution": self.execution.value,
+    def as_dict(self) -> MachineJson:
+        out: MachineJson = {  # enum members: orjson writes their values
+            "item_state": self.item_state,
+            "operation_mode": self.operation_mode,
+            "execution": self.execution,
             "raw_state": self.raw_state,
             "alarms": [a.as_dict() for a in self.alarms],
             "counters": dict(self.counters),
@@ -132,7 +135,7 @@ class JobRecord:
     running_s: float = 0.0  # time executing during the job
     cycle_time_s: float | None = None  # running time per part produced
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> JobJson:
         return {
             "job_id": self.job_id,
             "order_id": self.order_id,
@@ -167,7 +170,7 @@ class Oee:
     produced: int
     good: int
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> OeeJson:
         return {
             "availability": self.availability,
             "performance": self.performance,

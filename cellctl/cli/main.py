@@ -145,16 +145,63 @@ def check(config: Path, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("what", type=click.Choice(["config", "profile"]))
-def schema(what: str) -> None:
-    """Print the JSON Schema of the cell config or of a profile (for editors and CI)."""
+@click.argument("what", type=click.Choice(["config", "profile", "payload"]))
+@click.argument("name", required=False)
+@click.option("--list", "list_payloads", is_flag=True, help="With `payload`: every payload, its topic, QoS and retain.")
+@click.option("--strict", is_flag=True, help="With `payload`: refuse fields the schema does not name.")
+def schema(what: str, name: str | None, list_payloads: bool, strict: bool) -> None:
+    """Print the JSON Schema of the cell config, of a profile, or of the UNS payload NAME
+    (`cellctl schema payload --list` names them), for editors, consumers and CI."""
     import orjson
 
-    from cellctl.config.cell import CellConfig
-    from cellctl.config.profile import Profile
+    if what != "payload":
+        from cellctl.config.cell import CellConfig
+        from cellctl.config.profile import Profile
 
-    model = CellConfig if what == "config" else Profile
-    click.echo(orjson.dumps(model.model_json_schema(), option=orjson.OPT_INDENT_2).decode())
+        if name is not None or list_payloads or strict:
+            raise click.UsageError(f"NAME, --list and --strict are for `schema payload`, not {what!r}")
+        model = CellConfig if what == "config" else Profile
+        click.echo(orjson.dumps(model.model_json_schema(), option=orjson.OPT_INDENT_2).decode())
+        return
+    from cellctl.contract.registry import PAYLOADS
+    from cellctl.contract.schema import payload_schema
+
+    if list_payloads:
+        for pl in PAYLOADS.values():
+            retain = "retained" if pl.retain else "-"
+            click.echo(f"{pl.name:<22} {pl.topic:<34} qos {pl.qos!s:<8} {retain:<8} {pl.summary}")
+        return
+    if name is None:
+        raise click.UsageError("name a payload (`cellctl schema payload --list` lists them)")
+    if name not in PAYLOADS:
+        raise click.BadParameter(f"no payload named {name!r} (known: {', '.join(PAYLOADS)})", param_hint="NAME")
+    click.echo(orjson.dumps(payload_schema(name, strict=strict), option=orjson.OPT_INDENT_2).decode())
+
+
+@cli.command()
+@config_arg
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write here (default: stdout)."
+)
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+def asyncapi(config: Path, output: Path | None, fmt: str) -> None:
+    """Write the AsyncAPI 3.0 document of the cell CONFIG describes: every topic it publishes
+    and receives, concrete, with message schemas, QoS and retain, and the Sparkplug
+    channels with each DBIRTH's metrics. No device or broker I/O."""
+    import orjson
+    import yaml
+
+    from cellctl.contract.asyncapi import asyncapi_document
+
+    doc = asyncapi_document(_load(config))
+    if fmt == "json":
+        text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
+    else:
+        text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
 
 
 @cli.group()

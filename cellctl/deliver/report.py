@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from cellctl.contract.payloads import OutboxDroppedEvent
 from cellctl.deliver.sparkplug import SparkplugNode
 from cellctl.deliver.uns import UnsDelivery
 from cellctl.outbox import DropEvent, OutboxStats, OutboxWriter
+from cellctl.outbox.store import DropReason
 
 log = structlog.get_logger("cellctl.outbox")
 
@@ -67,7 +69,7 @@ class OutboxReporter:
         self.interval = interval
         self.tick = tick
         self.events_published = 0
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[DropReason, _Pending] = {}
         self._last: OutboxStats | None = None
         self._last_at = 0.0
         self._wake = asyncio.Event()
@@ -97,7 +99,7 @@ class OutboxReporter:
             return
         for reason, p in list(self._pending.items()):
             devices = dict(p.devices.most_common(MAX_DEVICES_LISTED))
-            event = {
+            event: OutboxDroppedEvent = {
                 "ts": now_ms(),
                 "event": "outbox_dropped",
                 "reason": reason,

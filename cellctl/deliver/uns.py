@@ -5,11 +5,11 @@ so an old `state` can never replace a newer retained one)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 
 from cellctl.config.cell import Backbone
+from cellctl.contract.payloads import OutboxDroppedEvent, OutboxJson, StatusJson
 from cellctl.deliver.delivery import Delivery
 from cellctl.deliver.mqtt import Message, PublishRefused
 from cellctl.encode.uns import uns_historical
@@ -37,16 +37,17 @@ class UnsDelivery(Delivery):
         self.on_live = on_live  # the cell republishes every retained state (after going live)
 
     def will(self) -> Message:
-        return Message(
-            self.status_topic, orjson.dumps({"status": "offline", "reason": "connection_lost"}), 1, True
-        )
+        body: StatusJson = {"status": "offline", "reason": "connection_lost"}
+        return Message(self.status_topic, orjson.dumps(body), 1, True)
 
     def farewell(self) -> Message:
-        return Message(self.status_topic, orjson.dumps({"status": "offline", "reason": "shutdown"}), 1, True)
+        body: StatusJson = {"status": "offline", "reason": "shutdown"}
+        return Message(self.status_topic, orjson.dumps(body), 1, True)
 
     def on_session_up(self) -> None:
         try:
-            self.session.publish(self.status_topic, orjson.dumps({"status": "online"}), 1, True)
+            online: StatusJson = {"status": "online"}
+            self.session.publish(self.status_topic, orjson.dumps(online), 1, True)
         except PublishRefused:
             return  # gone again already; session_down follows
         self.go_live(fresh=True)
@@ -59,7 +60,7 @@ class UnsDelivery(Delivery):
     # -- cell-level messages, sent directly (current figures; the next ones supersede them) --
 
     def publish_outbox(self, stats: OutboxStats, ts_ms: int) -> bool:
-        body = {
+        body: OutboxJson = {
             "ts": ts_ms,
             "messages": stats.messages,
             "bytes": stats.bytes,
@@ -70,7 +71,7 @@ class UnsDelivery(Delivery):
         }
         return self._send(self.outbox_topic, orjson.dumps(body), True)
 
-    def publish_event(self, event: dict[str, Any]) -> bool:
+    def publish_event(self, event: OutboxDroppedEvent) -> bool:
         return self._send(self.events_topic, orjson.dumps(event), False)
 
     def _send(self, topic: str, payload: bytes, retain: bool) -> bool:

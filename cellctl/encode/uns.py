@@ -14,18 +14,41 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, Final, Literal, Protocol, cast
 
 import orjson
 import structlog
 
 from cellctl.config.cell import Identity, Publish
+from cellctl.contract.payloads import (
+    CurrentJobJson,
+    DataJson,
+    DeviceRemovedEvent,
+    JobEventJson,
+    ManifestJson,
+    PointJson,
+    PointStateJson,
+    QualityJson,
+    StateJson,
+)
 from cellctl.model import DeviceSnapshot, DeviceUpdate, PointState, Quality, QualityChange
 from cellctl.outbox import Record
 
 log = structlog.get_logger("cellctl.encode")
 
 PAYLOAD_VERSION = 1
+JOB_EVENTS: Final[
+    dict[
+        str, Literal["job_started", "job_paused", "job_resumed", "job_completed", "job_aborted", "job_failed"]
+    ]
+] = {
+    "started": "job_started",
+    "paused": "job_paused",
+    "resumed": "job_resumed",
+    "completed": "job_completed",
+    "aborted": "job_aborted",
+    "failed": "job_failed",
+}
 _HISTORICAL: Final[bytes] = b'{"historical":true,'
 
 
@@ -51,7 +74,7 @@ def cell_root(prefix: str, identity: Identity) -> str:
 
 
 def _dumps_point_by_point(
-    msg: dict[str, Any], values: Mapping[str, Any], quality: dict[str, Any]
+    msg: DataJson, values: Mapping[str, Any], quality: dict[str, QualityJson]
 ) -> tuple[bytes, list[str]]:
     """The slow path for a message orjson refused (an integer beyond 64 bits from a
     device, a type no driver should return): each value that cannot be encoded is sent
@@ -72,16 +95,16 @@ def _dumps_point_by_point(
     return orjson.dumps(msg), bad
 
 
-def quality_json(change: QualityChange) -> dict[str, str]:
+def quality_json(change: QualityChange) -> QualityJson:
     """`{"q": "bad", "reason": "timeout"}`; no reason key when there is none."""
     if change.reason:
         return {"q": change.quality, "reason": change.reason}
     return {"q": change.quality}
 
 
-def point_json(p: PointState) -> dict[str, Any]:
+def point_json(p: PointState) -> PointStateJson:
     """One point in a retained state message."""
-    entry: dict[str, Any] = {"v": p.value, "q": p.quality}
+    entry: PointStateJson = {"v": p.value, "q": p.quality}
     if p.reason:
         entry["reason"] = p.reason
     if p.unit:
@@ -91,9 +114,9 @@ def point_json(p: PointState) -> dict[str, Any]:
     return entry
 
 
-def state_json(snapshot: DeviceSnapshot) -> dict[str, Any]:
+def state_json(snapshot: DeviceSnapshot) -> StateJson:
     """The retained per-device state message body."""
-    return {
+    body: StateJson = {
         "version": PAYLOAD_VERSION,
         "ts": snapshot.ts_ms,
         "device": snapshot.device_id,
@@ -104,9 +127,12 @@ def state_json(snapshot: DeviceSnapshot) -> dict[str, Any]:
         "degraded": snapshot.degraded,
         "machine": snapshot.machine.as_dict() if snapshot.machine is not None else None,
         "points": {p.id: point_json(p) for p in snapshot.points},
-        **({"job": snapshot.job.as_dict()} if snapshot.job is not None else {}),
-        **({"oee": snapshot.oee.as_dict()} if snapshot.oee is not None else {}),
     }
+    if snapshot.job is not None:
+        body["job"] = snapshot.job.as_dict()
+    if snapshot.oee is not None:
+        body["oee"] = snapshot.oee.as_dict()
+    return body
 
 
 class UnsEncoder:
@@ -119,7 +145,7 @@ class UnsEncoder:
         self.qos = qos
         self._data_topic: dict[str, str] = {}
         self._seq: dict[str, int] = {}
-        self._point_quality: dict[str, dict[str, str]] = {}
+        self._point_quality: dict[str, dict[str, Quality]] = {}
         self.unencodable = 0  # values sent as null/bad because JSON cannot carry them
 
     @property
@@ -139,7 +165,7 @@ class UnsEncoder:
             topic = self._data_topic[device_id] = f"{self.root}/{device_id}/data"
         seq = self._seq.get(device_id, 0) + 1
         self._seq[device_id] = seq
-        msg: dict[str, Any] = {"ts": update.ts_ms, "seq": seq, "values": update.values}
+        msg: DataJson = {"ts": update.ts_ms, "seq": seq, "values": update.values}
         if update.quality:
             msg["quality"] = {pid: quality_json(q) for pid, q in update.quality.items()}
         if update.machine is not None:
@@ -162,14 +188,14 @@ class UnsEncoder:
         device_id, put, qos = update.device_id, self.out.put, self.qos
         assert update.job is not None
         for e in update.job_events:
-            body = {
+            event: JobEventJson = {
                 "ts": update.ts_ms,
-                "event": f"job_{e.event}",
+                "event": JOB_EVENTS[e.event],
                 "device": device_id,
                 "job": e.record.as_dict(),
             }
-            put(Record(device_id, f"{self.root}/{device_id}/events", orjson.dumps(body), qos, False, "uns"))
-        job = {"ts": update.ts_ms, **update.job.as_dict()}
+            put(Record(device_id, f"{self.root}/{device_id}/events", orjson.dumps(event), qos, False, "uns"))
+        job = cast(CurrentJobJson, {"ts": update.ts_ms, **update.job.as_dict()})
         put(Record(device_id, f"{self.root}/{device_id}/job", orjson.dumps(job), qos, True, "uns"))
 
     def _publish_points(self, update: DeviceUpdate) -> None:
@@ -179,24 +205,26 @@ class UnsEncoder:
         for point_id, q in update.quality.items():
             known[point_id] = q.quality
             if point_id not in values:
-                body = {"ts": ts_ms, **quality_json(q)}
+                body: PointJson = {"ts": ts_ms, "q": q.quality}
+                if q.reason:
+                    body["reason"] = q.reason
                 put(Record(device_id, self.point_topic(device_id, point_id), orjson.dumps(body), qos, True))
         for point_id, value in values.items():
-            body = {"v": value, "ts": ts_ms, "q": known.get(point_id, "good")}
-            put(Record(device_id, self.point_topic(device_id, point_id), orjson.dumps(body), qos, True))
+            point: PointJson = {"v": value, "ts": ts_ms, "q": known.get(point_id, Quality.GOOD)}
+            put(Record(device_id, self.point_topic(device_id, point_id), orjson.dumps(point), qos, True))
 
     def device_state(self, snapshot: DeviceSnapshot) -> None:
         body = state_json(snapshot)
         try:
             payload = orjson.dumps(body)
         except (TypeError, orjson.JSONEncodeError):
-            points: dict[str, dict[str, Any]] = body["points"]
+            points = body["points"]
             bad = []
             for pid, entry in points.items():
                 try:
                     orjson.dumps(entry["v"])
                 except (TypeError, orjson.JSONEncodeError) as exc:
-                    entry.update(v=None, q=Quality.BAD, reason=f"cannot encode: {exc}")
+                    entry["v"], entry["q"], entry["reason"] = None, Quality.BAD, f"cannot encode: {exc}"
                     bad.append(pid)
             payload = orjson.dumps(body)
             self._unencodable(snapshot.device_id, bad)
@@ -215,7 +243,11 @@ class UnsEncoder:
     def device_removed(self, device_id: str) -> None:
         """An event says so, and the device's retained state (and per-point values) are
         cleared: an empty retained message deletes what the broker holds."""
-        body = {"ts": time.time_ns() // 1_000_000, "event": "device_removed", "device": device_id}
+        body: DeviceRemovedEvent = {
+            "ts": time.time_ns() // 1_000_000,
+            "event": "device_removed",
+            "device": device_id,
+        }
         self.out.put(Record(device_id, f"{self.root}/events", orjson.dumps(body), self.qos, False, "uns"))
         self.clear_retained(device_id)
         self._data_topic.pop(device_id, None)
@@ -223,10 +255,11 @@ class UnsEncoder:
     def clear_retained(self, device_id: str) -> None:
         put, qos = self.out.put, self.qos
         put(Record(device_id, self.state_topic(device_id), b"", qos, True, "uns"))
+        put(Record(device_id, f"{self.root}/{device_id}/job", b"", qos, True, "uns"))
         for point_id in self._point_quality.pop(device_id, {}):
             put(Record(device_id, self.point_topic(device_id, point_id), b"", qos, True, "uns"))
 
-    def manifest(self, body: dict[str, Any]) -> None:
+    def manifest(self, body: ManifestJson) -> None:
         """The retained cell manifest (cellctl/manifest.py)."""
         self.out.put(Record("", f"{self.root}/manifest", orjson.dumps(body), self.qos, True, "uns"))
 
@@ -241,7 +274,7 @@ class UnsEncoder:
         for snap in snapshots:
             known = self._point_quality.setdefault(snap.device_id, {})
             for p in snap.points:
-                body: dict[str, Any] = {"v": p.value, "ts": ts_ms, "q": p.quality}
+                body: PointJson = {"v": p.value, "ts": ts_ms, "q": p.quality}
                 if p.reason:
                     body["reason"] = p.reason
                 known[p.id] = p.quality
