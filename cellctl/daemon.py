@@ -5,7 +5,10 @@ or SIGTERM; shut down cleanly and within bounded time.
     encode/       ──▶ UnsEncoder ──────┐                     ┌─▶ UnsDelivery   (session "uns")
                   └─▶ SparkplugEncoder ┴▶ outbox/ OutboxWriter ┴─▶ SparkplugNode (session "sparkplug")
                                           (SQLite WAL)   deliver/ on_stored, per format
-    commands/   NCMD/DCMD ──▶ CommandRouter (validate, policy) ──▶ WriteExecutor ──▶ runner.write
+    commands/   <root>/cmd/<device> (UnsCommands) ─┐
+                NCMD/DCMD (SparkplugCommands) ─────┴▶ CommandRouter (policy, one worker per
+                device, interlocks, read-back) ──▶ runner.write / Caller / JobControl
+                every outcome ──▶ Audit ──▶ log, <root>/events (outbox), Commands/* node metrics
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import structlog
 
 from cellctl import __version__, systemd
-from cellctl.commands.executor import WriteExecutor
+from cellctl.commands.audit import Audit
+from cellctl.commands.router import CommandRouter
+from cellctl.commands.uns import UnsCommands
 from cellctl.config.loader import CompiledCell
 from cellctl.deliver.delivery import Delivery
 from cellctl.deliver.mqtt import MqttSession
@@ -119,7 +125,8 @@ class Daemon:
         formats = cfg.publish.formats
         self.fanout = FanOut()
         self.cell = Cell(self.compiled, self.fanout)
-        self.executor = WriteExecutor(self.cell.runner)
+        self.audit = Audit()
+        self.router = CommandRouter(self.compiled, self.cell.runner, self.audit)
         self.reporter: OutboxReporter | None = None
         self.writer = OutboxWriter(
             self.outbox, on_drop=self._on_drop, min_interval_s=cfg.outbox.commit_interval
@@ -143,6 +150,10 @@ class Daemon:
             )
             self.fanout.sinks.append(self.publisher)
             deliveries.append(self.uns)
+            self.uns.commands = UnsCommands(
+                self.root, self.router, self.uns.send_reply, max_program_bytes=cfg.commands.max_program_bytes
+            )
+            self.audit.sinks.append(self._audit_event)
         else:
             self.publisher = None
         if "sparkplug" in formats:
@@ -163,7 +174,7 @@ class Daemon:
                 )
             except StateFileError as exc:
                 raise ConfigError([f"{self.compiled.path}: state_dir: {exc}"]) from None
-            self.node.attach(self.cell.snapshots, self.executor)
+            self.node.attach(self.cell.snapshots, self.router, self.audit)
             self.fanout.sinks.append(self.node.encoder)
             deliveries.append(self.node)
             for a, b in case_collisions([d.config.id for d in self.compiled.devices]):
@@ -171,6 +182,11 @@ class Daemon:
         self.deliveries = deliveries
         self.writer.on_stored = _Dispatch(deliveries)
         self.reporter = OutboxReporter(self.writer, uns=self.uns, node=self.node)
+
+    def _audit_event(self, event: dict[str, object]) -> None:
+        """Every command outcome, durable: through the outbox to `<root>/events`."""
+        assert self.uns is not None
+        self.writer.put(Record("cmd", self.uns.events_topic, orjson.dumps(event), 1, False, "uns"))
 
     def _uns_live(self) -> None:
         """The UNS session is live: retained messages of current state go out again."""
@@ -218,7 +234,7 @@ class Daemon:
                     helpers = [tg.create_task(d.run(), name=f"delivery:{d.fmt}") for d in self.deliveries]
                     assert self.reporter is not None
                     helpers.append(tg.create_task(self.reporter.run(), name="outbox-report"))
-                    helpers.append(tg.create_task(self.executor.run(), name="command-executor"))
+                    helpers.append(tg.create_task(self.router.run(), name="command-router"))
                     cell_task = tg.create_task(self.cell.run(self.stop), name="cell")
                     interval = systemd.watchdog_interval()
                     if interval:
