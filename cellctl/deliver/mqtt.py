@@ -419,8 +419,12 @@ class MqttSession:
         if not self.connected.is_set():
             raise PublishRefused(f"{self.name}: not connected")
         if self._protocol == MQTTProtocolVersion.MQTTv5:
-            # no_local: the broker never hands us back what this client published
-            subs: list[Any] = [(t, SubscribeOptions(qos=q, noLocal=True)) for t, q in topics]
+            # no_local: the broker never hands us back what this client published;
+            # retain as published: a command published retained is seen as retained (and
+            # refused) even when it arrives live, not only when it is replayed at subscribe
+            subs: list[Any] = [
+                (t, SubscribeOptions(qos=q, noLocal=True, retainAsPublished=True)) for t, q in topics
+            ]
         else:
             subs = list(topics)
         rc, _mid = self.client.subscribe(subs)

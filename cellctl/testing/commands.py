@@ -119,6 +119,12 @@ class CommandClient:
         result: dict[str, Any] = self.wait(found, timeout, f"a final answer to {request_id!r}")
         return result
 
+    async def async_wait(self, predicate: Callable[[list[Answer]], Any], timeout: float = 10.0) -> Any:
+        """`wait` for async tests (in a thread, so the daemon's loop goes on)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.wait, predicate, timeout)
+
     async def async_final(self, request_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """`final` for async tests (runs in a thread so the daemon's loop goes on)."""
         import asyncio
