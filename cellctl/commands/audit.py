@@ -24,7 +24,7 @@ AuditSink = Callable[[dict[str, Any]], None]
 class Audit:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.sinks: list[AuditSink] = []
-        self.outcomes: Counter[str] = Counter()  # accepted, done, failed, refused
+        self.outcomes: Counter[str] = Counter()  # accepted, done, failed, refused, repeated
         self.reasons: Counter[str] = Counter()  # "<state>:<reason>"
         self.events = 0
         self.burst = BurstLog(clock=clock)
@@ -32,11 +32,19 @@ class Audit:
     def accepted(self) -> None:
         self.outcomes["accepted"] += 1
 
+    def repeat(self, cmd: Command, first: CommandResult) -> None:
+        """A request id seen before: nothing ran; audited as a repeat with the first result."""
+        self.outcomes["repeated"] += 1
+        self._emit(cmd, first, duplicate=True)
+
     def final(self, cmd: Command, result: CommandResult) -> None:
         """One command's last word: counted, logged, and one event to every sink."""
         self.outcomes[result.state] += 1
         if result.reason is not None:
             self.reasons[f"{result.state}:{result.reason}"] += 1
+        self._emit(cmd, result)
+
+    def _emit(self, cmd: Command, result: CommandResult, *, duplicate: bool = False) -> None:
         duration = None if result.finished_ms is None else result.finished_ms - result.received_ms
         event: dict[str, Any] = {
             "ts": result.finished_ms or int(time.time() * 1000),
@@ -53,8 +61,12 @@ class Audit:
             "duration_ms": duration,
             "validate_only": cmd.validate_only,
         }
+        if duplicate:
+            event["duplicate"] = True
         fields = {k: v for k, v in event.items() if k not in ("ts", "event")}
-        if result.state == "refused":
+        if duplicate:
+            log.info("command_repeated", **fields)
+        elif result.state == "refused":
             self.burst.warning(f"refused:{result.reason}", "command_refused", **fields)
         elif result.state == "failed":
             log.warning("command_failed", **fields)

@@ -98,6 +98,7 @@ class CommandRouter:
         first = self.memory.get(cmd.request_id)
         if first is not None:
             result = first.again()
+            self.audit.repeat(cmd, result)
             if reply is not None:
                 reply(result)
             return result
