@@ -47,9 +47,11 @@ class Mosquitto:
         host: str = "127.0.0.1",
         persistence: bool = False,
         users: dict[str, str] | None = None,
+        acl: str | None = None,
         max_inflight_messages: int = 1000,
     ) -> None:
-        """`users` (name -> password) turns anonymous access off, for tests of auth.
+        """`users` (name -> password) turns anonymous access off, for tests of auth;
+        `acl` is the text of a mosquitto acl_file (`user NAME` / `topic read|write|readwrite T`).
         `max_inflight_messages` 20 is mosquitto's own default (QoS 1/2 messages to one
         client beyond it are queued while QoS 0 ones go out at once)."""
         binary = find_mosquitto()
@@ -85,6 +87,11 @@ class Mosquitto:
                     capture_output=True,
                 )
             lines.append(f"password_file {passwords}")
+        if acl is not None:
+            acl_path = self.dir / "acl"
+            acl_path.write_text(acl, encoding="utf-8")
+            acl_path.chmod(0o600)
+            lines.append(f"acl_file {acl_path}")
         if (users or persistence) and os.geteuid() == 0:
             # mosquitto drops root for user 'mosquitto', who can neither read nor write
             # (persistence) our private temp dir
