@@ -288,3 +288,30 @@ async def test_commands_are_refused_unless_enabled(
     assert result["state"] == "refused"
     assert result["reason"] == "disabled"
     assert sim.unit(2).writes == []
+
+
+async def test_a_silent_machine_fails_the_command_with_its_reason_and_the_next_one_runs(
+    broker: Mosquitto, plc: tuple[SimModbusServer, int], unique: str, tmp_path: Path
+) -> None:
+    """Issue 10 item 8: a device that stops answering yields `failed`, never an exception
+    out of the router; once it answers again, commands run."""
+    sim, port = plc
+    client = CommandClient(broker.port, root_topic(unique))
+    try:
+        async with running_daemon(config(tmp_path, broker, port, unique)) as daemon:
+            await ready(client, daemon)
+            sim.unit(2).faults.silent = True
+            client.send("plc", write("s-1", "setpoint", 70.0))
+            silent = await client.async_final("s-1")
+            sim.unit(2).faults.silent = False
+            await async_wait_until(lambda: daemon.cell.runner("plc").available, what="the plc back")
+            client.send("plc", write("s-2", "setpoint", 80.0))
+            back = await client.async_final("s-2")
+            assert not daemon.stop.is_set()
+    finally:
+        client.close()
+    assert silent["state"] == "failed"
+    assert silent["reason"] in ("unavailable", "timeout")
+    assert silent["message"]
+    assert back["state"] == "done"
+    assert sim.unit(2).snapshot()["setpoint"] == 80.0
