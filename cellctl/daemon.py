@@ -5,7 +5,10 @@ or SIGTERM; shut down cleanly and within bounded time.
     encode/       ──▶ UnsEncoder ──────┐                     ┌─▶ UnsDelivery   (session "uns")
                   └─▶ SparkplugEncoder ┴▶ outbox/ OutboxWriter ┴─▶ SparkplugNode (session "sparkplug")
                                           (SQLite WAL)   deliver/ on_stored, per format
-    commands/   NCMD/DCMD ──▶ CommandRouter (validate, policy) ──▶ WriteExecutor ──▶ runner.write
+    commands/   <root>/cmd/<device> (UnsCommands) ─┐
+                NCMD/DCMD (SparkplugCommands) ─────┴▶ CommandRouter (policy, one worker per
+                device, interlocks, read-back) ──▶ runner.write / Caller / JobControl
+                every outcome ──▶ Audit ──▶ log, <root>/events (outbox), Commands/* node metrics
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import structlog
 
 from cellctl import __version__, systemd
-from cellctl.commands.executor import WriteExecutor
+from cellctl.commands.audit import Audit
+from cellctl.commands.router import CommandRouter
+from cellctl.commands.uns import UnsCommands
 from cellctl.config.loader import CompiledCell, CompiledDevice, load_cell
 from cellctl.deliver.delivery import Delivery
 from cellctl.deliver.mqtt import MqttSession
@@ -134,7 +140,8 @@ class Daemon:
         formats = cfg.publish.formats
         self.fanout = FanOut()
         self.cell = Cell(self.compiled, self.fanout, state_dir=self.state_dir)
-        self.executor = WriteExecutor(self.cell.runner)
+        self.audit = Audit()
+        self.router = CommandRouter(self.compiled, self.cell.runner, self.audit)
         self.reporter: OutboxReporter | None = None
         self._removed: set[str] = set()  # devices removed by a reload (their retained state is cleared)
         self.writer = OutboxWriter(
@@ -159,6 +166,10 @@ class Daemon:
             )
             self.fanout.sinks.append(self.publisher)
             deliveries.append(self.uns)
+            self.uns.commands = UnsCommands(
+                self.root, self.router, self.uns.send_reply, max_program_bytes=cfg.commands.max_program_bytes
+            )
+            self.audit.sinks.append(self._audit_event)
         else:
             self.publisher = None
         if "sparkplug" in formats:
@@ -179,7 +190,7 @@ class Daemon:
                 )
             except StateFileError as exc:
                 raise ConfigError([f"{self.compiled.path}: state_dir: {exc}"]) from None
-            self.node.attach(self.cell.snapshots, self.executor)
+            self.node.attach(self.cell.snapshots, self.router, self.audit)
             self.fanout.sinks.append(self.node.encoder)
             deliveries.append(self.node)
             for a, b in case_collisions([d.config.id for d in self.compiled.devices]):
@@ -187,6 +198,11 @@ class Daemon:
         self.deliveries = deliveries
         self.writer.on_stored = _Dispatch(deliveries)
         self.reporter = OutboxReporter(self.writer, uns=self.uns, node=self.node)
+
+    def _audit_event(self, event: dict[str, object]) -> None:
+        """Every command outcome, durable: through the outbox to `<root>/events`."""
+        assert self.uns is not None
+        self.writer.put(Record("cmd", self.uns.events_topic, orjson.dumps(event), 1, False, "uns"))
 
     def _uns_live(self) -> None:
         """The UNS session is live: retained messages of current state go out again (also
@@ -247,6 +263,7 @@ class Daemon:
             self._add_device(device, ts)
         self.compiled = new
         self.cell.compiled = new
+        self.router.update_devices(new)
         self.reloads += 1
         self._publish_manifest()
         log.info(
@@ -374,7 +391,7 @@ class Daemon:
                 helpers = [tg.create_task(d.run(), name=f"delivery:{d.fmt}") for d in self.deliveries]
                 assert self.reporter is not None
                 helpers.append(tg.create_task(self.reporter.run(), name="outbox-report"))
-                helpers.append(tg.create_task(self.executor.run(), name="command-executor"))
+                helpers.append(tg.create_task(self.router.run(), name="command-router"))
                 cell_task = tg.create_task(self.cell.run(self.stop), name="cell")
                 interval = systemd.watchdog_interval()
                 if interval:

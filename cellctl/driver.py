@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Access",
     "Browser",
+    "Caller",
     "DeviceContext",
     "DeviceUnavailable",
     "DriverPlugin",
@@ -163,6 +164,21 @@ class JobControl(Protocol):
     async def job_resume(self) -> None: ...
 
     async def job_cancel(self) -> None: ...
+
+
+@runtime_checkable
+class Caller(Protocol):
+    """A device that offers methods (OPC UA methods such as StartJob): the command
+    router's way to call one a profile declares under `commands:`. A plugin that
+    implements it also names the model of a method's address as `method_model`, so
+    `cellctl check` validates the profile's addresses without I/O."""
+
+    async def call(self, address: dict[str, Any], args: Sequence[Any]) -> list[Any]:
+        """Call the method at `address` (the profile's address block) with `args` in
+        declaration order; return its output arguments. ValueError when an argument does
+        not fit (nothing sent), `WriteRejected` when the device refuses the call,
+        `DeviceUnavailable` when the device is gone."""
+        ...
 
 
 @runtime_checkable

@@ -115,6 +115,7 @@ class Mosquitto:
         if acl is not None:
             acl_file = self.dir / "acl"
             acl_file.write_text(acl, encoding="utf-8")
+            acl_file.chmod(0o600)
             lines.append(f"acl_file {acl_file}")
         if (users or persistence or tls or acl is not None) and os.geteuid() == 0:
             # mosquitto drops root for user 'mosquitto', who can neither read nor write

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from cellctl_sim.modbus.server import SimModbusServer
 
-from cellctl.commands.sparkplug import CommandRouter
+from cellctl.commands.sparkplug import SparkplugCommands
 from cellctl.config.loader import load_cell
 from cellctl.config.profiles import find_profile, search_path
 from cellctl.encode.sparkplug import device_model
@@ -218,17 +218,17 @@ async def test_a_write_the_device_refuses_is_counted_and_the_daemon_runs_on(
             a = aliases(cap.snapshot(), "DBIRTH", "plc")
             dcmd = f"spBv1.0/{group}/DCMD/{edge}/plc"
             cap.publish(dcmd, command((a["limit"], None, DOUBLE, 10.0)))
-            await cap.until(lambda _m: sum(daemon.executor.failed.values()) == 1, what="the failed write")
+            await cap.until(lambda _m: daemon.audit.outcomes["failed"] == 1, what="the failed write")
             # the daemon runs on: a later valid write still reaches the machine
             cap.publish(dcmd, command((a["setpoint"], None, DOUBLE, 321.0)))
-            await cap.until(lambda _m: daemon.executor.written == 1, what="the next write")
+            await cap.until(lambda _m: daemon.audit.outcomes["done"] == 1, what="the next write")
             assert not daemon.stop.is_set()
     finally:
         cap.close()
-    assert dict(daemon.executor.failed) == {"rejected": 1}
+    assert dict(daemon.audit.reasons) == {"failed:rejected": 1}
     assert sim.unit(2).snapshot()["setpoint"] == 321.0
     log = capsys.readouterr().out
-    assert "command_write_failed" in log
+    assert "command_failed" in log
     assert "illegal data address" in log
 
 
@@ -256,7 +256,7 @@ async def test_a_retained_command_is_never_executed_not_even_after_a_restart(
                     lambda _m, n=node: n.router.refused["retained"] >= 1, what="the retained DCMD refused"
                 )
                 cap.publish(dcmd, command((a["setpoint"], None, DOUBLE, 456.0)))  # live: executed
-                await cap.until(lambda _m: daemon.executor.written == 1, what="the live write")
+                await cap.until(lambda _m: daemon.audit.outcomes["done"] == 1, what="the live write")
                 assert sim.unit(2).snapshot()["setpoint"] == 456.0
     finally:
         cap.publish(dcmd, b"", retain=True)  # clear the retained message
@@ -304,7 +304,7 @@ async def test_commands_are_bounded_and_a_flood_is_one_ndata_and_one_log_line(
     assert counts["too_large"] == 2
     assert counts["not_writable"] == 300
     assert sim.unit(2).snapshot()["setpoint"] == before, "nothing reached the machine"
-    assert daemon.executor.written == 0
+    assert daemon.audit.outcomes["done"] == 0
     assert len([x for x in after if x.kind == "NBIRTH"]) <= 2, "a burst of rebirth requests is one or two"
     assert len([x for x in after if x.kind == "NDATA"]) <= 3, "node metrics at most every 5 s"
     log = capsys.readouterr().out
@@ -334,7 +334,7 @@ def test_a_string_longer_than_the_bound_is_refused_before_the_driver(tmp_path: P
         profile_dirs=[str(profiles)],
     )
     model = device_model(load_cell(config).devices[0], AliasBook(None))
-    router = CommandRouter(MetricTable([]), {"plc": model}, device_writes="allow")
+    router = SparkplugCommands(MetricTable([]), {"plc": model}, device_writes="allow")
     lot = model.table.by_name["lot"].alias
     assert router.device_command("plc", command((lot, None, STRING, "x" * 2000)), birthed=True) == []
     assert router.refused["too_long"] == 1

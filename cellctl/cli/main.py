@@ -296,6 +296,17 @@ def demo(ctx: click.Context, broker: str, duration: float | None, no_table: bool
     )
 
 
+def _add_command_cli() -> None:
+    """`cellctl write | call | job` (cellctl/cli/commands.py): imports only click and orjson."""
+    from cellctl.cli.commands import call, job, write
+
+    for command in (write, call, job):
+        cli.add_command(command)
+
+
+_add_command_cli()
+
+
 def main() -> None:
     cli(prog_name="cellctl")
 

@@ -1,13 +1,14 @@
-"""Sparkplug NCMD/DCMD: the one path every command takes, and where it is refused.
+"""Sparkplug NCMD/DCMD: decoding and the protocol's own checks, before the router.
 
 A command is decoded and validated against the BIRTH it addresses (`decode_command`:
 known metric by alias or name, matching datatype, a value of that type, no nulls), then
 against the profile: the metric must be a point declared writable (`access: w|rw`) and
-a numeric value must lie within the point's `min`/`max`. Only then does the cell's
-policy decide: `sparkplug.device_writes: refuse` (the default until the full command
-and safety policy exists) refuses every write; `allow` passes the validated writes on.
-One bad metric refuses the whole command. Every refusal is logged (`command_refused`)
-and counted by reason; nothing here raises into the MQTT callback.
+a numeric value must lie within the point's `min`/`max`. Then `sparkplug.device_writes`
+decides: `refuse` (the default) refuses every write; `allow` hands each validated write
+to the command router (cellctl/commands/router.py), which applies the cell's policy.
+One bad metric refuses the whole command. Every refusal is counted by reason and
+audited (an event and a log line, once per burst); nothing here raises into the MQTT
+callback.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
 
-from cellctl.commands.executor import PointWrite
 from cellctl.encode.sparkplug import DeviceModel
 from cellctl.sparkplug.codec import REBIRTH_METRIC, CommandError, MetricTable, decode_command
 
@@ -35,6 +36,15 @@ MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_METRICS = 64
 MAX_STRING_CHARS = 1024  # a string written to a point (a program name, a lot id)
 LOG_INTERVAL = 5.0  # refusals of one reason: the first logged at once, then one summary per interval
+
+
+@dataclass(frozen=True, slots=True)
+class PointWrite:
+    """A validated write of one point, in engineering units."""
+
+    device_id: str
+    point_id: str
+    value: Any
 
 
 class BurstLog:
@@ -65,8 +75,9 @@ class Refused(Exception):
         self.reason: RefusalReason = reason
 
 
-class CommandRouter:
-    """Validates NCMD/DCMD payloads; counts and logs refusals."""
+class SparkplugCommands:
+    """Validates NCMD/DCMD payloads; counts refusals and reports each to `on_refused`
+    (the audit), or logs it once per burst when there is none."""
 
     def __init__(
         self,
@@ -74,10 +85,12 @@ class CommandRouter:
         devices: Mapping[str, DeviceModel],
         *,
         device_writes: Literal["refuse", "allow"] = "refuse",
+        on_refused: Callable[[str, str, dict[str, str]], None] | None = None,
     ) -> None:
         self.node_table = node_table
         self.devices = devices
         self.device_writes = device_writes
+        self.on_refused = on_refused  # (reason, message, where)
         self.refused: Counter[str] = Counter()
         self.accepted = 0
         self.burst = BurstLog()
@@ -88,7 +101,10 @@ class CommandRouter:
 
     def _refuse(self, reason: RefusalReason, message: str, **where: str) -> None:
         self.refused[reason] += 1
-        self.burst.warning(reason, "command_refused", reason=reason, error=message, **where)
+        if self.on_refused is not None:
+            self.on_refused(reason, message, where)
+        else:
+            self.burst.warning(reason, "command_refused", reason=reason, error=message, **where)
 
     def refuse_retained(self, topic: str) -> None:
         """A command delivered with the retain flag: Sparkplug commands are never retained,
@@ -159,3 +175,4 @@ class CommandRouter:
             raise Refused("policy", f"writes to {names} refused: sparkplug.device_writes is 'refuse'")
         self.accepted += 1
         return writes
+

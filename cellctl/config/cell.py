@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from cellctl.config.commands import CommandsConfig
 from cellctl.config.profile import ID_PATTERN, Deadband
 from cellctl.durations import Duration, PositiveDuration, parse_duration
 from cellctl.sparkplug.topics import validate_id
@@ -174,8 +175,10 @@ class SparkplugConfig(_Frozen):
     # proves the broker has it before it leaves the outbox. 1: every message of the node
     # at QoS 1 (a deviation), so they still reach subscribers in seq order.
     historical_qos: Literal[0, 1] = 0
-    # DCMD writes to writable points: refused (logged, counted) until the command policy
-    # lands; `allow` executes writes that pass every check.
+    # DCMD writes: `refuse` (logged, counted) every one; `allow` hands them to the command
+    # router. With `commands.enabled` the cell's command policy then decides; without it,
+    # every writable point of the profile may be written within its min/max (the
+    # behaviour before the policy existed). See docs/commands.md.
     device_writes: Literal["refuse", "allow"] = "refuse"
 
 
@@ -255,6 +258,7 @@ class CellConfig(_Frozen):
     outbox: OutboxConfig = OutboxConfig()
     sparkplug: SparkplugConfig = SparkplugConfig()
     metrics: MetricsConfig | None = None  # off unless set
+    commands: CommandsConfig = CommandsConfig()
     profile_dirs: list[Path] = []
     devices: list[DeviceConfig] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"

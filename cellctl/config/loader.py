@@ -11,6 +11,7 @@ from typing import Any, TypeVar, cast
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from cellctl.config.cell import CellConfig, DeviceConfig, PointOverride
+from cellctl.config.commands_check import command_problems, method_problems
 from cellctl.config.profile import PointDef, Profile
 from cellctl.config.profile_check import CheckedPoint, ProfileCheck, check_profile_file
 from cellctl.config.profiles import find_profile, search_path
@@ -257,4 +258,7 @@ def load_cell(path: Path) -> CompiledCell:
     except ValidationError as exc:  # every part passed above; this only guards the seams
         raise ConfigError(format_validation_error(path, exc)) from None
     devices = [replace(d, config=config.devices[i]) for i, d in compiled.items()]
+    problems = method_problems(path, devices) + command_problems(path, config.commands, devices)
+    if problems:
+        raise ConfigError(problems)
     return CompiledCell(path, config, devices, dirs)

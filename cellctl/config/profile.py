@@ -149,6 +149,54 @@ class JobMap(_Frozen):
     ideal_cycle_time: Annotated[float, Field(gt=0)] | None = None  # seconds per part, for OEE
 
 
+class ArgDef(_Frozen):
+    """One argument of a declared method: its name in a command, type and limits."""
+
+    name: Annotated[str, Field(pattern=ID_PATTERN)]
+    type: Literal["bool", "int", "float", "string"]
+    min: float | None = None
+    max: float | None = None
+    max_length: Annotated[int, Field(ge=1, le=65536)] = 256  # string arguments
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _numeric_limits(self) -> ArgDef:
+        if self.type not in ("int", "float") and (self.min is not None or self.max is not None):
+            raise ValueError(f"a {self.type} argument has no 'min'/'max'")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class MethodDef(_Frozen):
+    """A method the device offers (an OPC UA method): where it is, in the driver's own
+    address form, its arguments in call order, and names for its results."""
+
+    address: dict[str, Any]
+    args: list[ArgDef] = []
+    results: list[Annotated[str, Field(pattern=ID_PATTERN)]] = []
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _unique_args(self) -> MethodDef:
+        names = [a.name for a in self.args]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"argument names used twice: {twice}")
+        return self
+
+
+class JobsDef(_Frozen):
+    """How `job_start` maps onto a declared method for devices without job control
+    (OPC UA StartJob): `start` names the method; the job name is its argument `name_arg`."""
+
+    start: Annotated[str, Field(pattern=ID_PATTERN)]
+    name_arg: Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+RESERVED_COMMANDS = frozenset({"write", "call", "rebirth", "job_start", "job_pause", "job_resume", "job_cancel"})
+
+
 class Profile(_Frozen):
     """A device type: its points, and how its raw state maps to the machine state."""
 
@@ -163,10 +211,23 @@ class Profile(_Frozen):
     alarms: list[AlarmDef] = []
     program: ProgramMap | None = None
     job: JobMap | None = None
+    commands: dict[Annotated[str, Field(pattern=ID_PATTERN)], MethodDef] = {}
+    jobs: JobsDef | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Profile:
         problems = reference_problems(self.model_dump(mode="json"))
+        for name in self.commands:
+            if name in RESERVED_COMMANDS:
+                problems.append((f"commands.{name}", f"{name!r} is a built-in command name; choose another"))
+        if self.jobs is not None:
+            method = self.commands.get(self.jobs.start)
+            if method is None:
+                problems.append(("jobs.start", f"names command {self.jobs.start!r}, which the profile does not declare"))
+            elif self.jobs.name_arg not in [a.name for a in method.args]:
+                problems.append(
+                    ("jobs.name_arg", f"command {self.jobs.start!r} has no argument {self.jobs.name_arg!r}")
+                )
         if problems:
             raise ValueError("; ".join(f"{where}: {msg}" for where, msg in problems))
         return self

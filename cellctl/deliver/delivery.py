@@ -34,7 +34,7 @@ import structlog
 
 from cellctl.config.cell import Backbone
 from cellctl.deliver.acks import AckTracker
-from cellctl.deliver.mqtt import MAX_INFLIGHT, Message, MqttSession, PublishRefused
+from cellctl.deliver.mqtt import MAX_INFLIGHT, NO_PROPERTIES, Inbound, Message, MqttSession, PublishRefused
 from cellctl.deliver.replay import Replay
 from cellctl.outbox import Outbox, OutboxWriter, Record, Stored
 
@@ -102,7 +102,7 @@ class Delivery:
         if was_live or lost:
             self.log.info("delivery_paused", in_flight_lost=lost, backlog_replayed=self.replay.replayed)
 
-    def message(self, topic: str, payload: bytes, retain: bool = False) -> None:
+    def message(self, topic: str, payload: bytes, retain: bool = False, props: Inbound = NO_PROPERTIES) -> None:
         """An incoming message on a subscribed topic (commands, Sparkplug STATE)."""
 
     def acked(self, mid: int) -> None:

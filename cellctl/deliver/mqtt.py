@@ -34,7 +34,9 @@ import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cellctl.config.cell import Backbone
 from cellctl.credentials import secret_path
@@ -115,6 +117,33 @@ class Message:
     retain: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """What an incoming MQTT 5 PUBLISH says beside its payload (empty under 3.1.1):
+    where the sender wants an answer, the data to correlate it, its user properties."""
+
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+
+
+NO_PROPERTIES = Inbound()
+
+
+def _inbound(msg: paho.MQTTMessage) -> Inbound:
+    props = getattr(msg, "properties", None)
+    if props is None:
+        return NO_PROPERTIES
+    topic = getattr(props, "ResponseTopic", None)
+    data = getattr(props, "CorrelationData", None)
+    users = getattr(props, "UserProperty", None) or []
+    return Inbound(
+        topic if isinstance(topic, str) else None,
+        bytes(data) if isinstance(data, (bytes, bytearray)) else None,
+        tuple((str(k), str(v)) for k, v in users[:32]),
+    )
+
+
 class SessionEvents(Protocol):
     """What the owner of a session (a format's delivery) is told. All on the loop
     thread, except `will`, which runs in the connecting thread before each CONNECT."""
@@ -125,7 +154,7 @@ class SessionEvents(Protocol):
 
     def session_down(self) -> None: ...
 
-    def message(self, topic: str, payload: bytes, retain: bool = False) -> None: ...
+    def message(self, topic: str, payload: bytes, retain: bool = False, props: Inbound = NO_PROPERTIES) -> None: ...
 
     def acked(self, mid: int) -> None: ...
 
@@ -385,7 +414,7 @@ class MqttSession:
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         if client is self.client:
-            self._in_loop(self.events.message, msg.topic, bytes(msg.payload), bool(msg.retain))
+            self._in_loop(self.events.message, msg.topic, bytes(msg.payload), bool(msg.retain), _inbound(msg))
 
     # -- the session task -------------------------------------------------------------------
 
@@ -445,14 +474,21 @@ class MqttSession:
 
     # -- API ----------------------------------------------------------------------------
 
-    def publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> int:
+    def publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool = False, *, correlation_data: bytes | None = None
+    ) -> int:
         """Hand one message to paho, which sends it at once; never blocks. Returns its
         mid. PublishRefused when not connected (nothing is queued for a later
-        connection). Flow control is the caller's (see Delivery)."""
+        connection). Flow control is the caller's (see Delivery). `correlation_data`
+        (MQTT 5 only) answers a request that carried it."""
         if not self.connected.is_set():
             self.refused += 1
             raise PublishRefused(f"{self.name}: not connected")
-        info = self.client.publish(topic, payload, qos, retain)
+        props = None
+        if correlation_data is not None and self._protocol == MQTTProtocolVersion.MQTTv5:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.CorrelationData = correlation_data
+        info = self.client.publish(topic, payload, qos, retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:  # the connection is going away
             self.refused += 1
             raise PublishRefused(f"{self.name}: {paho.error_string(info.rc)}", rc=info.rc)
@@ -475,7 +511,16 @@ class MqttSession:
             return
         if not self.connected.is_set():
             raise PublishRefused(f"{self.name}: not connected")
-        rc, _mid = self.client.subscribe(list(topics))
+        if self._protocol == MQTTProtocolVersion.MQTTv5:
+            # no_local: the broker never hands us back what this client published;
+            # retain as published: a command published retained is seen as retained (and
+            # refused) even when it arrives live, not only when it is replayed at subscribe
+            subs: list[Any] = [
+                (t, SubscribeOptions(qos=q, noLocal=True, retainAsPublished=True)) for t, q in topics
+            ]
+        else:
+            subs = list(topics)
+        rc, _mid = self.client.subscribe(subs)
         if rc != paho.MQTT_ERR_SUCCESS:
             raise PublishRefused(f"{self.name}: subscribe not sent: {paho.error_string(rc)}", rc=rc)
 

@@ -19,7 +19,7 @@ Session (docs/sparkplug.md has the full picture):
 
 The engine's output reaches it through the encoder (cellctl/encode/sparkplug.py:
 DDATA into the outbox, births and deaths handed here); NCMD/DCMD are validated by
-cellctl/commands/sparkplug.py and accepted writes run in cellctl/commands/executor.py.
+cellctl/commands/sparkplug.py and accepted writes run through cellctl/commands/router.py.
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ from pathlib import Path
 
 import structlog
 
-from cellctl.commands.executor import WriteExecutor
-from cellctl.commands.sparkplug import CommandRouter
+from cellctl.commands.audit import Audit
+from cellctl.commands.model import Command, Source
+from cellctl.commands.policy import Refusal
+from cellctl.commands.router import CommandRouter
+from cellctl.commands.sparkplug import PointWrite, SparkplugCommands
 from cellctl.config.cell import Backbone, SparkplugConfig
 from cellctl.config.loader import CompiledDevice
 from cellctl.deliver.delivery import Delivery
-from cellctl.deliver.mqtt import Message, PublishRefused
+from cellctl.deliver.mqtt import NO_PROPERTIES, Inbound, Message, PublishRefused
 from cellctl.encode.sparkplug import DeviceModel, SparkplugEncoder, device_model, encode_safely
 from cellctl.model import DeviceSnapshot
 from cellctl.outbox import OutboxStats, OutboxWriter, Record, Stored
@@ -72,7 +75,15 @@ from cellctl.sparkplug.topics import (
 log = structlog.get_logger("cellctl.sparkplug")
 
 # Node metrics in NBIRTH, updated by NDATA (UInt64 counters and gauges).
-NODE_METRICS = ("Outbox/Messages", "Outbox/Bytes", "Outbox/Dropped", "Commands/Refused")
+NODE_METRICS = (
+    "Outbox/Messages",
+    "Outbox/Bytes",
+    "Outbox/Dropped",
+    "Commands/Refused",
+    "Commands/Done",
+    "Commands/Failed",
+)
+COMMAND_METRICS = {"refused": "Commands/Refused", "done": "Commands/Done", "failed": "Commands/Failed"}
 NODE_DATA_INTERVAL = 5.0  # NDATA with the node metrics at most this often
 REBIRTH_MIN_INTERVAL = 1.0  # rebirth requests closer than this are coalesced
 
@@ -120,7 +131,9 @@ class SparkplugNode(Delivery):
         # the rebirth metric is addressed by name (it has no alias); commands may name it
         self.command_table = MetricTable([MetricDef(REBIRTH_METRIC, DataType.Boolean), *self.node_table])
         self.aliases.save()  # before any birth uses them (StateFileError: the daemon exits 2)
-        self.router = CommandRouter(self.command_table, self.models, device_writes=config.device_writes)
+        self.router = SparkplugCommands(
+            self.command_table, self.models, device_writes=config.device_writes, on_refused=self._refused
+        )
         self.encoder = SparkplugEncoder(
             self.models, writer, {d: self.topics.device(MessageType.DDATA, d) for d in self.models}
         )
@@ -129,7 +142,9 @@ class SparkplugNode(Delivery):
         self.bd: int | None = None  # bdSeq of the current session (its Will and NBIRTH)
         self._next_bd: int | None = None
         self._snapshots: Callable[[], Sequence[DeviceSnapshot]] = list
-        self.executor: WriteExecutor | None = None
+        self.commands: CommandRouter | None = None
+        self.audit: Audit | None = None
+        self._dcmds = 0
         self._birthed: dict[str, bool] = {}  # as published in this session
         self._epoch = 0  # +1 whenever births are scheduled; older device births/deaths are moot
         self._node_values: dict[str, int] = dict.fromkeys(NODE_METRICS, 0)
@@ -150,11 +165,47 @@ class SparkplugNode(Delivery):
             if note:
                 log.warning("sparkplug_state_recovered", file=what, detail=note)
 
-    def attach(self, snapshots: Callable[[], Sequence[DeviceSnapshot]], executor: WriteExecutor) -> None:
-        """Where births take the devices' current state from (the engine's cell), and where
-        accepted DCMD writes go."""
+    def attach(
+        self, snapshots: Callable[[], Sequence[DeviceSnapshot]], commands: CommandRouter, audit: Audit
+    ) -> None:
+        """Where births take the devices' current state from (the engine's cell), where
+        validated DCMD writes go, and the audit every command outcome is counted in."""
         self._snapshots = snapshots
-        self.executor = executor
+        self.commands = commands
+        self.audit = audit
+        audit.sinks.append(self._command_outcome)
+
+    def _refused(self, reason: str, message: str, where: dict[str, str]) -> None:
+        """A refusal of the Sparkplug layer: audited like every other command."""
+        if self.commands is None:
+            return
+        self._dcmds += 1
+        source = Source("sparkplug", where.get("topic"))
+        bare = Command(f"spb-{self._dcmds}", where.get("device", "node"), "write", {}, source, now_ms())
+        self.commands.refuse(bare, Refusal(reason, message))  # type: ignore[arg-type]  # reasons of one vocabulary
+
+    def _command_outcome(self, _event: dict[str, object]) -> None:
+        if self.audit is None:
+            return
+        for outcome, name in COMMAND_METRICS.items():
+            self._node_values[name] = self.audit.outcomes[outcome]
+        self._maybe_ndata()
+
+    def _submit_writes(self, topic: str, writes: Sequence[PointWrite]) -> None:
+        if self.commands is None:
+            return
+        self._dcmds += 1
+        for i, w in enumerate(writes):
+            self.commands.submit(
+                Command(
+                    f"dcmd-{self._dcmds}-{i}" if len(writes) > 1 else f"dcmd-{self._dcmds}",
+                    w.device_id,
+                    "write",
+                    {"point": w.point_id, "value": w.value},
+                    Source("sparkplug", topic),
+                    now_ms(),
+                )
+            )
 
     # -- devices added and removed by a reload ---------------------------------------------
 
@@ -384,7 +435,7 @@ class SparkplugNode(Delivery):
 
     # -- incoming ------------------------------------------------------------------------------
 
-    def message(self, topic: str, payload: bytes, retain: bool = False) -> None:
+    def message(self, topic: str, payload: bytes, retain: bool = False, props: Inbound = NO_PROPERTIES) -> None:
         try:
             parsed = parse_topic(topic)
         except TopicError as exc:
@@ -397,18 +448,22 @@ class SparkplugNode(Delivery):
             return
         if retain and parsed.message_type in (MessageType.NCMD, MessageType.DCMD):
             self.router.refuse_retained(topic)
-            self._node_values["Commands/Refused"] = self.router.refused_total
         elif parsed.message_type == MessageType.NCMD:
             if self.router.node_command(payload) and self.live:
                 self._request_rebirth()
-            self._node_values["Commands/Refused"] = self.router.refused_total
         elif parsed.message_type == MessageType.DCMD and parsed.device_id is not None:
             birthed = self.live and self._birthed.get(parsed.device_id, False)
             writes = self.router.device_command(parsed.device_id, payload, birthed=birthed)
-            self._node_values["Commands/Refused"] = self.router.refused_total
-            if writes and self.executor is not None:
-                self.executor.submit(writes)
+            if writes:
+                self._submit_writes(topic, writes)
+        self._node_values["Commands/Refused"] = self._refused_total()
         self._maybe_ndata()
+
+    def _refused_total(self) -> int:
+        """Every refusal: the Sparkplug layer's and the router's (the audit counts both)."""
+        if self.audit is not None:
+            return self.audit.outcomes["refused"]
+        return self.router.refused_total
 
     def _host_state(self, host_id: str, payload: bytes) -> None:
         if host_id != self.config.primary_host:
@@ -446,7 +501,7 @@ class SparkplugNode(Delivery):
             stats.bytes,
             stats.dropped_total,
         )
-        v["Commands/Refused"] = self.router.refused_total
+        v["Commands/Refused"] = self._refused_total()
         self._maybe_ndata()
 
     def _maybe_ndata(self) -> None:

@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import orjson
 
+from cellctl.commands.uns import UnsCommands, command_filter
 from cellctl.config.cell import Backbone
 from cellctl.contract.payloads import OutboxDroppedEvent, OutboxJson, StatusJson
 from cellctl.deliver.delivery import Delivery
-from cellctl.deliver.mqtt import Message, PublishRefused
+from cellctl.deliver.mqtt import NO_PROPERTIES, Inbound, Message, PublishRefused
 from cellctl.encode.uns import uns_historical
 from cellctl.outbox import OutboxStats, OutboxWriter, Stored
 
@@ -35,6 +36,7 @@ class UnsDelivery(Delivery):
         self.outbox_topic = f"{root}/outbox"
         self.events_topic = f"{root}/events"
         self.on_live = on_live  # the cell republishes every retained state (after going live)
+        self.commands: UnsCommands | None = None  # `<root>/cmd/<device>` (set by the daemon)
 
     def will(self) -> Message:
         body: StatusJson = {"status": "offline", "reason": "connection_lost"}
@@ -48,11 +50,33 @@ class UnsDelivery(Delivery):
         try:
             online: StatusJson = {"status": "online"}
             self.session.publish(self.status_topic, orjson.dumps(online), 1, True)
+            if self.commands is not None:
+                self.session.subscribe([(command_filter(self.root), 1)])
         except PublishRefused:
             return  # gone again already; session_down follows
         self.go_live(fresh=True)
         if self.on_live is not None:
             self.on_live()  # records put now are after the cut: they go out live
+
+    def message(self, topic: str, payload: bytes, retain: bool = False, props: Inbound = NO_PROPERTIES) -> None:
+        """Only command topics are subscribed; anything else is ignored."""
+        if self.commands is not None and self.commands.is_command(topic):
+            self.commands.message(
+                topic,
+                payload,
+                retain,
+                response_topic=props.response_topic,
+                correlation_data=props.correlation_data,
+                user_properties=props.user_properties,
+            )
+
+    def send_reply(self, topic: str, payload: bytes, correlation: bytes | None) -> bool:
+        """A command's result, sent directly (QoS 1, never retained): False when not connected."""
+        try:
+            self.session.publish(topic, payload, 1, False, correlation_data=correlation)
+        except PublishRefused:
+            return False
+        return True
 
     def historical(self, m: Stored) -> tuple[bytes, int, bool]:
         return uns_historical(m.payload), m.qos, False

@@ -21,7 +21,7 @@ from cellctl.driver import DeviceUnavailable, Poller, Reading, Subscriber, Write
 from cellctl.engine.backoff import Backoff, worth_repeating
 from cellctl.engine.figures import LatencyHistogram, reason_kind
 from cellctl.engine.machine import MachineMapper
-from cellctl.engine.points import BAD, PointTable
+from cellctl.engine.points import BAD, GOOD, PointTable
 from cellctl.jobs.device import DeviceJobs
 from cellctl.model import DeviceSnapshot, DeviceUpdate, JobEvent, JobRecord, MachineState
 
@@ -92,6 +92,7 @@ class DeviceRunner:
         self.machine_stale = True  # recompute the machine state at the next reading
         self.state_published_at = 0.0  # monotonic
         self.conn: object | None = None  # the driver's open connection, while there is one
+        self._reading_waiters: list[asyncio.Future[None]] = []  # `next_reading` callers
         self.backoff = Backoff(min(backoff_min, backoff_max), backoff_max)
         self.log = log.bind(device=self.id)
         cfg = device.config
@@ -173,6 +174,22 @@ class DeviceRunner:
                 raw = round(raw)
         await writer.write(self.device.context.points[i].index, raw)
 
+    async def next_reading(self) -> None:
+        """Return once the next reading has been taken (a write's read-back waits for
+        the device to report the value; the caller bounds the wait)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._reading_waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._reading_waiters:
+                self._reading_waiters.remove(fut)
+
+    def point_value(self, point_id: str) -> tuple[Any, bool]:
+        """A point's current engineering value and whether its quality is good."""
+        i = self.table.index_of(point_id)
+        return self.table.value[i], self.table.quality[i] == GOOD
+
     # -- state transitions ------------------------------------------------------------
 
     def on_reading(self, reading: Reading) -> None:
@@ -181,6 +198,11 @@ class DeviceRunner:
         once; it never raises into the driver's callback."""
         try:
             self._take(reading)
+            if self._reading_waiters:
+                waiters, self._reading_waiters = self._reading_waiters, []
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(None)
         except Exception as exc:
             self.rejected_readings += 1
             if self.rejected_readings == 1 or self.rejected_readings % 1000 == 0:

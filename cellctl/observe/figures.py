@@ -114,14 +114,18 @@ def live_figures(daemon: Daemon) -> LiveFigures:
         )
         for d in daemon.deliveries
     )
-    router = daemon.node.router if daemon.node is not None else None
-    ex = daemon.executor
+    audit = daemon.audit  # every command of every source (cellctl/commands/audit.py)
+    by_state: dict[str, dict[str, int]] = {"refused": {}, "failed": {}}
+    for key, n in audit.reasons.items():
+        state, _, reason = key.partition(":")
+        if state in by_state:
+            by_state[state][reason] = n
     commands = CommandFigures(
-        accepted=router.accepted if router is not None else 0,
-        refused=dict(router.refused) if router is not None else {},
-        written=ex.written,
-        failed=dict(ex.failed),
-        overflowed=ex.overflowed,
+        accepted=audit.outcomes["accepted"],
+        refused=by_state["refused"],
+        written=audit.outcomes["done"],
+        failed=by_state["failed"],
+        overflowed=by_state["refused"].get("busy", 0),
     )
     return LiveFigures(devices, sessions, commands, daemon.writer.backlog, daemon.reloads)
 

@@ -157,7 +157,7 @@ class CellCollector(Collector):
         for reason, n in sorted(c.refused.items()):
             commands.add_metric([f"refused:{reason}"], float(n))
         writes = CounterMetricFamily(
-            "cellctl_command_writes", "point writes run, by outcome (written, failed: reason, overflowed)",
+            "cellctl_command_writes", "commands run, by outcome (written: done, failed: reason, overflowed: refused for a full queue)",
             labels=["outcome"],
         )
         writes.add_metric(["written"], float(c.written))

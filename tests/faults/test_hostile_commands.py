@@ -21,7 +21,7 @@ from cellctl_sim.modbus.server import SimModbusServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cellctl.commands.sparkplug import CommandRouter
+from cellctl.commands.sparkplug import SparkplugCommands
 from cellctl.config.loader import load_cell
 from cellctl.encode.sparkplug import DeviceModel, device_model
 from cellctl.localbroker import Mosquitto
@@ -186,7 +186,7 @@ def hostile_corpus(setpoint: int, temperature: int, seed: int = 16) -> list[tupl
 @given(data=st.binary(max_size=600))
 def test_no_random_bytes_raise_out_of_the_command_path(data: bytes, tmp_path: Path) -> None:
     model = plc_model(tmp_path)
-    router = CommandRouter(NODE_TABLE, {"plc": model}, device_writes="allow")
+    router = SparkplugCommands(NODE_TABLE, {"plc": model}, device_writes="allow")
     with contextlib.suppress(CommandError):
         decode_command(data, model.table)
     assert isinstance(router.node_command(data), bool)
@@ -200,7 +200,7 @@ def test_no_mutated_command_raises_and_what_passes_is_in_range(
     seed: int, edits: int, value: float, tmp_path: Path
 ) -> None:
     model = plc_model(tmp_path)
-    router = CommandRouter(NODE_TABLE, {"plc": model}, device_writes="allow")
+    router = SparkplugCommands(NODE_TABLE, {"plc": model}, device_writes="allow")
     setpoint = model.table.by_name["setpoint"].alias
     assert setpoint is not None
     data = valid_command(setpoint, value)
@@ -220,7 +220,7 @@ def test_no_mutated_command_raises_and_what_passes_is_in_range(
 
 def test_the_corpus_is_refused_whole_by_the_router(tmp_path: Path) -> None:
     model = plc_model(tmp_path)
-    router = CommandRouter(NODE_TABLE, {"plc": model}, device_writes="allow")
+    router = SparkplugCommands(NODE_TABLE, {"plc": model}, device_writes="allow")
     a = model.table.by_name
     sp, temp = a["setpoint"].alias, a["temperature"].alias
     assert sp is not None
@@ -299,7 +299,7 @@ async def test_a_hostile_corpus_over_mqtt_is_refused_counted_and_changes_nothing
             await uns.until(lambda m: len(m) > mark + 5, what="data after the corpus")
             assert not daemon.stop.is_set()
             assert node.router.refused_total == refused == len(corpus)
-            written = daemon.executor.written
+            written = daemon.audit.outcomes["done"]
     finally:
         cap.close()
         uns.close()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from cellctl.driver import DeviceContext, DriverPlugin, PointSpec
-from cellctl_opcua.config import OpcUaAddress, OpcUaConnection, OpcUaOptions
+from cellctl_opcua.config import MethodAddress, OpcUaAddress, OpcUaConnection, OpcUaOptions
 
 if TYPE_CHECKING:
     from cellctl_opcua.device import OpcUaDevice
@@ -32,6 +32,7 @@ class OpcUaPlugin:
     connection_model: type[BaseModel] = OpcUaConnection
     options_model: type[BaseModel] = OpcUaOptions
     address_model: type[BaseModel] = OpcUaAddress
+    method_model: type[BaseModel] = MethodAddress  # profile `commands:` (cellctl.driver.Caller)
 
     def check_point(self, point: PointSpec) -> str | None:
         """What can be told without the server: a server deadband needs a number."""

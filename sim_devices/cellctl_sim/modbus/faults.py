@@ -72,16 +72,20 @@ class Faults:
     silent: bool = False
     stalled: bool = False  # requests are held (in flight, unanswered) until released
     exceptions: list[ExceptionRule] = field(default_factory=list)
+    # Acknowledge writes without keeping them, as a PLC whose program overwrites the
+    # register at once (a client's read-back sees the old value).
+    ignore_writes: bool = False
 
     def clear(self) -> None:
         self.latency = 0.0
         self.silent = False
         self.stalled = False
         self.exceptions.clear()
+        self.ignore_writes = False
 
     @property
     def active(self) -> bool:
-        return bool(self.latency or self.silent or self.stalled or self.exceptions)
+        return bool(self.latency or self.silent or self.stalled or self.exceptions or self.ignore_writes)
 
     def exception_for(self, accesses: list[Access]) -> int | None:
         for rule in self.exceptions:

@@ -26,6 +26,9 @@ class SimUnit:
         self.image = image
         self.faults = Faults()
         self.requests = 0  # requests addressed to this unit (answered or not)
+        # Every write request accepted, in order (table, address, values): what reached
+        # the machine, for tests that prove nothing else did.
+        self.writes: list[tuple[Table, int, list[int] | list[bool]]] = []
         reg_map = model.MAP
         self._writable = {t: reg_map.writable_addresses(t) for t in (Table.HOLDING, Table.COIL)}
 
@@ -94,6 +97,9 @@ class SimUnit:
         new: list[int] | list[bool] = (
             [bool(v) for v in values] if table.is_bits else [int(v) & 0xFFFF for v in values]
         )
+        if self.faults.ignore_writes:
+            self.writes.append((table, address, new))
+            return None
         data[address : address + count] = new  # type: ignore[assignment]
         touched = [p for p in self.model.MAP.overlapping(table, address, count) if p.type is not WireType.BIT]
         try:
@@ -103,4 +109,5 @@ class SimUnit:
             return ILLEGAL_VALUE
         for name, value in updates:
             self.model.set(name, value)
+        self.writes.append((table, address, new))
         return None
