@@ -11,7 +11,8 @@ browsing. Third-party drivers register a `DriverPlugin` object in the entry-poin
 
 This module is the whole SDK a driver touches: everything a driver needs from the core
 (durations for its option models, logging set-up for its CLI commands) is re-exported
-here, and a test keeps the drivers from importing any other core module. See
+here (so is the CLI convention of `cellctl.exits`, for its commands), and a test keeps
+the drivers from importing any other core module. See
 docs/writing-a-driver.md.
 """
 
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, runtime_checka
 from pydantic import BaseModel
 
 from cellctl.durations import Duration, PositiveDuration
+from cellctl.exits import CommandFailed, ExitCode, implausible, json_text, print_json
 from cellctl.floats import float32_shortest
 from cellctl.model import Quality
 
@@ -34,11 +36,13 @@ if TYPE_CHECKING:
 __all__ = [
     "Access",
     "Browser",
+    "CommandFailed",
     "DeviceContext",
     "DeviceUnavailable",
     "DriverPlugin",
     "DriverRegistry",
     "Duration",
+    "ExitCode",
     "JobControl",
     "PointSpec",
     "Poller",
@@ -51,6 +55,9 @@ __all__ = [
     "Writer",
     "configure_logging",
     "float32_shortest",
+    "implausible",
+    "json_text",
+    "print_json",
 ]
 
 ValueType = Literal["bool", "int", "float", "string"]

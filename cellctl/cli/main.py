@@ -12,9 +12,11 @@ from typing import Any
 import click
 
 from cellctl import __version__
-from cellctl.cli.entrypoints import COMMANDS, SIMS, EntryPointGroup
+from cellctl.cli.convention import RootGroup
+from cellctl.cli.entrypoints import COMMANDS, READERS, SCANNERS, SIMS, EntryPointGroup
+from cellctl.exits import ExitCode
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = ExitCode.BAD_INPUT
 
 config_arg = click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 
@@ -38,7 +40,7 @@ def _load(config: Path) -> Any:
 
 # `-h` and `--help` everywhere: subcommands, including contributed ones, inherit this.
 @click.group(
-    cls=EntryPointGroup,
+    cls=RootGroup,
     entry_point_group=COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -197,6 +199,18 @@ def profiles_show(name: str, dirs: tuple[Path, ...]) -> None:
 def sim() -> None:
     """Simulated devices for tests, demos and commissioning practice. Simulators come from
     installed distributions (cellctl-sim: pip install ./sim_devices)."""
+
+
+@cli.group(cls=EntryPointGroup, entry_point_group=READERS)
+def read() -> None:
+    """Read a device once, without a config: Modbus registers with every type and word
+    order decoded, OPC UA nodes, a G-code machine's status. Each driver contributes its
+    own `cellctl read DRIVER`."""
+
+
+@cli.group(cls=EntryPointGroup, entry_point_group=SCANNERS)
+def scan() -> None:
+    """Find what answers: unit ids on a Modbus gateway or RTU line, and what each can read."""
 
 
 @cli.command()
