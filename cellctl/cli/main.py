@@ -7,25 +7,36 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from cellctl import __version__
 from cellctl.cli.convention import RootGroup
 from cellctl.cli.entrypoints import COMMANDS, READERS, SCANNERS, SIMS, EntryPointGroup
-from cellctl.exits import ExitCode
+from cellctl.exits import CommandFailed, ExitCode
 
 EXIT_CONFIG = ExitCode.BAD_INPUT
 
 config_arg = click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 
 
-def _fail_config(problems: list[str]) -> None:
-    for line in problems:
-        click.echo(f"error: {line}", err=True)
-    click.echo(f"{len(problems)} problem(s); nothing was started.", err=True)
-    sys.exit(EXIT_CONFIG)
+class ConfigProblems(CommandFailed):
+    """A bad config or profile: one line per problem, exit code 2 (with --json, one JSON
+    error whose message holds every line)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems), ExitCode.BAD_INPUT)
+        self.problems = problems
+
+    def show(self, file: Any = None) -> None:
+        for line in self.problems:
+            click.echo(f"error: {line}", err=True)
+        click.echo(f"{len(self.problems)} problem(s); nothing was started.", err=True)
+
+
+def _fail_config(problems: list[str]) -> NoReturn:
+    raise ConfigProblems(problems)
 
 
 def _load(config: Path) -> Any:
@@ -91,6 +102,8 @@ def run(ctx: click.Context, config: Path) -> None:
         asyncio.run(main())
     except ConfigError as exc:
         _fail_config(exc.problems)
+    except click.ClickException:
+        raise
     except Exception as exc:  # a bug: one JSON line with the traceback, then exit 1 (systemd restarts)
         _configure_logs(ctx)  # the crash may come before the config's log settings were applied
         lifecycle.report_crash(exc)
@@ -112,6 +125,34 @@ def check(config: Path, as_json: bool) -> None:
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
         print_summary(data)
+
+
+@cli.command()
+@config_arg
+@click.option("--device", "devices", multiple=True, metavar="ID", help="Only this device (repeatable).")
+@click.option("--wait", type=click.FloatRange(0.1, 120), default=3.0, show_default=True,
+              help="Seconds to listen to a pushing device (OPC UA, G-code) for its first values.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result (errors too).")
+def poll(config: Path, devices: tuple[str, ...], wait: float, as_json: bool) -> None:
+    """Open each device of CONFIG, read it once and print every point (value, unit,
+    quality, reason) and the machine state, flagging the commissioning traps: every point
+    bad (wrong unit id or profile), the state point bad, floats that look like the wrong
+    word order. Exit code 1 when a device is unreachable or shows a trap."""
+    import asyncio
+
+    from cellctl import logs
+    from cellctl.cli.poll import poll_all, print_polled, select_devices
+    from cellctl.exits import print_json
+
+    logs.configure("error", json=False)  # the result is the output; driver chatter is not
+    compiled = _load(config)
+    results = asyncio.run(poll_all(select_devices(compiled, devices), wait))
+    if as_json:
+        print_json({"config": str(config), "devices": [r.as_dict() for r in results]})
+    else:
+        print_polled(results)
+    if any(r.traps for r in results):
+        sys.exit(ExitCode.FAILED)
 
 
 @cli.command()
