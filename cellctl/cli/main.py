@@ -156,6 +156,58 @@ def poll(config: Path, devices: tuple[str, ...], wait: float, as_json: bool) -> 
 
 
 @cli.command()
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Take the broker, TLS, credentials and topic root from this cell config.")
+@click.option("--host", default=None, help="Broker host (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Broker port (default 1883).")
+@click.option("--username", default=None)
+@click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding the password (never on the command line).")
+@click.option("--tls-ca", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="CA file: connect with TLS.")
+@click.option("--root", default=None, metavar="TOPIC",
+              help="The cell's UNS root, e.g. uns/v1/acme/berlin/machining/line-1/cell-3.")
+@click.option("--json", "as_json", is_flag=True, help="Stream the view as JSON lines, one per change.")
+@click.option("--interval", type=click.FloatRange(0.05, 60), default=0.5, show_default=True,
+              help="Seconds between redraws or JSON lines.")
+@click.option("--duration", type=click.FloatRange(0.1), default=None, help="Stop after this many seconds.")
+def watch(
+    *,
+    config: Path | None, host: str | None, port: int | None, username: str | None, password_file: Path | None,
+    tls_ca: Path | None, root: str | None, as_json: bool, interval: float, duration: float | None,
+) -> None:  # fmt: skip
+    """The live table of a running cell from the backbone, as any consumer sees it:
+    devices, points, machine state, alarms, job, outbox and events. Give --config CELL.yaml
+    or the broker and --root."""
+    from pydantic import ValidationError
+
+    from cellctl.cli.watch import CellView, run_watch
+    from cellctl.config.cell import Backbone
+    from cellctl.encode.uns import cell_root
+
+    overrides: dict[str, Any] = {
+        k: v for k, v in {"host": host, "port": port, "username": username, "password_file": password_file}.items()
+        if v is not None
+    }  # fmt: skip
+    if tls_ca is not None:
+        overrides["tls"] = {"ca_file": tls_ca}
+    if config is not None:
+        compiled = _load(config)
+        backbone = compiled.config.backbone.model_copy(update=overrides)
+        root = root or cell_root(compiled.config.publish.prefix, compiled.config.identity)
+    else:
+        if root is None:
+            raise CommandFailed("give --config CELL.yaml, or --root TOPIC with the broker options", ExitCode.BAD_INPUT)
+        try:
+            backbone = Backbone.model_validate(overrides)
+        except ValidationError as exc:
+            raise CommandFailed(str(exc.errors(include_url=False)[0]["msg"]), ExitCode.BAD_INPUT) from None
+    if backbone.password_file is not None and not backbone.password_file.is_file():
+        raise CommandFailed(f"password file {str(backbone.password_file)!r} cannot be read", ExitCode.BAD_INPUT)
+    run_watch(CellView(root.rstrip("/")), backbone, as_json=as_json, duration=duration, interval=interval)
+
+
+@cli.command()
 @click.argument("what", type=click.Choice(["config", "profile"]))
 def schema(what: str) -> None:
     """Print the JSON Schema of the cell config or of a profile (for editors and CI)."""
