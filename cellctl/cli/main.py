@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from cellctl import __version__
+from cellctl.cli.complete import device_ids, profile_names
 from cellctl.cli.convention import RootGroup
 from cellctl.cli.entrypoints import COMMANDS, READERS, SCANNERS, SIMS, EntryPointGroup
 from cellctl.exits import CommandFailed, ExitCode
@@ -129,7 +130,8 @@ def check(config: Path, as_json: bool) -> None:
 
 @cli.command()
 @config_arg
-@click.option("--device", "devices", multiple=True, metavar="ID", help="Only this device (repeatable).")
+@click.option("--device", "devices", multiple=True, metavar="ID", shell_complete=device_ids,
+              help="Only this device (repeatable).")
 @click.option("--wait", type=click.FloatRange(0.1, 120), default=3.0, show_default=True,
               help="Seconds to listen to a pushing device (OPC UA, G-code) for its first values.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result (errors too).")
@@ -227,15 +229,31 @@ def profiles() -> None:
 
 @profiles.command("list")
 @click.option("--profile-dir", "dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False))
-def profiles_list(dirs: tuple[Path, ...]) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
+def profiles_list(dirs: tuple[Path, ...], as_json: bool) -> None:
     """Every profile on the search path: the file that wins, where it comes from (config,
     system or the distribution that ships it), and any file of the same name it shadows."""
-    from rich.console import Console
     from rich.table import Table
 
+    from cellctl.cli.output import console
     from cellctl.config.profiles import list_profiles, load_profile_file, search_dirs
     from cellctl.errors import ConfigError
 
+    if as_json:
+        from cellctl.exits import print_json
+
+        rows: list[dict[str, Any]] = []
+        for found in list_profiles(search_dirs(list(dirs))):
+            row: dict[str, Any] = {"name": found.name, "from": found.source, "file": str(found.path),
+                                   "shadows": [str(p) for p in found.shadowed]}  # fmt: skip
+            try:
+                p = load_profile_file(found.path)
+                row.update(driver=p.driver, points=len(p.points), description=p.description, error=None)
+            except ConfigError as exc:
+                row.update(driver=None, points=None, description=None, error=exc.problems[0])
+            rows.append(row)
+        print_json(rows)
+        return
     table = Table()
     for column in ("name", "driver", "points"):
         table.add_column(column, no_wrap=True)  # names are what users copy: never cut
@@ -251,17 +269,19 @@ def profiles_list(dirs: tuple[Path, ...]) -> None:
             table.add_row(
                 found.name, "?", "?", f"[red]invalid: {exc.problems[0]}[/red]", found.source, file
             )
-    Console().print(table)
+    console().print(table)
 
 
 @profiles.command("show")
-@click.argument("name")
-@click.option("--profile-dir", "dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False))
-def profiles_show(name: str, dirs: tuple[Path, ...]) -> None:
+@click.option("--profile-dir", "dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              is_eager=True)  # read before NAME is completed
+@click.argument("name", shell_complete=profile_names)
+@click.option("--json", "as_json", is_flag=True, help="The profile as JSON (as validated).")
+def profiles_show(name: str, dirs: tuple[Path, ...], as_json: bool) -> None:
     """Points, state map and alarms of profile NAME."""
-    from rich.console import Console
     from rich.table import Table
 
+    from cellctl.cli.output import console as make_console
     from cellctl.config.profiles import load_profile, search_path
     from cellctl.errors import ConfigError
 
@@ -269,7 +289,12 @@ def profiles_show(name: str, dirs: tuple[Path, ...]) -> None:
         p = load_profile(name, search_path(list(dirs)))
     except ConfigError as exc:
         _fail_config(exc.problems)
-    console = Console()
+    if as_json:
+        from cellctl.exits import print_json
+
+        print_json(p.model_dump(mode="json"))
+        return
+    console = make_console()
     console.print(f"[bold]{p.name}[/bold] ({p.driver}) {p.description or ''}")
     table = Table("point", "type", "access", "unit", "scale", "deadband", "address")
     for pt in p.points:
