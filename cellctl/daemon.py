@@ -15,6 +15,7 @@ import contextlib
 import signal
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -34,6 +35,9 @@ from cellctl.errors import ConfigError
 from cellctl.outbox import DropEvent, Outbox, OutboxError, OutboxWriter, Record
 from cellctl.sparkplug.state import StateFileError
 from cellctl.sparkplug.topics import case_collisions
+
+if TYPE_CHECKING:
+    from cellctl.status.server import StatusServer
 
 log = structlog.get_logger("cellctl.daemon")
 
@@ -171,6 +175,12 @@ class Daemon:
         self.deliveries = deliveries
         self.writer.on_stored = _Dispatch(deliveries)
         self.reporter = OutboxReporter(self.writer, uns=self.uns, node=self.node)
+        self.status_page: StatusServer | None = None
+        if cfg.status_page is not None:  # the local status page, off unless configured
+            from cellctl.status.server import StatusServer
+
+            self.status_page = StatusServer(self, cfg.status_page)
+            self.fanout.sinks.append(self.status_page.feed)
 
     def _uns_live(self) -> None:
         """The UNS session is live: retained messages of current state go out again."""
@@ -181,6 +191,8 @@ class Daemon:
     def _on_drop(self, event: DropEvent) -> None:
         if self.reporter is not None:
             self.reporter.on_drop(event)
+        if self.status_page is not None:
+            self.status_page.on_drop(event.reason, event.count)
 
     @property
     def session(self) -> MqttSession:
@@ -220,6 +232,8 @@ class Daemon:
                     helpers.append(tg.create_task(self.reporter.run(), name="outbox-report"))
                     helpers.append(tg.create_task(self.executor.run(), name="command-executor"))
                     cell_task = tg.create_task(self.cell.run(self.stop), name="cell")
+                    if self.status_page is not None:
+                        helpers.append(tg.create_task(self.status_page.run(), name="status-page"))
                     interval = systemd.watchdog_interval()
                     if interval:
                         helpers.append(tg.create_task(self._watchdog(interval), name="watchdog"))

@@ -40,20 +40,21 @@ def json_text(data: Any) -> str:
     (JSON has no such numbers, and a commissioning tool must show them, not hide them)."""
     import orjson
 
-    return orjson.dumps(_finite(data), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+    return orjson.dumps(finite(data), option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
 
 
 def print_json(data: Any) -> None:
     click.echo(json_text(data))
 
 
-def _finite(data: Any) -> Any:
+def finite(data: Any) -> Any:
+    """`data` with non-finite floats as strings (JSON has no NaN or infinity)."""
     if isinstance(data, float) and not math.isfinite(data):
         return "nan" if math.isnan(data) else ("inf" if data > 0 else "-inf")
     if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
+        return {k: finite(v) for k, v in data.items()}
     if isinstance(data, list | tuple):
-        return [_finite(v) for v in data]
+        return [finite(v) for v in data]
     return data
 
 
