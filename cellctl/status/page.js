@@ -58,11 +58,13 @@ function deviceCard(dev) {
   }
   const table = el("table", {});
   for (const p of dev.points) {
+    // a point that is bad because the device is: the card says why, once
+    const why = p.reason && p.reason !== dev.reason ? `: ${p.reason}` : "";
     table.append(el("tr", { "data-device": dev.id, "data-point": p.id, "data-quality": p.q },
       el("td", {}, p.id),
-      el("td", { class: "value" }, shown(p.v)),
+      el("td", { class: p.q === "good" ? "value" : "value stale" }, shown(p.v)),
       el("td", {}, p.unit || ""),
-      el("td", { class: `q-${p.q}`, title: p.reason || "" }, p.q === "good" ? "" : `${p.q}${p.reason ? ": " + p.reason : ""}`)));
+      el("td", { class: `q-${p.q}`, title: p.reason || "" }, p.q === "good" ? "" : `${p.q}${why}`)));
   }
   card.append(table);
   return card;
