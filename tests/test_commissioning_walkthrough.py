@@ -138,7 +138,7 @@ def test_the_walkthrough(gateway: str, broker: Mosquitto, tmp_path: Path) -> Non
         assert watch.stdout is not None
         deadline = time.monotonic() + 30
         seen: dict[str, Any] = {}
-        while time.monotonic() < deadline and not seen.get("voltage_l1", {}).get("q") == "good":
+        while time.monotonic() < deadline and seen.get("voltage_l1", {}).get("q") != "good":
             if select.select([watch.stdout], [], [], 0.2)[0]:
                 view = json.loads(watch.stdout.readline())
                 seen = view["devices"].get("meter-1", {}).get("points", {})
