@@ -18,8 +18,8 @@ docs/writing-a-driver.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, runtime_checkable
 
@@ -58,6 +58,7 @@ __all__ = [
     "implausible",
     "json_text",
     "print_json",
+    "scoped_logging",
 ]
 
 ValueType = Literal["bool", "int", "float", "string"]
@@ -226,3 +227,15 @@ def configure_logging(
     from cellctl import logs
 
     logs.configure(level, json=json, stream=stream)
+
+
+@contextmanager
+def scoped_logging(
+    level: LogLevel = "warning", *, json: bool | None = None, stream: TextIO | None = None
+) -> Iterator[None]:
+    """`configure_logging` for the length of one CLI command, restoring the previous
+    set-up afterwards (a command may run in-process: the demo, a test's CliRunner)."""
+    from cellctl import logs
+
+    with logs.scoped(level, json=json, stream=stream):
+        yield

@@ -146,9 +146,9 @@ def poll(config: Path, devices: tuple[str, ...], wait: float, as_json: bool) -> 
     from cellctl.cli.poll import poll_all, print_polled, select_devices
     from cellctl.exits import print_json
 
-    logs.configure("error", json=False)  # the result is the output; driver chatter is not
     compiled = _load(config)
-    results = asyncio.run(poll_all(select_devices(compiled, devices), wait))
+    with logs.scoped("error", json=False):  # the result is the output; driver chatter is not
+        results = asyncio.run(poll_all(select_devices(compiled, devices), wait))
     if as_json:
         print_json({"config": str(config), "devices": [r.as_dict() for r in results]})
     else:

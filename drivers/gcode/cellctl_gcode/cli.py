@@ -299,12 +299,12 @@ def read(*, port: str, baud: int, dialect: str, timeout: float, as_json: bool) -
     positions, feed and spindle, pins, overrides), Marlin's position (M114) and
     temperatures (M105). Exit code 1 when the machine cannot be reached or does not
     answer in time."""
-    from cellctl.driver import CommandFailed, DeviceUnavailable, print_json
+    from cellctl.driver import CommandFailed, DeviceUnavailable, print_json, scoped_logging
 
-    _quiet_logs(False)
     ctx = _context(port, baud, dialect)
     try:
-        data = asyncio.run(_read_status(ctx, timeout))
+        with scoped_logging("warning", json=False):
+            data = asyncio.run(_read_status(ctx, timeout))
     except DeviceUnavailable as exc:
         raise CommandFailed(exc.reason) from None
     except TimeoutError:

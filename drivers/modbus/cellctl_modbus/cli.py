@@ -120,12 +120,12 @@ def _connection_options(unit_default: int | None) -> Callable[[Any], Any]:
 
 def _run(coro: Any) -> Any:
     """Run one command's I/O; the driver's errors become the convention's exit codes."""
-    from cellctl.driver import DeviceUnavailable, configure_logging
+    from cellctl.driver import DeviceUnavailable, scoped_logging
     from cellctl_modbus.transport import RequestError
 
-    configure_logging("error", stream=sys.stderr)  # stdout carries the result only
     try:
-        return asyncio.run(coro)
+        with scoped_logging("error", stream=sys.stderr):  # stdout carries the result only
+            return asyncio.run(coro)
     except DeviceUnavailable as exc:
         raise CommandFailed(exc.reason) from None
     except RequestError as exc:

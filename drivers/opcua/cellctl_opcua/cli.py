@@ -276,10 +276,9 @@ def read(
     code 1 when a node is not Good, or the server cannot be reached; 2 for a bad NODE."""
     from pydantic import ValidationError
 
-    from cellctl.driver import CommandFailed, ExitCode, configure_logging, print_json
+    from cellctl.driver import CommandFailed, ExitCode, print_json, scoped_logging
     from cellctl_opcua.config import NodeAddress, OpcUaConnection
 
-    configure_logging("error", stream=sys.stderr)
     addresses = []
     for text in nodes:
         spec: dict[str, Any] = {"node": text} if _is_node_id(text) else {"path": text, "namespace": namespace}
@@ -303,7 +302,8 @@ def read(
         msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False))
         raise CommandFailed(f"endpoint {endpoint!r}: {msg}", ExitCode.BAD_INPUT) from None
     try:
-        rows = asyncio.run(_read(connection, addresses, nodes, timeout=timeout))
+        with scoped_logging("error", stream=sys.stderr):
+            rows = asyncio.run(_read(connection, addresses, nodes, timeout=timeout))
     except Exception as exc:  # DeviceUnavailable, a server error: say it, no traceback
         raise CommandFailed(str(getattr(exc, "reason", None) or exc)) from None
     if as_json:
