@@ -1,12 +1,13 @@
 # The two commands a newcomer needs:   make demo   and   make test
 # Both set up a virtualenv (.venv) with the whole workspace installed editable and
-# install the mosquitto broker with apt-get when it is missing.
+# install the mosquitto broker with apt-get when it is missing; `make test` also installs
+# what some tests drive (systemd-analyze, node + the AsyncAPI parser, Chromium).
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup broker asyncapi-parser demo test lint bench clean
+.PHONY: setup broker test-tools asyncapi-parser browser demo test lint bench clean
 
 # The AsyncAPI project's parser, for tests/test_contract_asyncapi.py (npm, into the test cache).
 ASYNCAPI_PARSER_DIR ?= .pytest_cache/asyncapi-parser
@@ -28,17 +29,32 @@ broker:
 	  echo "installing mosquitto (apt-get)"; \
 	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto; }
 
-asyncapi-parser:
+# systemd-analyze checks the unit; node and npm run the AsyncAPI project's parser.
+test-tools:
+	@missing=""; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	{ command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; } || missing="$$missing nodejs npm"; \
+	[ -z "$$missing" ] || { echo "installing$$missing (apt-get)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; }
+
+asyncapi-parser: test-tools
 	@if command -v npm >/dev/null 2>&1; then \
 	  [ -d $(ASYNCAPI_PARSER_DIR)/node_modules/@asyncapi/parser ] || { \
 	    mkdir -p $(ASYNCAPI_PARSER_DIR) && \
 	    npm install --prefix $(ASYNCAPI_PARSER_DIR) --no-audit --no-fund --silent $(ASYNCAPI_PARSER); }; \
 	else echo "npm not found: the AsyncAPI parser test will be skipped (CI installs nodejs and npm)"; fi
 
+# Debian's Chromium and its driver for the status page's browser test (CI installs them;
+# without them that one test is skipped and says why).
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  echo "installing chromium and chromium-driver (apt-get)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+
 demo: setup broker
 	$(VENV)/bin/cellctl demo
 
-test: setup broker asyncapi-parser
+test: setup broker test-tools asyncapi-parser browser
 	$(VENV)/bin/pytest
 
 lint: setup

@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
@@ -45,6 +46,9 @@ from cellctl.outbox import DropEvent, Outbox, OutboxError, OutboxWriter, Record
 from cellctl.reload import diff_cells
 from cellctl.sparkplug.topics import case_collisions
 from cellctl.statefile import StateFileError
+
+if TYPE_CHECKING:
+    from cellctl.status.server import StatusServer
 
 log = structlog.get_logger("cellctl.daemon")
 
@@ -198,6 +202,12 @@ class Daemon:
         self.deliveries = deliveries
         self.writer.on_stored = _Dispatch(deliveries)
         self.reporter = OutboxReporter(self.writer, uns=self.uns, node=self.node)
+        self.status_page: StatusServer | None = None
+        if cfg.status_page is not None:  # the local status page, off unless configured
+            from cellctl.status.server import StatusServer
+
+            self.status_page = StatusServer(self, cfg.status_page)
+            self.fanout.sinks.append(self.status_page.feed)
 
     def _audit_event(self, event: dict[str, object]) -> None:
         """Every command outcome, durable: through the outbox to `<root>/events`."""
@@ -299,6 +309,8 @@ class Daemon:
     def _on_drop(self, event: DropEvent) -> None:
         if self.reporter is not None:
             self.reporter.on_drop(event)
+        if self.status_page is not None:
+            self.status_page.on_drop(event.reason, event.count)
 
     @property
     def session(self) -> MqttSession:
@@ -393,6 +405,8 @@ class Daemon:
                 helpers.append(tg.create_task(self.reporter.run(), name="outbox-report"))
                 helpers.append(tg.create_task(self.router.run(), name="command-router"))
                 cell_task = tg.create_task(self.cell.run(self.stop), name="cell")
+                if self.status_page is not None:
+                    helpers.append(tg.create_task(self.status_page.run(), name="status-page"))
                 interval = systemd.watchdog_interval()
                 if interval:
                     helpers.append(tg.create_task(self._watchdog(interval), name="watchdog"))

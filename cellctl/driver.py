@@ -11,14 +11,15 @@ browsing. Third-party drivers register a `DriverPlugin` object in the entry-poin
 
 This module is the whole SDK a driver touches: everything a driver needs from the core
 (durations for its option models, logging set-up for its CLI commands) is re-exported
-here, and a test keeps the drivers from importing any other core module. See
+here (so is the CLI convention of `cellctl.exits`, for its commands), and a test keeps
+the drivers from importing any other core module. See
 docs/writing-a-driver.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TextIO, runtime_checkable
 
@@ -26,6 +27,7 @@ from pydantic import BaseModel
 
 from cellctl.credentials import secret_path
 from cellctl.durations import Duration, PositiveDuration
+from cellctl.exits import CommandFailed, ExitCode, implausible, json_text, print_json
 from cellctl.floats import float32_shortest
 from cellctl.model import Quality
 
@@ -36,11 +38,13 @@ __all__ = [
     "Access",
     "Browser",
     "Caller",
+    "CommandFailed",
     "DeviceContext",
     "DeviceUnavailable",
     "DriverPlugin",
     "DriverRegistry",
     "Duration",
+    "ExitCode",
     "JobControl",
     "PointSpec",
     "Poller",
@@ -53,6 +57,10 @@ __all__ = [
     "Writer",
     "configure_logging",
     "float32_shortest",
+    "implausible",
+    "json_text",
+    "print_json",
+    "scoped_logging",
     "secret_path",
 ]
 
@@ -237,3 +245,15 @@ def configure_logging(
     from cellctl import logs
 
     logs.configure(level, json=json, stream=stream)
+
+
+@contextmanager
+def scoped_logging(
+    level: LogLevel = "warning", *, json: bool | None = None, stream: TextIO | None = None
+) -> Iterator[None]:
+    """`configure_logging` for the length of one CLI command, restoring the previous
+    set-up afterwards (a command may run in-process: the demo, a test's CliRunner)."""
+    from cellctl import logs
+
+    with logs.scoped(level, json=json, stream=stream):
+        yield

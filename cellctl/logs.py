@@ -9,8 +9,10 @@ shipper never has to guess where a record ends.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Literal, TextIO
 
 import structlog
@@ -43,7 +45,9 @@ def _library_handler(out: TextIO, as_json: bool) -> logging.Handler:
     return handler
 
 
-def configure(level: LogLevel = "info", *, json: bool | None = None, stream: TextIO | None = None) -> None:
+def configure(
+    level: LogLevel = "info", *, json: bool | None = None, stream: TextIO | None = None, cache: bool = True
+) -> None:
     out = stream or sys.stderr
     as_json = not out.isatty() if json is None else json
     structlog.configure(
@@ -58,7 +62,7 @@ def configure(level: LogLevel = "info", *, json: bool | None = None, stream: Tex
         # one write per line (message and newline together), so a library record written
         # from another thread can never land inside one of ours
         logger_factory=structlog.WriteLoggerFactory(file=out),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     root = logging.getLogger()
     for old in root.handlers[:]:
@@ -69,3 +73,28 @@ def configure(level: LogLevel = "info", *, json: bool | None = None, stream: Tex
     root.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     logging.getLogger("pymodbus").setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
     logging.captureWarnings(True)  # warnings.warn() lines too
+
+
+@contextlib.contextmanager
+def scoped(level: LogLevel, *, json: bool | None = None, stream: TextIO | None = None) -> Iterator[None]:
+    """`configure` for one command that may run inside another process (the demo, a
+    test's CliRunner): no logger is cached meanwhile, and the previous set-up (structlog's
+    and the stdlib root's) is back afterwards, so nothing outlives the command."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, root_level = root.handlers[:], root.level
+    pymodbus = logging.getLogger("pymodbus")
+    pymodbus_level = pymodbus.level
+    capturing = getattr(logging, "_warnings_showwarning", None) is not None  # captureWarnings' own flag
+    configure(level, json=json, stream=stream, cache=False)
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+        for h in handlers:
+            root.addHandler(h)
+        root.setLevel(root_level)
+        pymodbus.setLevel(pymodbus_level)
+        logging.captureWarnings(capturing)

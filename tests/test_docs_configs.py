@@ -1,6 +1,7 @@
 """Every config a user may copy passes `cellctl check`: the drivers' sample configs and
-every cell config shown in the README and the docs (a ```yaml block with `identity:`).
-Check does no I/O, so the documentation addresses in them need not answer."""
+every cell config shown in the README and the docs (a ```yaml block with `identity:`),
+with the profiles the same document shows (a block with `name:` and `points:`) in
+`profiles/` beside it. Check does no I/O, so the documentation addresses need not answer."""
 
 from __future__ import annotations
 
@@ -31,6 +32,16 @@ def doc_configs() -> list[tuple[str, str]]:
     return found
 
 
+def doc_profiles(doc: Path) -> dict[str, str]:
+    """name -> text of every profile block in `doc`."""
+    found = {}
+    for m in _YAML_BLOCK.finditer(doc.read_text(encoding="utf-8")):
+        name = re.search(r"^name: (\S+)$", m.group(1), re.M)
+        if name and re.search(r"^points:", m.group(1), re.M):
+            found[name.group(1)] = m.group(1)
+    return found
+
+
 def _check(path: Path) -> None:
     result = CliRunner().invoke(cli, ["check", str(path)])
     assert result.exit_code == 0, f"{path}:\n{result.output}"
@@ -56,6 +67,11 @@ def test_docs_show_cell_configs() -> None:
 def test_doc_config_passes_check(where: str, text: str, tmp_path: Path) -> None:
     path = tmp_path / "cell.yaml"
     path.write_text(text, encoding="utf-8")
+    profiles = doc_profiles(ROOT / where.rsplit(":", 1)[0])
+    if profiles:
+        (tmp_path / "profiles").mkdir()
+        for name, profile in profiles.items():
+            (tmp_path / "profiles" / f"{name}.yaml").write_text(profile, encoding="utf-8")
     _check(path)
 
 

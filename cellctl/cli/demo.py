@@ -17,13 +17,11 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import orjson
 
 from cellctl.localbroker import BrokerError, EmbeddedBroker, Mosquitto, find_mosquitto, free_port
 
@@ -51,84 +49,6 @@ devices:
     poll_interval: 250ms
     timeout: 1s
 """
-
-
-class _View:
-    """What a consumer knows, from retained state and data messages."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.status = "?"
-        self.devices: dict[str, dict[str, Any]] = {}
-        self.messages = 0
-
-    def on_message(self, topic: str, payload: bytes) -> None:
-        try:
-            body = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return
-        parts = topic.split("/")
-        with self.lock:
-            self.messages += 1
-            if parts[-1] == "status":
-                self.status = body.get("status", "?")
-                return
-            if len(parts) < 2 or parts[-1] not in ("state", "data"):
-                return  # cell-level figures (outbox, events) and per-point topics
-            dev = self.devices.setdefault(parts[-2], {"points": {}, "machine": {}, "available": None})
-            if parts[-1] == "state":
-                dev["available"] = body.get("available")
-                dev["machine"] = body.get("machine", {})
-                for pid, entry in body.get("points", {}).items():
-                    dev["points"][pid] = dict(entry)
-            elif parts[-1] == "data":
-                for pid, value in body.get("values", {}).items():
-                    dev["points"].setdefault(pid, {})["v"] = value
-                for pid, q in body.get("quality", {}).items():
-                    entry = dev["points"].setdefault(pid, {})
-                    entry["q"] = q.get("q")
-                    entry["reason"] = q.get("reason")
-                if body.get("machine"):
-                    dev["machine"] = body["machine"]
-                    dev["available"] = body["machine"].get("item_state") != "not_available"
-
-    def render(self, root: str) -> Any:
-        from rich.columns import Columns
-        from rich.console import Group
-        from rich.table import Table
-        from rich.text import Text
-
-        with self.lock:
-            head = Text.assemble(
-                ("cellctl demo ", "bold"),
-                f"- cell status: {self.status} - {self.messages} MQTT messages - topics {root}/# - Ctrl-C to stop",
-            )
-            tables: list[Any] = [head]
-            for dev_id, dev in sorted(self.devices.items()):
-                m = dev["machine"]
-                alarms = ", ".join(f"{a['code']} {a['text']}" for a in m.get("alarms", [])) or "none"
-                caption = (
-                    f"{m.get('item_state', '?')} / {m.get('operation_mode', '?')} / {m.get('execution', '?')}"
-                    f" (raw {m.get('raw_state')})\nalarms: {alarms}"
-                )
-                table = Table(
-                    "point",
-                    "value",
-                    "unit",
-                    "quality",
-                    title=f"[bold]{dev_id}[/bold]",
-                    caption=caption,
-                    caption_justify="left",
-                )
-                for pid, entry in sorted(dev["points"].items()):
-                    v = entry.get("v")
-                    shown = f"{v:.3f}" if isinstance(v, float) else str(v)
-                    q = entry.get("q", "?")
-                    style = {"good": "green", "uncertain": "yellow"}.get(q, "red")
-                    reason = f" ({entry['reason']})" if entry.get("reason") else ""
-                    table.add_row(pid, shown, entry.get("unit") or "", Text(f"{q}{reason}", style=style))
-                tables.append(table)
-        return Group(tables[0], Columns(tables[1:]))
 
 
 def _start_sim(sim_port: int) -> subprocess.Popen[str]:
@@ -243,16 +163,16 @@ def _run_in(workdir: Path, *, broker: str, duration: float | None, table: bool, 
 
 
 async def _run(daemon: Daemon, broker_port: int, duration: float | None, table: bool) -> None:
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
+    from cellctl.cli.watch import CellView, subscribed
+    from cellctl.config.cell import Backbone
 
-    root = daemon.root
-    view = _View()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"cellctl-demo-view-{os.getpid()}")
-    client.on_connect = lambda c, *a: c.subscribe(f"{root}/#", qos=0)
-    client.on_message = lambda c, u, msg: view.on_message(msg.topic, bytes(msg.payload))
-    client.connect("127.0.0.1", broker_port)
-    client.loop_start()
+    view = CellView(daemon.root)  # the same view as `cellctl watch`
+    backbone = Backbone(host="127.0.0.1", port=broker_port)
+    with subscribed(view, backbone, client_id=f"cellctl-demo-view-{os.getpid()}"):
+        await _run_with_view(daemon, view, duration, table)
+
+
+async def _run_with_view(daemon: Daemon, view: Any, duration: float | None, table: bool) -> None:
     daemon_task = asyncio.create_task(daemon.run(), name="daemon")
     try:
         deadline = None if duration is None else time.monotonic() + duration
@@ -260,14 +180,14 @@ async def _run(daemon: Daemon, broker_port: int, duration: float | None, table: 
         if table:
             from rich.live import Live
 
-            live = Live(view.render(root), refresh_per_second=4, screen=False)
+            live = Live(view.render("cellctl demo"), refresh_per_second=4, screen=False)
             live.start()
         try:
             while not daemon_task.done() and (deadline is None or time.monotonic() < deadline):
                 # wake early when the daemon ends (Ctrl-C reaches its signal handler)
                 await asyncio.wait({daemon_task}, timeout=0.25)
                 if live is not None:
-                    live.update(view.render(root))
+                    live.update(view.render("cellctl demo"))
         finally:
             if live is not None:
                 live.stop()
@@ -275,8 +195,6 @@ async def _run(daemon: Daemon, broker_port: int, duration: float | None, table: 
         daemon.stop.set()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(daemon_task, 10)
-        client.loop_stop()
-        client.disconnect()
         if not table:
             click.echo(
                 f"demo stopped: {view.messages} messages seen, devices: {', '.join(sorted(view.devices))}"

@@ -1,5 +1,6 @@
 """Click groups whose commands installed distributions contribute through entry points
-(``cellctl.commands`` for top-level commands, ``cellctl.sims`` for simulators).
+(``cellctl.commands`` for top-level commands, ``cellctl.sims`` for simulators,
+``cellctl.read`` and ``cellctl.scan`` for `cellctl read DRIVER` and `cellctl scan DRIVER`).
 
 The core names no driver module: a distribution registers ``name = "module:command"``
 and the command appears as `cellctl name`. A command is imported only when it runs or
@@ -18,6 +19,8 @@ import click
 
 COMMANDS = "cellctl.commands"
 SIMS = "cellctl.sims"
+READERS = "cellctl.read"  # `cellctl read DRIVER`
+SCANNERS = "cellctl.scan"  # `cellctl scan DRIVER`
 HELP_OPTION_NAMES = ["-h", "--help"]
 
 

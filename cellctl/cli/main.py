@@ -7,23 +7,37 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from cellctl import __version__
-from cellctl.cli.entrypoints import COMMANDS, SIMS, EntryPointGroup
+from cellctl.cli.complete import device_ids, profile_names
+from cellctl.cli.convention import RootGroup
+from cellctl.cli.entrypoints import COMMANDS, READERS, SCANNERS, SIMS, EntryPointGroup
+from cellctl.exits import CommandFailed, ExitCode
 
-EXIT_CONFIG = 2
+EXIT_CONFIG = ExitCode.BAD_INPUT
 
 config_arg = click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 
 
-def _fail_config(problems: list[str]) -> None:
-    for line in problems:
-        click.echo(f"error: {line}", err=True)
-    click.echo(f"{len(problems)} problem(s); nothing was started.", err=True)
-    sys.exit(EXIT_CONFIG)
+class ConfigProblems(CommandFailed):
+    """A bad config or profile: one line per problem, exit code 2 (with --json, one JSON
+    error whose message holds every line)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems), ExitCode.BAD_INPUT)
+        self.problems = problems
+
+    def show(self, file: Any = None) -> None:
+        for line in self.problems:
+            click.echo(f"error: {line}", err=True)
+        click.echo(f"{len(self.problems)} problem(s); nothing was started.", err=True)
+
+
+def _fail_config(problems: list[str]) -> NoReturn:
+    raise ConfigProblems(problems)
 
 
 def _load(config: Path) -> Any:
@@ -38,7 +52,7 @@ def _load(config: Path) -> Any:
 
 # `-h` and `--help` everywhere: subcommands, including contributed ones, inherit this.
 @click.group(
-    cls=EntryPointGroup,
+    cls=RootGroup,
     entry_point_group=COMMANDS,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -89,6 +103,8 @@ def run(ctx: click.Context, config: Path) -> None:
         asyncio.run(main())
     except ConfigError as exc:
         _fail_config(exc.problems)
+    except click.ClickException:
+        raise
     except Exception as exc:  # a bug: one JSON line with the traceback, then exit 1 (systemd restarts)
         _configure_logs(ctx)  # the crash may come before the config's log settings were applied
         lifecycle.report_crash(exc)
@@ -142,6 +158,87 @@ def check(config: Path, as_json: bool) -> None:
         click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     else:
         print_summary(data)
+
+
+@cli.command()
+@config_arg
+@click.option("--device", "devices", multiple=True, metavar="ID", shell_complete=device_ids,
+              help="Only this device (repeatable).")
+@click.option("--wait", type=click.FloatRange(0.1, 120), default=3.0, show_default=True,
+              help="Seconds to listen to a pushing device (OPC UA, G-code) for its first values.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result (errors too).")
+def poll(config: Path, devices: tuple[str, ...], wait: float, as_json: bool) -> None:
+    """Open each device of CONFIG, read it once and print every point (value, unit,
+    quality, reason) and the machine state, flagging the commissioning traps: every point
+    bad (wrong unit id or profile), the state point bad, floats that look like the wrong
+    word order. Exit code 1 when a device is unreachable or shows a trap."""
+    import asyncio
+
+    from cellctl import logs
+    from cellctl.cli.poll import poll_all, print_polled, select_devices
+    from cellctl.exits import print_json
+
+    compiled = _load(config)
+    with logs.scoped("error", json=False):  # the result is the output; driver chatter is not
+        results = asyncio.run(poll_all(select_devices(compiled, devices), wait))
+    if as_json:
+        print_json({"config": str(config), "devices": [r.as_dict() for r in results]})
+    else:
+        print_polled(results)
+    if any(r.traps for r in results):
+        sys.exit(ExitCode.FAILED)
+
+
+@cli.command()
+@click.option("--config", "config", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Take the broker, TLS, credentials and topic root from this cell config.")
+@click.option("--host", default=None, help="Broker host (default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="Broker port (default 1883).")
+@click.option("--username", default=None)
+@click.option("--password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding the password (never on the command line).")
+@click.option("--tls-ca", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="CA file: connect with TLS.")
+@click.option("--root", default=None, metavar="TOPIC",
+              help="The cell's UNS root, e.g. uns/v1/acme/berlin/machining/line-1/cell-3.")
+@click.option("--json", "as_json", is_flag=True, help="Stream the view as JSON lines, one per change.")
+@click.option("--interval", type=click.FloatRange(0.05, 60), default=0.5, show_default=True,
+              help="Seconds between redraws or JSON lines.")
+@click.option("--duration", type=click.FloatRange(0.1), default=None, help="Stop after this many seconds.")
+def watch(
+    *,
+    config: Path | None, host: str | None, port: int | None, username: str | None, password_file: Path | None,
+    tls_ca: Path | None, root: str | None, as_json: bool, interval: float, duration: float | None,
+) -> None:  # fmt: skip
+    """The live table of a running cell from the backbone, as any consumer sees it:
+    devices, points, machine state, alarms, job, outbox and events. Give --config CELL.yaml
+    or the broker and --root."""
+    from pydantic import ValidationError
+
+    from cellctl.cli.watch import CellView, run_watch
+    from cellctl.config.cell import Backbone
+    from cellctl.encode.uns import cell_root
+
+    overrides: dict[str, Any] = {
+        k: v for k, v in {"host": host, "port": port, "username": username, "password_file": password_file}.items()
+        if v is not None
+    }  # fmt: skip
+    if tls_ca is not None:
+        overrides["tls"] = {"ca_file": tls_ca}
+    if config is not None:
+        compiled = _load(config)
+        backbone = compiled.config.backbone.model_copy(update=overrides)
+        root = root or cell_root(compiled.config.publish.prefix, compiled.config.identity)
+    else:
+        if root is None:
+            raise CommandFailed("give --config CELL.yaml, or --root TOPIC with the broker options", ExitCode.BAD_INPUT)
+        try:
+            backbone = Backbone.model_validate(overrides)
+        except ValidationError as exc:
+            raise CommandFailed(str(exc.errors(include_url=False)[0]["msg"]), ExitCode.BAD_INPUT) from None
+    if backbone.password_file is not None and not backbone.password_file.is_file():
+        raise CommandFailed(f"password file {str(backbone.password_file)!r} cannot be read", ExitCode.BAD_INPUT)
+    run_watch(CellView(root.rstrip("/")), backbone, as_json=as_json, duration=duration, interval=interval)
 
 
 @cli.command()
@@ -211,15 +308,31 @@ def profiles() -> None:
 
 @profiles.command("list")
 @click.option("--profile-dir", "dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False))
-def profiles_list(dirs: tuple[Path, ...]) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable list.")
+def profiles_list(dirs: tuple[Path, ...], as_json: bool) -> None:
     """Every profile on the search path: the file that wins, where it comes from (config,
     system or the distribution that ships it), and any file of the same name it shadows."""
-    from rich.console import Console
     from rich.table import Table
 
+    from cellctl.cli.output import console
     from cellctl.config.profiles import list_profiles, load_profile_file, search_dirs
     from cellctl.errors import ConfigError
 
+    if as_json:
+        from cellctl.exits import print_json
+
+        rows: list[dict[str, Any]] = []
+        for found in list_profiles(search_dirs(list(dirs))):
+            row: dict[str, Any] = {"name": found.name, "from": found.source, "file": str(found.path),
+                                   "shadows": [str(p) for p in found.shadowed]}  # fmt: skip
+            try:
+                p = load_profile_file(found.path)
+                row.update(driver=p.driver, points=len(p.points), description=p.description, error=None)
+            except ConfigError as exc:
+                row.update(driver=None, points=None, description=None, error=exc.problems[0])
+            rows.append(row)
+        print_json(rows)
+        return
     table = Table()
     for column in ("name", "driver", "points"):
         table.add_column(column, no_wrap=True)  # names are what users copy: never cut
@@ -235,17 +348,19 @@ def profiles_list(dirs: tuple[Path, ...]) -> None:
             table.add_row(
                 found.name, "?", "?", f"[red]invalid: {exc.problems[0]}[/red]", found.source, file
             )
-    Console().print(table)
+    console().print(table)
 
 
 @profiles.command("show")
-@click.argument("name")
-@click.option("--profile-dir", "dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False))
-def profiles_show(name: str, dirs: tuple[Path, ...]) -> None:
+@click.option("--profile-dir", "dirs", multiple=True, type=click.Path(path_type=Path, file_okay=False),
+              is_eager=True)  # read before NAME is completed
+@click.argument("name", shell_complete=profile_names)
+@click.option("--json", "as_json", is_flag=True, help="The profile as JSON (as validated).")
+def profiles_show(name: str, dirs: tuple[Path, ...], as_json: bool) -> None:
     """Points, state map and alarms of profile NAME."""
-    from rich.console import Console
     from rich.table import Table
 
+    from cellctl.cli.output import console as make_console
     from cellctl.config.profiles import load_profile, search_path
     from cellctl.errors import ConfigError
 
@@ -253,7 +368,12 @@ def profiles_show(name: str, dirs: tuple[Path, ...]) -> None:
         p = load_profile(name, search_path(list(dirs)))
     except ConfigError as exc:
         _fail_config(exc.problems)
-    console = Console()
+    if as_json:
+        from cellctl.exits import print_json
+
+        print_json(p.model_dump(mode="json"))
+        return
+    console = make_console()
     console.print(f"[bold]{p.name}[/bold] ({p.driver}) {p.description or ''}")
     table = Table("point", "type", "access", "unit", "scale", "deadband", "address")
     for pt in p.points:
@@ -276,6 +396,18 @@ def profiles_show(name: str, dirs: tuple[Path, ...]) -> None:
 def sim() -> None:
     """Simulated devices for tests, demos and commissioning practice. Simulators come from
     installed distributions (cellctl-sim: pip install ./sim_devices)."""
+
+
+@cli.group(cls=EntryPointGroup, entry_point_group=READERS)
+def read() -> None:
+    """Read a device once, without a config: Modbus registers with every type and word
+    order decoded, OPC UA nodes, a G-code machine's status. Each driver contributes its
+    own `cellctl read DRIVER`."""
+
+
+@cli.group(cls=EntryPointGroup, entry_point_group=SCANNERS)
+def scan() -> None:
+    """Find what answers: unit ids on a Modbus gateway or RTU line, and what each can read."""
 
 
 @cli.command()

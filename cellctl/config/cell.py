@@ -3,6 +3,7 @@ it has. Validated once at start-up; frozen afterwards."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -151,6 +152,40 @@ class Publish(_Frozen):
         return self
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class StatusPage(_Frozen):
+    """The daemon's read-only local status page (docs/status-page.md); off unless the
+    section is given. On any address but loopback it needs a token or basic auth."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8088  # 0: any free port
+    token_file: Path | None = None  # ?token=... or Authorization: Bearer ...
+    username: str | None = None  # basic auth, with password_file
+    password_file: Path | None = None
+    events: Annotated[int, Field(ge=1, le=1000)] = 50  # last events kept for the page
+
+    @model_validator(mode="after")
+    def _auth(self) -> StatusPage:
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("basic auth needs both 'username' and 'password_file'")
+        if self.token_file is not None and self.username is not None:
+            raise ValueError("give 'token_file' or 'username'/'password_file', not both")
+        if not _loopback(self.host) and self.token_file is None and self.username is None:
+            raise ValueError(
+                f"host {self.host!r} is reachable from other machines: set 'token_file', or "
+                "'username' and 'password_file' (the page is open only on 127.0.0.1)"
+            )
+        return self
+
+
 class OutboxConfig(_Frozen):
     """The durable store-and-forward outbox in `state_dir` (docs/decisions/0004)."""
 
@@ -261,6 +296,7 @@ class CellConfig(_Frozen):
     commands: CommandsConfig = CommandsConfig()
     profile_dirs: list[Path] = []
     devices: list[DeviceConfig] = []
+    status_page: StatusPage | None = None  # off unless configured
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("devices")

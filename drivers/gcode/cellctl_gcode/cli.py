@@ -2,7 +2,9 @@
 
 * `cellctl ports`: the serial ports on this machine, with their stable by-id names;
 * `cellctl gcode send --port P FILE`: stream a job with a progress bar;
-* `cellctl gcode console --port P`: type G-code and see what the machine answers.
+* `cellctl gcode console --port P`: type G-code and see what the machine answers;
+* `cellctl read gcode --port P`: the machine's status report once (GRBL `?`, Marlin
+  M114 and M105), raw and parsed by the driver's own parsers.
 
 cellctl mounts `ports` and `gcode` lazily; `python -m cellctl_gcode` runs them alone.
 """
@@ -285,6 +287,83 @@ async def _console(ctx: Any, show_status: bool) -> int:
 
 async def _call(fn: Any) -> None:
     fn()
+
+
+@click.command("gcode")
+@_port_options
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True,
+              help="Seconds to wait for the report.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (errors too).")
+def read(*, port: str, baud: int, dialect: str, timeout: float, as_json: bool) -> None:
+    """Ask the machine for its status once and print it: GRBL's `?` report (state,
+    positions, feed and spindle, pins, overrides), Marlin's position (M114) and
+    temperatures (M105). Exit code 1 when the machine cannot be reached or does not
+    answer in time."""
+    from cellctl.driver import CommandFailed, DeviceUnavailable, print_json, scoped_logging
+
+    ctx = _context(port, baud, dialect)
+    try:
+        with scoped_logging("warning", json=False):
+            data = asyncio.run(_read_status(ctx, timeout))
+    except DeviceUnavailable as exc:
+        raise CommandFailed(exc.reason) from None
+    except TimeoutError:
+        raise CommandFailed(f"no status report from {port!r} within {timeout:g} s") from None
+    if as_json:
+        print_json(data)
+        return
+    click.echo(f"{data['port']} ({data['dialect']})")
+    for line in data["raw"]:
+        click.echo(f"< {line}")
+    for key, value in data["status"].items():
+        click.echo(f"{key:<14} {value}")
+
+
+async def _read_status(ctx: Any, timeout: float) -> dict[str, Any]:
+    import dataclasses
+
+    from cellctl_gcode import grbl, marlin
+    from cellctl_gcode.device import open_device
+
+    lines: list[str] = []
+    arrived = asyncio.Event()
+
+    def monitor(text: str) -> None:
+        lines.append(text)
+        arrived.set()
+
+    async def first(match: Any) -> str:
+        async with asyncio.timeout(timeout):
+            while True:
+                found = next((t for t in lines if match(t)), None)
+                if found is not None:
+                    return found
+                arrived.clear()
+                await arrived.wait()
+
+    async with open_device(ctx, monitor=monitor) as dev:
+        lines.clear()
+        status: dict[str, Any] = {}
+        raw: list[str] = []
+        if dev.dialect == "grbl":
+            dev.realtime(b"?")
+            report = await first(lambda t: grbl.parse_status(t) is not None)
+            parsed = grbl.parse_status(report)
+            assert parsed is not None
+            raw.append(report)
+            status = {k: v for k, v in dataclasses.asdict(parsed).items() if v not in (None, "", {}, ())}
+        else:
+            async with asyncio.timeout(timeout):
+                await dev.command("M114", timeout=timeout)
+                await dev.command("M105", timeout=timeout)
+            for text in lines:
+                if marlin.is_position_report(text):
+                    raw.append(text)
+                    status.update(marlin.parse_position(text))
+                elif marlin.is_temperature_report(text):
+                    raw.append(text)
+                    status.update(marlin.parse_temperatures(text))
+        return {"port": ctx.connection.port, "dialect": dev.dialect, "raw": raw, "status": status}
 
 
 def main() -> None:

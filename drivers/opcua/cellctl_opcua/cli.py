@@ -2,6 +2,7 @@
 
     cellctl browse opc.tcp://HOST:PORT [--depth N] [--profile-skeleton]   (cellctl_opcua.cli:browse)
     cellctl cert init | show | trust                                      (cellctl_opcua.cli:cert)
+    cellctl read opcua opc.tcp://HOST:PORT NODE... [--namespace URI]      (cellctl_opcua.cli:read)
 
 They use the driver itself (same connection, security and trust store as the daemon),
 never a second implementation. Heavy imports happen inside the commands.
@@ -236,3 +237,134 @@ def cert_trust(*, pki: Path | None, certificate: str) -> None:
         _fail(str(exc))
         return
     click.echo(f"trusted {path}")
+
+
+def _is_node_id(text: str) -> bool:
+    return text.startswith(("nsu=", "ns=", "i=", "s=", "g=", "b="))
+
+
+@click.command("read")
+@click.argument("endpoint")
+@click.argument("nodes", nargs=-1, required=True)
+@click.option("--namespace", default=None, metavar="URI", help="Namespace URI of browse path names.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, one object per node (errors too).")
+@click.option("--security-mode", type=click.Choice(_MODES), default="None", show_default=True)
+@click.option("--security-policy", type=click.Choice(_POLICIES), default=None, help="Default Basic256Sha256.")
+@pki_option
+@click.option("--username", default=None)
+@click.option(
+    "--password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+    help="File holding the password (never on the command line).",
+)
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True, help="Seconds per request.")
+def read(
+    *,
+    endpoint: str,
+    nodes: tuple[str, ...],
+    namespace: str | None,
+    as_json: bool,
+    security_mode: SecurityMode,
+    security_policy: SecurityPolicyName | None,
+    pki: Path | None,
+    username: str | None,
+    password_file: Path | None,
+    timeout: float,
+) -> None:
+    """Read NODE(s) of the OPC UA server at ENDPOINT once: value, data type, status and the
+    source and server timestamps. A NODE is a NodeId (nsu=<uri>;s=Name, i=2258) or a
+    browse path from Objects (Machine/Temperatures/Spindle, names in --namespace). Exit
+    code 1 when a node is not Good, or the server cannot be reached; 2 for a bad NODE."""
+    from pydantic import ValidationError
+
+    from cellctl.driver import CommandFailed, ExitCode, print_json, scoped_logging
+    from cellctl_opcua.config import NodeAddress, OpcUaConnection
+
+    addresses = []
+    for text in nodes:
+        spec: dict[str, Any] = {"node": text} if _is_node_id(text) else {"path": text, "namespace": namespace}
+        try:
+            addresses.append(NodeAddress.model_validate(spec))
+        except ValidationError as exc:
+            msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False))
+            raise CommandFailed(f"node {text!r}: {msg}", ExitCode.BAD_INPUT) from None
+    try:
+        connection = OpcUaConnection.model_validate(
+            {
+                "endpoint": endpoint,
+                "security_mode": security_mode,
+                "security_policy": security_policy,
+                "pki_dir": pki or default_pki_dir(),
+                "username": username,
+                "password_file": password_file,
+            }
+        )
+    except ValidationError as exc:
+        msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors(include_url=False))
+        raise CommandFailed(f"endpoint {endpoint!r}: {msg}", ExitCode.BAD_INPUT) from None
+    try:
+        with scoped_logging("error", stream=sys.stderr):
+            rows = asyncio.run(_read(connection, addresses, nodes, timeout=timeout))
+    except Exception as exc:  # DeviceUnavailable, a server error: say it, no traceback
+        raise CommandFailed(str(getattr(exc, "reason", None) or exc)) from None
+    if as_json:
+        print_json(rows)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("node", "value", "type", "status", "source time", "server time")
+        for column in table.columns:
+            column.overflow = "fold"  # NodeIds are copied from here: never cut them
+        for r in rows:
+            style = "green" if r["status"] == "Good" else "red"
+            table.add_row(
+                r["node"], repr(r["value"]) if isinstance(r["value"], str) else str(r["value"]),
+                r["data_type"] or "", f"[{style}]{r['status']}[/{style}]",
+                r["source_timestamp"] or "", r["server_timestamp"] or "",
+            )  # fmt: skip
+        Console().print(table)
+    if any(r["status"] != "Good" for r in rows):
+        sys.exit(ExitCode.FAILED)
+
+
+async def _read(connection: Any, addresses: list[Any], texts: tuple[str, ...], *, timeout: float) -> list[dict[str, Any]]:
+    """Resolve and read through the driver's own session (same security and trust store)."""
+    from asyncua import ua
+
+    from cellctl.driver import DeviceContext
+    from cellctl_opcua.device import status_name
+    from cellctl_opcua.plugin import plugin
+    from cellctl_opcua.values import text_of
+
+    ctx = DeviceContext(device_id="read", connection=connection, options=_options(), points=[], timeout=timeout)
+    rows: list[dict[str, Any]] = []
+    async with plugin.open(ctx) as device:
+        assert device.client is not None
+        assert device.resolver is not None
+        resolved = await device.resolver.resolve(addresses)
+        for text, target in zip(texts, resolved, strict=True):
+            row: dict[str, Any] = {
+                "node": text, "node_id": None, "value": None, "data_type": None, "status": None,
+                "source_timestamp": None, "server_timestamp": None,
+            }  # fmt: skip
+            rows.append(row)
+            if isinstance(target, str):
+                row["status"] = target
+                continue
+            row["node_id"] = target.to_string()
+            dv = await device.client.get_node(target).read_data_value(raise_on_bad_status=False)
+            code = dv.StatusCode.value if dv.StatusCode is not None else 0
+            row["status"] = status_name(code)
+            if dv.Value is not None and dv.Value.VariantType != ua.VariantType.Null:
+                value = dv.Value.Value
+                row["value"] = value if isinstance(value, bool | int | float | str) else text_of(value)
+                row["data_type"] = dv.Value.VariantType.name
+            for key, stamp in (("source_timestamp", dv.SourceTimestamp), ("server_timestamp", dv.ServerTimestamp)):
+                row[key] = stamp.isoformat() if stamp is not None else None
+    return rows
+
+
+def _options() -> Any:
+    from cellctl_opcua.config import OpcUaOptions
+
+    return OpcUaOptions()

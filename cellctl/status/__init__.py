@@ -1,0 +1,1 @@
+"""The daemon's read-only local status page (docs/status-page.md)."""
