@@ -281,7 +281,8 @@ def schema(what: str, name: str | None, list_payloads: bool, strict: bool) -> No
     "-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None, help="Write here (default: stdout)."
 )
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
-def asyncapi(config: Path, output: Path | None, fmt: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The same as --format json.")
+def asyncapi(config: Path, output: Path | None, fmt: str, as_json: bool) -> None:
     """Write the AsyncAPI 3.0 document of the cell CONFIG describes: every topic it publishes
     and receives, concrete, with message schemas, QoS and retain, and the Sparkplug
     channels with each DBIRTH's metrics. No device or broker I/O."""
@@ -291,7 +292,7 @@ def asyncapi(config: Path, output: Path | None, fmt: str) -> None:
     from cellctl.contract.asyncapi import asyncapi_document
 
     doc = asyncapi_document(_load(config))
-    if fmt == "json":
+    if fmt == "json" or as_json:
         text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
     else:
         text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
