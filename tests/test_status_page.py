@@ -31,7 +31,9 @@ async def started_page(daemon: Any) -> str:
 
 def config(tmp_path: Path, broker: Mosquitto, unique: str, port: int, page: dict[str, Any] | None) -> Path:
     extra = {} if page is None else {"status_page": page}
-    return write_config(tmp_path, broker.port, [modbus_device("meter", "sim-energy-meter", port, 1)], cell=unique, **extra)
+    return write_config(
+        tmp_path, broker.port, [modbus_device("meter", "sim-energy-meter", port, 1)], cell=unique, **extra
+    )
 
 
 async def test_page_state_and_events(tmp_path: Path, broker: Mosquitto, unique: str) -> None:
@@ -86,14 +88,19 @@ def test_bound_elsewhere_needs_auth(tmp_path: Path) -> None:
     path = write_config(tmp_path, 1883, [], cell="c1", status_page={"host": "0.0.0.0", "port": 8088})
     with pytest.raises(ConfigError) as err:
         load_cell(path)
-    assert "status_page: host '0.0.0.0' is reachable from other machines: set 'token_file'" in err.value.problems[0]
+    assert (
+        "status_page: host '0.0.0.0' is reachable from other machines: set 'token_file'"
+        in err.value.problems[0]
+    )
 
 
 @pytest.mark.parametrize("kind", ["token", "basic"])
 async def test_auth(kind: str, tmp_path: Path, broker: Mosquitto, unique: str) -> None:
     secret = tmp_path / "secret"
     secret.write_text("s3cret-Value\n", encoding="utf-8")
-    auth: dict[str, Any] = {"token_file": str(secret)} if kind == "token" else {"username": "op", "password_file": str(secret)}
+    auth: dict[str, Any] = (
+        {"token_file": str(secret)} if kind == "token" else {"username": "op", "password_file": str(secret)}
+    )
     # bound to every interface: auth is required (the test still connects over loopback)
     path = config(tmp_path, broker, unique, 1, {"host": "0.0.0.0", "port": 0, **auth})
     async with running_daemon(path) as daemon:
@@ -104,14 +111,26 @@ async def test_auth(kind: str, tmp_path: Path, broker: Mosquitto, unique: str) -
                 if kind == "basic":
                     assert r.headers["WWW-Authenticate"].startswith("Basic ")
             if kind == "token":
-                good = [{"params": {"token": "s3cret-Value"}}, {"headers": {"Authorization": "Bearer s3cret-Value"}}]
+                good = [
+                    {"params": {"token": "s3cret-Value"}},
+                    {"headers": {"Authorization": "Bearer s3cret-Value"}},
+                ]
                 bad = [{"params": {"token": "s3cret"}}]
             else:
+
                 def basic(user: str, pw: str) -> dict[str, Any]:
-                    return {"headers": {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}}
+                    return {
+                        "headers": {
+                            "Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()
+                        }
+                    }
 
                 good = [basic("op", "s3cret-Value")]
-                bad = [basic("op", "wrong"), basic("other", "s3cret-Value"), {"headers": {"Authorization": "Basic !!"}}]
+                bad = [
+                    basic("op", "wrong"),
+                    basic("other", "s3cret-Value"),
+                    {"headers": {"Authorization": "Basic !!"}},
+                ]
             for kwargs in good:
                 async with http.get(f"{url}/api/state", **kwargs) as r:
                     assert r.status == 200
@@ -120,7 +139,9 @@ async def test_auth(kind: str, tmp_path: Path, broker: Mosquitto, unique: str) -
                     assert r.status == 401
 
 
-async def test_a_port_in_use_leaves_the_daemon_running(tmp_path: Path, broker: Mosquitto, unique: str) -> None:
+async def test_a_port_in_use_leaves_the_daemon_running(
+    tmp_path: Path, broker: Mosquitto, unique: str
+) -> None:
     blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     busy = blocker.sockets[0].getsockname()[1]
     try:
@@ -135,3 +156,31 @@ async def test_a_port_in_use_leaves_the_daemon_running(tmp_path: Path, broker: M
     finally:
         blocker.close()
         await blocker.wait_closed()
+
+
+async def test_the_page_carries_the_current_job_and_oee(
+    tmp_path: Path, broker: Mosquitto, unique: str
+) -> None:
+    async with SimModbusServer({2: "blank"}, tick=0.05, seed=1) as sim:
+        port = await sim.serve_tcp()
+        unit = sim.unit(2)
+        unit.load("holding", 0, [2])  # running
+        unit.load("holding", 10, [0x4A31, 0, 0, 0, 0, 0, 0, 0])  # program "J1": a job
+        plc = modbus_device("plc", "sim-machine-plc", port, 2, poll_interval=0.05)
+        cfg = write_config(tmp_path, broker.port, [plc], cell=unique, status_page={"port": 0})
+        async with running_daemon(cfg) as daemon:
+            url = await started_page(daemon)
+            async with aiohttp.ClientSession() as http:
+
+                async def with_job() -> Any:
+                    async with http.get(f"{url}/api/state") as r:
+                        (dev,) = (await r.json())["devices"]
+                    return dev if dev["job"] and dev["oee"] else None
+
+                dev = await async_wait_until(with_job, timeout=15)
+                async with http.get(f"{url}/page.js") as r:
+                    script = await r.text()
+    assert dev["job"]["job_id"] == "J1"
+    assert dev["job"]["state"] == "running"
+    assert set(dev["oee"]) >= {"availability", "performance", "quality", "oee"}
+    assert "OEE this hour" in script

@@ -56,6 +56,17 @@ function deviceCard(dev) {
     const counters = Object.entries(m.counters || {});
     if (counters.length) card.append(el("div", { class: "machine" }, counters.map(([k, v]) => `${k} ${v}`).join(" · ")));
   }
+  if (dev.job) {
+    const j = dev.job;
+    card.append(el("div", { class: "job" },
+      `job ${j.job_id} (${j.state}): ${j.produced} made, ${j.good} good, ${j.scrap} scrap`));
+  }
+  if (dev.oee) {
+    const pct = (x) => (typeof x === "number" ? `${Math.round(x * 100)} %` : "–");
+    const o = dev.oee;
+    card.append(el("div", { class: "machine oee" },
+      `OEE this hour ${pct(o.oee)} · availability ${pct(o.availability)} · performance ${pct(o.performance)} · quality ${pct(o.quality)}`));
+  }
   const table = el("table", {});
   for (const p of dev.points) {
     // a point that is bad because the device is: the card says why, once

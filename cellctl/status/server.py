@@ -91,6 +91,8 @@ class StatusServer:
                 "available": snap.available, "known": snap.known, "reason": snap.reason,
                 "degraded": snap.degraded,
                 "machine": snap.machine.as_dict() if snap.machine is not None else None,
+                "job": snap.job.as_dict() if snap.job is not None else None,
+                "oee": snap.oee.as_dict() if snap.oee is not None else None,
                 "points": [{"id": p.id, "v": p.value, "unit": p.unit, "q": p.quality.value, "reason": p.reason}
                            for p in snap.points],
             })  # fmt: skip
