@@ -94,13 +94,9 @@ def _ask(
     if user is not None:
         client.username_pw_set(user, password)
     if backbone.tls is not None:
-        tls = backbone.tls
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-        )
-        client.tls_insecure_set(tls.insecure_skip_verify)
+        from cellctl.deliver.mqtt import configure_tls
+
+        configure_tls(client, backbone.tls)
     client.on_connect = on_connect
     client.on_subscribe = lambda *a: subscribed.set()
     client.on_message = on_message

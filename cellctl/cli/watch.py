@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -212,15 +211,9 @@ def subscribed(view: CellView, backbone: Backbone, *, client_id: str | None = No
             password = backbone.password_file.read_text(encoding="utf-8").rstrip("\r\n")
         client.username_pw_set(backbone.username, password)
     if backbone.tls is not None:
-        tls = backbone.tls
-        client.tls_set(
-            ca_certs=str(tls.ca_file) if tls.ca_file else None,
-            certfile=str(tls.cert_file) if tls.cert_file else None,
-            keyfile=str(tls.key_file) if tls.key_file else None,
-            cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
-        )
-        if tls.insecure_skip_verify:
-            client.tls_insecure_set(True)
+        from cellctl.deliver.mqtt import configure_tls
+
+        configure_tls(client, backbone.tls)
     view.broker = f"{backbone.host}:{backbone.port}"
 
     def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:

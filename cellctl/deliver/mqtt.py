@@ -38,7 +38,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from cellctl.config.cell import Backbone
+from cellctl.config.cell import Backbone, Tls
 from cellctl.credentials import secret_path
 from cellctl.engine.backoff import Backoff, worth_repeating
 from cellctl.errors import ConfigError
@@ -92,6 +92,20 @@ class _LastError(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.last = record.getMessage()
+
+
+def configure_tls(client: paho.Client, tls: Tls) -> None:
+    """TLS on a paho client exactly as the daemon uses it (also for `watch` and the
+    command CLI): the CA, an optional client certificate, and verification unless
+    `insecure_skip_verify`."""
+    client.tls_set(
+        ca_certs=str(tls.ca_file) if tls.ca_file else None,
+        certfile=str(tls.cert_file) if tls.cert_file else None,
+        keyfile=str(tls.key_file) if tls.key_file else None,
+        cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
+    )
+    if tls.insecure_skip_verify:
+        client.tls_insecure_set(True)
 
 
 class MqttError(Exception):
@@ -255,15 +269,7 @@ class MqttSession:
             client.username_pw_set(backbone.username, self._password)
         client.enable_logger(self._paho_log)
         if backbone.tls is not None:
-            tls = backbone.tls
-            client.tls_set(
-                ca_certs=str(tls.ca_file) if tls.ca_file else None,
-                certfile=str(tls.cert_file) if tls.cert_file else None,
-                keyfile=str(tls.key_file) if tls.key_file else None,
-                cert_reqs=ssl.CERT_NONE if tls.insecure_skip_verify else ssl.CERT_REQUIRED,
-            )
-            if tls.insecure_skip_verify:
-                client.tls_insecure_set(True)
+            configure_tls(client, backbone.tls)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
