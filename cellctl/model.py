@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the wire types; cellctl.contract imports this module at run time
-    from cellctl.contract.payloads import AlarmJson, JobJson, MachineJson, OeeJson, ProgramJson
+    from cellctl.contract.payloads import AlarmJson, JobJson, MachineJson, MaterialJson, OeeJson, ProgramJson
 
 
 class Quality(StrEnum):
@@ -121,6 +121,26 @@ ENDED = frozenset({JobState.COMPLETED, JobState.ABORTED, JobState.FAILED})
 
 
 @dataclass(frozen=True, slots=True)
+class MaterialUse:
+    """How much of one material a job used (OPC 40001-3 material used, MTConnect
+    RawMaterial consumed); volume and mass when the profile gives diameter and density."""
+
+    name: str
+    amount: float
+    unit: str
+    volume_cm3: float | None = None
+    mass_g: float | None = None
+
+    def as_dict(self) -> MaterialJson:
+        return {
+            "amount": round(self.amount, 4),
+            "unit": self.unit,
+            "volume_cm3": None if self.volume_cm3 is None else round(self.volume_cm3, 4),
+            "mass_g": None if self.mass_g is None else round(self.mass_g, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class JobRecord:
     job_id: str
     order_id: str | None
@@ -134,9 +154,10 @@ class JobRecord:
     scrap: int = 0
     running_s: float = 0.0  # time executing during the job
     cycle_time_s: float | None = None  # running time per part produced
+    materials: tuple[MaterialUse, ...] = ()  # one per material the profile declares
 
     def as_dict(self) -> JobJson:
-        return {
+        out: JobJson = {
             "job_id": self.job_id,
             "order_id": self.order_id,
             "program": self.program,
@@ -150,6 +171,9 @@ class JobRecord:
             "running_s": round(self.running_s, 3),
             "cycle_time_s": None if self.cycle_time_s is None else round(self.cycle_time_s, 3),
         }
+        if self.materials:
+            out["materials"] = {m.name: m.as_dict() for m in self.materials}
+        return out
 
 
 @dataclass(frozen=True, slots=True)

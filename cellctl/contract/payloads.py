@@ -189,6 +189,18 @@ class OutboxDroppedEvent(TypedDict):
 
 
 @with_config(_DOCS)
+class MaterialJson(TypedDict):
+    """One material used during a job (OPC 40001-3 material used; MTConnect RawMaterial)."""
+
+    amount: float
+    unit: str
+    volume_cm3: float | None
+    """From a length and the profile's diameter_mm (filament)."""
+    mass_g: float | None
+    """From the volume and the profile's density_g_cm3."""
+
+
+@with_config(_DOCS)
 class JobJson(TypedDict):
     """A job record (docs/jobs.md: OPC 40001-3 and MTConnect semantics)."""
 
@@ -207,6 +219,8 @@ class JobJson(TypedDict):
     """Time executing during the job, seconds."""
     cycle_time_s: float | None
     """running_s / produced."""
+    materials: NotRequired[dict[str, MaterialJson]]
+    """Material used during the job, by the profile's material name."""
 
 
 @with_config(_DOCS)

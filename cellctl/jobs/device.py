@@ -37,7 +37,7 @@ class DeviceJobs:
         self._restore: dict[str, Any] | None = self._load()
         counters = profile.counters
         modulus = counters.modulus if counters is not None else None
-        self.tracker = JobTracker(modulus=modulus)
+        self.tracker = JobTracker(modulus=modulus, materials=job.materials)
         self.window = OeeWindow(window_s=oee_window_s, ideal_cycle_s=job.ideal_cycle_time, modulus=modulus)
         program = job.program or (profile.program.name if profile.program else None)
         names: dict[str, str | None] = {
@@ -46,6 +46,7 @@ class DeviceJobs:
             "program": program,
             "good": counters.good if counters else None,
             "bad": counters.bad if counters else None,
+            **{f"material:{n}": m.point for n, m in job.materials.items()},
         }
         self.index = {k: table.index_of(v) for k, v in names.items() if v is not None and v in table.ids}
         self.watched = frozenset(table.ids[i] for i in self.index.values())
@@ -59,6 +60,10 @@ class DeviceJobs:
     def _count(self, name: str) -> int | None:
         v = self._value(name)
         return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def _amount(self, name: str) -> float | None:
+        v = self._value(f"material:{name}")
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
     def _load(self) -> dict[str, Any] | None:
         if self.store is None:
@@ -109,6 +114,7 @@ class DeviceJobs:
             machine=machine,
             completed=machine.execution == Execution.PROGRAM_COMPLETED,
             stopped=machine.execution == Execution.PROGRAM_STOPPED,
+            materials={n: self._amount(n) for n in self.tracker.materials},
         )
 
     @property

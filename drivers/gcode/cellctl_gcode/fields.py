@@ -56,6 +56,8 @@ _LIST: list[FieldInfo] = [
     _f("job.error", "string", BOTH, "why the job failed, empty otherwise"),
     _f("job.error_code", "int", BOTH, "GRBL error:N that halted the job, 0 otherwise"),
     _f("job.resends", "int", BOTH, "lines resent on the firmware's request (Marlin)"),
+    _f("job.filament_mm", "float", MARLIN, "filament used by the job so far (mm): net E travel of the acknowledged "
+       "lines, with M82/M83, G90/G91, G92 E resets and retractions (extrusion.py)"),
     # GRBL status report
     *(_f(f"mpos.{a}", "float", GRBL, f"machine position {a.upper()} ({_unit(a)})") for a in "xyzabc"),
     *(_f(f"wpos.{a}", "float", GRBL, f"work position {a.upper()} ({_unit(a)}), MPos - WCO") for a in "xyzabc"),

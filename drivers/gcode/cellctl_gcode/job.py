@@ -7,6 +7,7 @@ import time
 from enum import StrEnum
 from typing import Any
 
+from cellctl_gcode.extrusion import ExtrusionTracker
 from cellctl_gcode.program import Program
 
 
@@ -45,6 +46,8 @@ class Job:
         self.started_wall = time.time()
         self.ended: float | None = None
         self.cancel_requested = False
+        self.extrusion = ExtrusionTracker()
+        self._fed = 0  # lines given to `extrusion` (a prefix of the program)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
@@ -73,6 +76,20 @@ class Job:
         if p < 0.01 or not self.active:
             return None
         return self.elapsed * (1.0 - p) / p
+
+    def account(self) -> None:
+        """Give the extrusion tracker the lines acknowledged since the last call. Lines
+        are acknowledged in program order; one taken back for a resend is counted when it
+        is acknowledged again, never twice."""
+        program, tracker = self.program, self.extrusion
+        while self._fed < self.acked:
+            tracker.feed(program.line(self._fed).decode("ascii"))
+            self._fed += 1
+
+    @property
+    def filament_mm(self) -> float:
+        """Net filament pushed by the acknowledged lines (retractions subtracted)."""
+        return round(self.extrusion.net_mm, 4)
 
     def finish(self, state: JobState, error: str = "", code: int = 0) -> bool:
         """Move to a final state once; later calls are ignored (the first cause wins)."""
@@ -106,6 +123,7 @@ class Job:
             "job.error": self.error,
             "job.error_code": self.error_code,
             "job.resends": self.resends,
+            "job.filament_mm": self.filament_mm,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -120,6 +138,7 @@ class Job:
             "lines_acked": self.acked,
             "bytes_sent": self.bytes_sent,
             "resends": self.resends,
+            "filament_mm": self.filament_mm,
             "started": self.started_wall,
             "elapsed": round(self.elapsed, 3),
         }
