@@ -155,6 +155,7 @@ class JobRecord:
     running_s: float = 0.0  # time executing during the job
     cycle_time_s: float | None = None  # running time per part produced
     materials: tuple[MaterialUse, ...] = ()  # one per material the profile declares
+    energy_kwh: float | None = None  # the cell's energy meter's advance during the job (config `energy:`)
 
     def as_dict(self) -> JobJson:
         out: JobJson = {
@@ -173,6 +174,8 @@ class JobRecord:
         }
         if self.materials:
             out["materials"] = {m.name: m.as_dict() for m in self.materials}
+        if self.energy_kwh is not None:
+            out["energy_kwh"] = round(self.energy_kwh, 6)
         return out
 
 

@@ -263,6 +263,15 @@ class PointOverride(_Frozen):
     decimals: Annotated[int, Field(ge=0, le=15)] | None = None
 
 
+class EnergyFrom(_Frozen):
+    """A cell-level relation (docs/jobs.md): the energy meter in the same cell that feeds
+    this machine, and the meter's energy counter point (kWh); a job's energy is the
+    meter's advance over the job window."""
+
+    meter: Annotated[str, Field(pattern=ID_PATTERN)]
+    point: str = "energy_import"
+
+
 class DeviceConfig(_Frozen):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
     driver: str
@@ -276,11 +285,14 @@ class DeviceConfig(_Frozen):
     # Per-device overrides of profile points; `disabled_points` are not read at all.
     points: dict[str, PointOverride] = {}
     disabled_points: list[str] = []
+    energy: EnergyFrom | None = None  # energy per job from a meter in the cell
 
     @model_validator(mode="after")
     def _reserved(self) -> DeviceConfig:
         if self.id in RESERVED_DEVICE_IDS:
             raise ValueError(f"device id {self.id!r} is reserved for cell-level topics")
+        if self.energy is not None and self.energy.meter == self.id:
+            raise ValueError(f"device {self.id!r}: 'energy.meter' names the device itself")
         return self
 
 
@@ -307,6 +319,11 @@ class CellConfig(_Frozen):
             if d.id in seen:
                 raise ValueError(f"device id {d.id!r} is used twice (devices[{seen[d.id]}] and devices[{i}])")
             seen[d.id] = i
+        for i, d in enumerate(devices):
+            if d.energy is not None and d.energy.meter not in seen:
+                raise ValueError(
+                    f"devices[{i}] ({d.id!r}): energy.meter names device {d.energy.meter!r}, which the cell does not have"
+                )
         return devices
 
     @property

@@ -221,6 +221,8 @@ class JobJson(TypedDict):
     """running_s / produced."""
     materials: NotRequired[dict[str, MaterialJson]]
     """Material used during the job, by the profile's material name."""
+    energy_kwh: NotRequired[float]
+    """Energy used during the job: the advance of the cell's energy meter (device `energy:`)."""
 
 
 @with_config(_DOCS)

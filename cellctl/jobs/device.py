@@ -6,6 +6,7 @@ state changed."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ class DeviceJobs:
         self.store = store
         self._saved_at = 0
         self._restore: dict[str, Any] | None = self._load()
+        # The cell's energy meter reading (kWh), when the device config relates one (`energy:`).
+        self.energy_source: Callable[[], float | None] | None = None
         counters = profile.counters
         modulus = counters.modulus if counters is not None else None
         self.tracker = JobTracker(modulus=modulus, materials=job.materials)
@@ -115,6 +118,7 @@ class DeviceJobs:
             completed=machine.execution == Execution.PROGRAM_COMPLETED,
             stopped=machine.execution == Execution.PROGRAM_STOPPED,
             materials={n: self._amount(n) for n in self.tracker.materials},
+            energy_kwh=self.energy_source() if self.energy_source is not None else None,
         )
 
     @property

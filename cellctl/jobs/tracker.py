@@ -52,6 +52,8 @@ class JobTracker:
     _mat: dict[str, MaterialCount] = field(default_factory=dict)  # kind counter: advance since the start
     _mat_total: dict[str, float] = field(default_factory=dict)  # kind job_total: the device's figure
     _mat_in: Mapping[str, float | None] = field(default_factory=dict)  # this observation's raw values
+    _energy: MaterialCount = field(default_factory=MaterialCount)  # the meter's advance (kWh)
+    _energy_in: float | None = None
 
     def __post_init__(self) -> None:
         self._good.modulus = self._bad.modulus = self.modulus
@@ -60,6 +62,7 @@ class JobTracker:
     def _reset_materials(self) -> None:
         self._mat = {n: MaterialCount(d.modulus) for n, d in self.materials.items() if d.kind == "counter"}
         self._mat_total = {}
+        self._energy = MaterialCount()
 
     def observe(
         self,
@@ -74,9 +77,11 @@ class JobTracker:
         completed: bool,
         stopped: bool,
         materials: Mapping[str, float | None] | None = None,
+        energy_kwh: float | None = None,
     ) -> list[JobEvent]:
         events: list[JobEvent] = []
         self._mat_in = materials or {}
+        self._energy_in = energy_kwh
         job = None if job_id in (None, "", 0) else str(job_id)
         cur = self.current
         if cur is not None and cur.state not in ENDED and job != cur.job_id:
@@ -134,6 +139,7 @@ class JobTracker:
             "counts": [[c.last, c.total] for c in (self._good, self._bad)],
             "running": self._running_since is not None,
             "materials": {n: [c.last, c.total] for n, c in self._mat.items()},
+            "energy": [self._energy.last, self._energy.total],
         }
 
     def resume(self, saved: dict[str, Any], *, job_id: Any, now_ms: int) -> list[JobEvent]:
@@ -154,6 +160,7 @@ class JobTracker:
             scrap=j["scrap"],
             running_s=j["running_s"],
             cycle_time_s=j["cycle_time_s"],
+            energy_kwh=j.get("energy_kwh"),
             materials=tuple(
                 MaterialUse(n, m["amount"], m["unit"], m["volume_cm3"], m["mass_g"])
                 for n, m in (j.get("materials") or {}).items()
@@ -166,6 +173,8 @@ class JobTracker:
         for name, (last, total) in (saved.get("materials") or {}).items():
             if name in self._mat:
                 self._mat[name].last, self._mat[name].total = last, total
+        if saved.get("energy"):
+            self._energy.last, self._energy.total = saved["energy"]
         for m in record.materials:
             if name_kind(self.materials, m.name) == "job_total":
                 self._mat_total[m.name] = m.amount
@@ -180,7 +189,12 @@ class JobTracker:
         g = self._good.update(good) if good is not None else self._good.total
         b = self._bad.update(bad) if bad is not None else self._bad.total
         if self.current is not None:
-            self.current = replace(self.current, good=g, scrap=b, produced=g + b, materials=self._used())
+            energy = self.current.energy_kwh
+            if self._energy_in is not None:
+                energy = self._energy.update(self._energy_in)
+            self.current = replace(
+                self.current, good=g, scrap=b, produced=g + b, materials=self._used(), energy_kwh=energy
+            )
 
     def _used(self) -> tuple[MaterialUse, ...]:
         """Material used so far, one entry per declared material (0 until it is read)."""

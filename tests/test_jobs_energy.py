@@ -1,0 +1,83 @@
+"""Energy per job (issue 11 item 4): the PLC's device config relates the cell's energy
+meter (`energy: {meter: meter}`); the job's `energy_kwh` is the meter's advance over the
+job window. Both devices are cellctl-sim units on one real Modbus TCP server; the meter's
+`energy_import` grows by itself (integral of its simulated power), and the test adds a
+known 12.5 kWh step during the job."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cellctl_sim.modbus.server import SimModbusServer
+
+from cellctl.localbroker import Mosquitto
+from cellctl.testing import Collector, modbus_device, root_topic, running_daemon, write_config
+from tests.test_jobs_end_to_end import text
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def cell() -> AsyncIterator[tuple[SimModbusServer, int]]:
+    async with SimModbusServer({1: "energy-meter", 2: "blank"}, tick=0.05, seed=3) as sim:
+        yield sim, await sim.serve_tcp()
+
+
+def meter_values(c: Collector) -> list[tuple[int, float]]:
+    out = []
+    for m in c.on("/meter/data"):
+        body = m.json()
+        if "energy_import" in body["values"]:
+            out.append((body["ts"], body["values"]["energy_import"]))
+    return out
+
+
+def event(c: Collector, kind: str) -> dict[str, Any] | None:
+    found = [m.json() for m in c.on("/plc/events") if m.json()["event"] == kind]
+    return found[0] if found else None
+
+
+async def test_energy_of_a_job_is_the_meter_advance_over_the_job_window(
+    cell: tuple[SimModbusServer, int], broker: Mosquitto, unique: str, tmp_path: Path
+) -> None:
+    sim, port = cell
+    meter, plc = sim.unit(1), sim.unit(2)
+    plc.load("holding", 0, [1])  # idle
+    config = write_config(
+        tmp_path,
+        broker.port,
+        [
+            modbus_device("meter", "sim-energy-meter", port, 1),
+            modbus_device("plc", "sim-machine-plc", port, 2, energy={"meter": "meter"}),
+        ],
+        cell=unique,
+    )
+    c = Collector(broker.port, f"{root_topic(unique)}/#")
+    try:
+        async with running_daemon(config):
+            await c.until(lambda _m: c.on("/plc/state") and meter_values(c), what="both devices online")
+            meter.set_value("energy_import", 2000.0)
+            await c.until(lambda _m: (v := meter_values(c)) and v[-1][1] < 2001, what="the meter at 2000 kWh")
+            plc.load("holding", 10, text("BRACKET"))
+            plc.load("holding", 0, [2])  # running: the job starts
+            await c.until(lambda _m: event(c, "job_started"), what="started")
+            meter.set_value("energy_import", 2012.5)  # the machine drew 12.5 kWh
+            await c.until(lambda _m: meter_values(c)[-1][1] >= 2012.5, what="the meter at 2012.5 kWh")
+            plc.load("holding", 10, text("FLANGE"))  # the next program ends the job
+            await c.until(lambda _m: event(c, "job_aborted"), what="ended")
+    finally:
+        c.close()
+    started, ended = event(c, "job_started"), event(c, "job_aborted")
+    assert started is not None
+    assert ended is not None
+    assert started["job"]["energy_kwh"] == 0.0
+    energy = ended["job"]["energy_kwh"]
+    # The meter's own figures over the window: its last sample before the start and the end.
+    values = meter_values(c)
+    at_start = [v for ts, v in values if ts <= started["job"]["start_ts"]][-1]
+    at_end = [v for ts, v in values if ts <= ended["job"]["end_ts"]][-1]
+    assert energy == pytest.approx(at_end - at_start, abs=0.011)  # one deadband (0.01 kWh) of lag at most
+    assert 12.5 - 0.011 <= energy <= 12.5 + 0.1  # the step, plus what the meter's own power added meanwhile
