@@ -9,7 +9,7 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from cellctl.config.profile import MaterialDef
+from cellctl.config.profile import MaterialDef, Profile
 from cellctl.jobs.counting import MaterialCount
 from cellctl.jobs.tracker import JobTracker
 from cellctl.model import Execution, ItemState, MachineState, OperationMode
@@ -83,3 +83,15 @@ def test_float_material_counter_wraps_with_its_modulus() -> None:
 def test_material_definitions_are_checked_at_load_time(spec: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         MaterialDef.model_validate(spec)
+
+
+def test_a_material_naming_an_unknown_point_is_refused() -> None:
+    with pytest.raises(ValidationError, match="job.materials.steel.point: names point 'steel_kg'"):
+        Profile.model_validate(
+            {
+                "name": "press",
+                "driver": "modbus",
+                "points": [{"id": "program", "type": "string", "address": {}}],
+                "job": {"id": "program", "materials": {"steel": {"point": "steel_kg", "unit": "kg"}}},
+            }
+        )
