@@ -86,7 +86,7 @@ def test_material_definitions_are_checked_at_load_time(spec: dict[str, object], 
 
 
 def test_a_material_naming_an_unknown_point_is_refused() -> None:
-    with pytest.raises(ValidationError, match="job.materials.steel.point: names point 'steel_kg'"):
+    with pytest.raises(ValidationError, match=r"job\.materials\.steel\.point: names point 'steel_kg'"):
         Profile.model_validate(
             {
                 "name": "press",
