@@ -196,9 +196,11 @@ class Oee:
     seconds: Mapping[str, float]
     produced: int
     good: int
+    window: str | None = None  # "hour" or the shift's name
+    start_ms: int | None = None  # when the window began
 
     def as_dict(self) -> OeeJson:
-        return {
+        out: OeeJson = {
             "availability": self.availability,
             "performance": self.performance,
             "quality": self.quality,
@@ -207,6 +209,11 @@ class Oee:
             "produced": self.produced,
             "good": self.good,
         }
+        if self.window is not None:
+            out["window"] = self.window
+        if self.start_ms is not None:
+            out["start_ts"] = self.start_ms
+        return out
 
 
 # -- what the engine hands to the encoders ------------------------------------------------
@@ -269,4 +276,5 @@ class DeviceSnapshot:
     # device type): why, else None.
     degraded: str | None = None
     job: JobRecord | None = None  # the current or last job record, when the profile maps jobs
-    oee: Oee | None = None  # OEE of the current window, when the profile maps jobs
+    oee: Oee | None = None  # OEE of the current hour, when the profile maps jobs
+    oee_shift: Oee | None = None  # OEE of the current shift, with a shift calendar (config `oee.shifts`)

@@ -54,6 +54,8 @@ async def test_energy_of_a_job_is_the_meter_advance_over_the_job_window(
             modbus_device("plc", "sim-machine-plc", port, 2, energy={"meter": "meter"}),
         ],
         cell=unique,
+        oee={"timezone": "UTC", "shifts": [{"name": "am", "start": "00:00", "end": "12:00"},
+                                           {"name": "pm", "start": "12:00", "end": "00:00"}]},
     )
     c = Collector(broker.port, f"{root_topic(unique)}/#")
     try:
@@ -68,6 +70,10 @@ async def test_energy_of_a_job_is_the_meter_advance_over_the_job_window(
             await c.until(lambda _m: meter_values(c)[-1][1] >= 2012.5, what="the meter at 2012.5 kWh")
             plc.load("holding", 10, text("FLANGE"))  # the next program ends the job
             await c.until(lambda _m: event(c, "job_aborted"), what="ended")
+            state = await c.until(
+                lambda _m: (s := c.on("/plc/state")) and "oee_shift" in s[-1].json() and s[-1].json(),
+                what="the shift's OEE in the state",
+            )
     finally:
         c.close()
     started, ended = event(c, "job_started"), event(c, "job_aborted")
@@ -81,3 +87,7 @@ async def test_energy_of_a_job_is_the_meter_advance_over_the_job_window(
     at_end = [v for ts, v in values if ts <= ended["job"]["end_ts"]][-1]
     assert energy == pytest.approx(at_end - at_start, abs=0.011)  # one deadband (0.01 kWh) of lag at most
     assert 12.5 - 0.011 <= energy <= 12.5 + 0.1  # the step, plus what the meter's own power added meanwhile
+    # the cell's shift calendar gives a second OEE window beside the hour
+    assert state["oee"]["window"] == "hour"
+    assert state["oee_shift"]["window"] in ("am", "pm")
+    assert state["oee_shift"]["start_ts"] % (12 * 3600 * 1000) == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -224,6 +225,59 @@ def _listen_address(value: str) -> str:
     return value
 
 
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+def minutes_of(hhmm: str) -> int:
+    """'06:30' -> 390 (the pattern has been checked)."""
+    h, m = hhmm.split(":")
+    return int(h) * 60 + int(m)
+
+
+class Shift(_Frozen):
+    """One shift of the calendar in local time; `end` before `start` crosses midnight."""
+
+    name: Annotated[str, Field(pattern=ID_PATTERN)]
+    start: Annotated[str, Field(pattern=_HHMM)]
+    end: Annotated[str, Field(pattern=_HHMM)]
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Shift:
+        if self.start == self.end:
+            raise ValueError(f"shift {self.name!r}: start and end are both {self.start!r}")
+        return self
+
+    def minutes(self) -> set[int]:
+        """The minutes of the day (0..1439) the shift covers."""
+        s, e = minutes_of(self.start), minutes_of(self.end)
+        return set(range(s, e)) if s < e else set(range(s, 1440)) | set(range(0, e))
+
+
+class OeeConfig(_Frozen):
+    """OEE windows (docs/jobs.md): always the current hour; with `shifts`, also the current
+    shift. Times are wall-clock times in `timezone` (an IANA name; default: the machine's)."""
+
+    shifts: list[Shift] = []
+    timezone: str | None = None
+
+    @model_validator(mode="after")
+    def _calendar(self) -> OeeConfig:
+        names = [s.name for s in self.shifts]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"shift names used twice: {twice}")
+        for i, a in enumerate(self.shifts):
+            for b in self.shifts[i + 1 :]:
+                if a.minutes() & b.minutes():
+                    raise ValueError(f"shifts {a.name!r} ({a.start}-{a.end}) and {b.name!r} ({b.start}-{b.end}) overlap")
+        if self.timezone is not None:
+            try:
+                zoneinfo.ZoneInfo(self.timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown timezone {self.timezone!r} (an IANA name such as 'Europe/Berlin')") from None
+        return self
+
+
 class MetricsConfig(_Frozen):
     """The Prometheus `/metrics` and JSON `/health` endpoint (docs/metrics.md). Off
     unless the section is present; loopback by default, for a local agent or proxy."""
@@ -305,6 +359,7 @@ class CellConfig(_Frozen):
     outbox: OutboxConfig = OutboxConfig()
     sparkplug: SparkplugConfig = SparkplugConfig()
     metrics: MetricsConfig | None = None  # off unless set
+    oee: OeeConfig = OeeConfig()  # OEE windows: the hour, and shifts when a calendar is given
     commands: CommandsConfig = CommandsConfig()
     profile_dirs: list[Path] = []
     devices: list[DeviceConfig] = []

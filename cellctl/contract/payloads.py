@@ -138,6 +138,8 @@ class StateJson(TypedDict):
     """The current or last job, when the profile maps jobs (docs/jobs.md)."""
     oee: NotRequired[OeeJson]
     """OEE of the current hour, when the profile maps jobs."""
+    oee_shift: NotRequired[OeeJson]
+    """OEE of the current shift, with a shift calendar (`oee.shifts`) and during a shift."""
 
 
 @with_config(_DOCS)
@@ -246,7 +248,8 @@ class JobEventJson(TypedDict):
 
 @with_config(_DOCS)
 class OeeJson(TypedDict):
-    """OEE over the current hour (docs/jobs.md); a factor is null when not known."""
+    """OEE over a window (docs/jobs.md): the current hour, or the current shift; a factor
+    is null when not known."""
 
     availability: float | None
     performance: float | None
@@ -256,6 +259,10 @@ class OeeJson(TypedDict):
     """Time in each item state."""
     produced: int
     good: int
+    window: NotRequired[str]
+    """`hour`, or the shift's name from the calendar."""
+    start_ts: NotRequired[int]
+    """When the window began, ms since the epoch."""
 
 
 @with_config(_DOCS)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cellctl.config.loader import CompiledCell, CompiledDevice
 from cellctl.engine.runner import DeviceRunner, DeviceSink
+from cellctl.jobs.shifts import ShiftCalendar
 from cellctl.model import DeviceSnapshot
 
 # A device that is away is tried again at least this often (after three quick retries):
@@ -58,7 +59,11 @@ class Cell:
         low, high = self._backoff
         if self.job_dir is not None and device.profile.job is not None:
             self.job_dir.mkdir(parents=True, exist_ok=True)
-        runner = DeviceRunner(device, self.sink, backoff_min=low, backoff_max=high, job_dir=self.job_dir)
+        oee = self.compiled.config.oee
+        shifts = ShiftCalendar.of(oee.shifts, oee.timezone) if oee.shifts else None
+        runner = DeviceRunner(
+            device, self.sink, backoff_min=low, backoff_max=high, job_dir=self.job_dir, shifts=shifts
+        )
         energy = device.config.energy
         if runner.jobs is not None and energy is not None:
             runner.jobs.energy_source = functools.partial(self._meter_reading, energy.meter, energy.point)

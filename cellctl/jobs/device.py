@@ -16,6 +16,7 @@ import structlog
 from cellctl.config.profile import Profile
 from cellctl.engine.points import GOOD, PointTable
 from cellctl.jobs.oee import OeeWindow
+from cellctl.jobs.shifts import ShiftCalendar
 from cellctl.jobs.tracker import JobTracker
 from cellctl.model import Execution, JobEvent, JobRecord, MachineState, Oee
 from cellctl.statefile import atomic_write
@@ -28,7 +29,13 @@ SAVE_INTERVAL_MS = 5000  # the job file is written on every job event and at mos
 
 class DeviceJobs:
     def __init__(
-        self, profile: Profile, table: PointTable, *, store: Path | None = None, oee_window_s: float = 3600.0
+        self,
+        profile: Profile,
+        table: PointTable,
+        *,
+        store: Path | None = None,
+        shifts: ShiftCalendar | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         job = profile.job
         assert job is not None
@@ -41,7 +48,11 @@ class DeviceJobs:
         counters = profile.counters
         modulus = counters.modulus if counters is not None else None
         self.tracker = JobTracker(modulus=modulus, materials=job.materials)
-        self.window = OeeWindow(window_s=oee_window_s, ideal_cycle_s=job.ideal_cycle_time, modulus=modulus)
+        self.clock = clock  # wall clock, epoch seconds (injectable for tests)
+        self.window = OeeWindow(ideal_cycle_s=job.ideal_cycle_time, modulus=modulus)
+        self.shift_window = (
+            OeeWindow(shifts, ideal_cycle_s=job.ideal_cycle_time, modulus=modulus) if shifts is not None else None
+        )
         program = job.program or (profile.program.name if profile.program else None)
         names: dict[str, str | None] = {
             "id": job.id,
@@ -99,7 +110,9 @@ class DeviceJobs:
 
     def _observe(self, machine: MachineState, now_ms: int) -> list[JobEvent]:
         good, bad = self._count("good"), self._count("bad")
-        self.window.observe(now_ms / 1000.0, machine.item_state, good, bad)
+        for window in (self.window, self.shift_window):
+            if window is not None:
+                window.observe(now_ms / 1000.0, machine.item_state, good, bad)
         resumed: list[JobEvent] = []
         if self._restore is not None:
             saved, self._restore = self._restore, None
@@ -126,4 +139,7 @@ class DeviceJobs:
         return self.tracker.current
 
     def oee(self) -> Oee | None:
-        return self.window.figures(time.time())
+        return self.window.figures(self.clock())
+
+    def oee_shift(self) -> Oee | None:
+        return self.shift_window.figures(self.clock()) if self.shift_window is not None else None
