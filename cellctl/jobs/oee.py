@@ -107,8 +107,11 @@ class OeeWindow:
             return
         start, name = current
         if start != self.start or name != self.name:
+            # Time before the first reading (cellctl started mid-window) is not known and
+            # is not counted; after that, a new window begins in the state last seen.
+            first = self.good is None
             self.start, self.name = start, name
-            self.clock = StateClock(start=start, state=state)
+            self.clock = StateClock(start=max(start, now) if first else start, state=state)
             self.good = _count(self.modulus, self.good)
             self.bad = _count(self.modulus, self.bad)
 
