@@ -45,6 +45,7 @@ _LIST: list[FieldInfo] = [
     # job progress, kept by the driver
     _f("job.state", "string", BOTH, "idle, running, paused, completed, failed or cancelled"),
     _f("job.name", "string", BOTH, "name of the current or last job"),
+    _f("job.id", "string", BOTH, "this run of the job: name@start time (UTC), new for every run of the same file"),
     _f("job.lines_total", "int", BOTH, "lines of G-code in the job (after removing comments and blank lines)"),
     _f("job.lines_sent", "int", BOTH, "lines written to the machine so far"),
     _f("job.lines_acked", "int", BOTH, "lines the machine acknowledged (ok) so far"),

@@ -87,6 +87,13 @@ class Job:
             self._fed += 1
 
     @property
+    def run_id(self) -> str:
+        """This run of the job: its name and start time (UTC, ms), so printing the same
+        file twice gives two job records."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started_wall))
+        return f"{self.name}@{stamp}.{int(self.started_wall * 1000) % 1000:03d}Z"
+
+    @property
     def filament_mm(self) -> float:
         """Net filament pushed by the acknowledged lines (retractions subtracted)."""
         return round(self.extrusion.net_mm, 4)
@@ -111,6 +118,7 @@ class Job:
         eta = self.eta
         return {
             "job.state": self.state.value,
+            "job.id": self.run_id,
             "job.name": self.name,
             "job.lines_total": self.total,
             "job.lines_sent": self.next,

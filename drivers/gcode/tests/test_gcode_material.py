@@ -58,9 +58,14 @@ def collector(broker: Mosquitto, unique: str) -> Iterator[Collector]:
 async def test_filament_of_a_job_with_resets_and_retractions_reaches_the_job_record(
     broker: Mosquitto, collector: Collector, unique: str, tmp_path: Path
 ) -> None:
+    """The same file printed twice: two job records, each with exactly the file's filament."""
     lines, length = known_job()
     assert length == 1519.0
     job_dir = tmp_path / "jobs"
+
+    def completed(n: int) -> Any:
+        return lambda _m: len([e for e in job_events(collector) if e["event"] == "job_completed"]) >= n
+
     async with MarlinSim(speedup=500.0) as sim:
         config = write_config(
             tmp_path, broker.port, [gcode_device("printer", "marlin-printer", sim.path, job_dir=str(job_dir))],
@@ -69,25 +74,32 @@ async def test_filament_of_a_job_with_resets_and_retractions_reaches_the_job_rec
         async with running_daemon(config):
             await collector.until(lambda _m: latest_value(collector, "printer", "state") == "Idle", what="Idle")
             drop_job(job_dir, "part.gcode", lines)
-
-            def completed(_m: Any) -> Any:
-                job = collector.latest("/printer/job")
-                return job is not None and job["state"] == "completed"
-
-            await collector.until(completed, timeout=40, what="job completed")
-    job = collector.latest("/printer/job")
-    assert job is not None
-    assert job["job_id"] == "part.gcode"
-    filament = job["materials"]["filament"]
+            await collector.until(completed(1), timeout=40, what="the first print completed")
+            assert sim.filament_mm == pytest.approx(length)  # the firmware moved exactly that much
+            drop_job(job_dir, "part.gcode", lines)  # the same file again
+            await collector.until(completed(2), timeout=40, what="the second print completed")
+            await collector.until(
+                lambda _m: (j := collector.latest("/printer/job")) is not None and j["state"] == "completed"
+                and j["job_id"] == job_events(collector)[-1]["job"]["job_id"],
+                what="the retained record of the second print",
+            )
+    events = job_events(collector)
+    assert [e["event"] for e in events] == ["job_started", "job_completed"] * 2
+    first, second = events[1]["job"], events[3]["job"]
+    assert first["job_id"] != second["job_id"]
+    assert first["job_id"].startswith("part.gcode@")
+    assert first["program"] == second["program"] == "part.gcode"
     volume = math.pi * 0.875**2 * length / 1000.0
-    assert filament == {
-        "amount": length,
-        "unit": "mm",
-        "volume_cm3": round(volume, 4),
-        "mass_g": round(volume * 1.24, 4),
-    }
-    assert sim.filament_mm == pytest.approx(length)  # the firmware moved exactly that much
+    for job in (first, second, collector.latest("/printer/job")):
+        assert job is not None
+        assert job["materials"]["filament"] == {
+            "amount": length,
+            "unit": "mm",
+            "volume_cm3": round(volume, 4),
+            "mass_g": round(volume * 1.24, 4),
+        }
     assert latest_value(collector, "printer", "job_filament_mm") == length
-    events = [m.json() for m in collector.on("/printer/events") if m.json().get("event", "").startswith("job_")]
-    assert [e["event"] for e in events] == ["job_started", "job_completed"]
-    assert events[-1]["job"]["materials"]["filament"]["amount"] == length
+
+
+def job_events(c: Collector) -> list[dict[str, Any]]:
+    return [m.json() for m in c.on("/printer/events") if m.json().get("event", "").startswith("job_")]
