@@ -74,10 +74,12 @@ def test_float_material_counter_wraps_with_its_modulus() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ({"point": "p", "unit": "kg", "diameter_mm": 1.75}, "'diameter_mm' needs a length unit"),
-        ({"point": "p", "unit": "mm", "density_g_cm3": 1.2}, "'density_g_cm3' needs 'diameter_mm'"),
+        ({"point": "p", "unit": "kg", "diameter_mm": 1.75}, "a diameter needs a length unit"),
+        ({"point": "p", "unit": "mm", "density_g_cm3": 1.2}, "a density needs 'diameter_mm' or 'diameter_point'"),
         ({"point": "p", "unit": "mm", "kind": "job_total", "modulus": 10}, "'modulus' is for kind 'counter'"),
         ({"point": "p", "unit": "mm", "kind": "gauge"}, "counter"),
+        ({"point": "p", "unit": "kg", "diameter_point": "d"}, "a diameter needs a length unit"),
+        ({"point": "p", "unit": "mm", "density_point": "r"}, "a density needs"),
     ],
 )
 def test_material_definitions_are_checked_at_load_time(spec: dict[str, object], message: str) -> None:
@@ -95,3 +97,23 @@ def test_a_material_naming_an_unknown_point_is_refused() -> None:
                 "job": {"id": "program", "materials": {"steel": {"point": "steel_kg", "unit": "kg"}}},
             }
         )
+
+
+def test_the_jobs_own_diameter_and_density_come_before_the_profiles() -> None:
+    t = JobTracker(materials=MATERIALS)
+
+    def fil(s: float, amount: float, params: tuple[float | None, float | None]) -> None:
+        t.observe(
+            now_ms=int(s * 1000), job_id="J1", order_id=None, program=None, good=None, bad=None, machine=RUN,
+            completed=False, stopped=False, materials={"filament": amount}, material_params={"filament": params},
+        )
+
+    fil(1, 0.0, (None, None))
+    fil(2, 1000.0, (2.85, 1.04))  # the slicer said 2.85 mm PETG
+    assert t.current is not None
+    used = {m.name: m for m in t.current.materials}["filament"]
+    assert used.volume_cm3 == pytest.approx(math.pi * 1.425**2 * 1000 / 1000)
+    assert used.mass_g == pytest.approx(math.pi * 1.425**2 * 1.04)
+    fil(3, 1000.0, (0.0, None))  # nonsense from the job: the profile's 1.75 mm / 1.24 g/cm3
+    used = {m.name: m for m in t.current.materials}["filament"]
+    assert used.mass_g == pytest.approx(math.pi * 0.875**2 * 1.24)

@@ -144,7 +144,9 @@ class MaterialDef(_Frozen):
     counts up (wrap/reset-safe deltas, like parts; `modulus` as in `counters`), or a
     `job_total` the device itself resets at each job start (the gcode driver's
     `job.filament_mm`). With `diameter_mm` a length becomes a volume (filament), and with
-    `density_g_cm3` a mass."""
+    `density_g_cm3` a mass; `diameter_point` / `density_point` name points that give them
+    per job (the gcode driver's `job.filament_diameter` from the slicer's comments), used
+    when readable and positive, else the constants."""
 
     point: str
     unit: Annotated[str, Field(min_length=1, max_length=16)]
@@ -152,13 +154,16 @@ class MaterialDef(_Frozen):
     modulus: Annotated[int, Field(ge=2)] | None = None
     diameter_mm: Annotated[float, Field(gt=0)] | None = None
     density_g_cm3: Annotated[float, Field(gt=0)] | None = None
+    diameter_point: str | None = None
+    density_point: str | None = None
 
     @model_validator(mode="after")
     def _derived(self) -> MaterialDef:
-        if self.diameter_mm is not None and self.unit not in ("mm", "m"):
-            raise ValueError(f"'diameter_mm' needs a length unit ('mm' or 'm'), not {self.unit!r}")
-        if self.density_g_cm3 is not None and self.diameter_mm is None:
-            raise ValueError("'density_g_cm3' needs 'diameter_mm' (mass comes from the volume)")
+        has_diameter = self.diameter_mm is not None or self.diameter_point is not None
+        if has_diameter and self.unit not in ("mm", "m"):
+            raise ValueError(f"a diameter needs a length unit ('mm' or 'm'), not {self.unit!r}")
+        if (self.density_g_cm3 is not None or self.density_point is not None) and not has_diameter:
+            raise ValueError("a density needs 'diameter_mm' or 'diameter_point' (mass comes from the volume)")
         if self.modulus is not None and self.kind != "counter":
             raise ValueError("'modulus' is for kind 'counter'")
         return self
@@ -298,7 +303,9 @@ def _refs(data: dict[str, Any]) -> list[tuple[str, Any]]:
         refs += [(f"job.{k}", job.get(k)) for k in ("id", "order", "program")]
         materials = job.get("materials")
         if isinstance(materials, dict):
-            refs += [(f"job.materials.{n}.point", m.get("point")) for n, m in materials.items() if isinstance(m, dict)]
+            for n, m in materials.items():
+                if isinstance(m, dict):
+                    refs += [(f"job.materials.{n}.{k}", m.get(k)) for k in ("point", "diameter_point", "density_point")]
     return refs
 
 

@@ -61,6 +61,8 @@ class DeviceJobs:
             "good": counters.good if counters else None,
             "bad": counters.bad if counters else None,
             **{f"material:{n}": m.point for n, m in job.materials.items()},
+            **{f"diameter:{n}": m.diameter_point for n, m in job.materials.items()},
+            **{f"density:{n}": m.density_point for n, m in job.materials.items()},
         }
         self.index = {k: table.index_of(v) for k, v in names.items() if v is not None and v in table.ids}
         self.watched = frozenset(table.ids[i] for i in self.index.values())
@@ -76,7 +78,7 @@ class DeviceJobs:
         return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
     def _amount(self, name: str) -> float | None:
-        v = self._value(f"material:{name}")
+        v = self._value(name)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
     def _load(self) -> dict[str, Any] | None:
@@ -130,7 +132,10 @@ class DeviceJobs:
             machine=machine,
             completed=machine.execution == Execution.PROGRAM_COMPLETED,
             stopped=machine.execution == Execution.PROGRAM_STOPPED,
-            materials={n: self._amount(n) for n in self.tracker.materials},
+            materials={n: self._amount(f"material:{n}") for n in self.tracker.materials},
+            material_params={
+                n: (self._amount(f"diameter:{n}"), self._amount(f"density:{n}")) for n in self.tracker.materials
+            },
             energy_kwh=self.energy_source() if self.energy_source is not None else None,
         )
 

@@ -52,6 +52,8 @@ class JobTracker:
     _mat: dict[str, MaterialCount] = field(default_factory=dict)  # kind counter: advance since the start
     _mat_total: dict[str, float] = field(default_factory=dict)  # kind job_total: the device's figure
     _mat_in: Mapping[str, float | None] = field(default_factory=dict)  # this observation's raw values
+    # per-job diameter and density (the job's own figures, e.g. from the slicer), by material
+    _mat_params: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
     _energy: MaterialCount = field(default_factory=MaterialCount)  # the meter's advance (kWh)
     _energy_in: float | None = None
 
@@ -78,9 +80,12 @@ class JobTracker:
         stopped: bool,
         materials: Mapping[str, float | None] | None = None,
         energy_kwh: float | None = None,
+        material_params: Mapping[str, tuple[float | None, float | None]] | None = None,
     ) -> list[JobEvent]:
         events: list[JobEvent] = []
         self._mat_in = materials or {}
+        if material_params:
+            self._mat_params = material_params
         self._energy_in = energy_kwh
         job = None if job_id in (None, "", 0) else str(job_id)
         cur = self.current
@@ -208,7 +213,8 @@ class JobTracker:
                 if raw is not None:
                     self._mat_total[name] = raw
                 amount = self._mat_total.get(name, 0.0)
-            out.append(_derive(name, amount, d))
+            diameter, density = self._mat_params.get(name, (None, None))
+            out.append(_derive(name, amount, d, diameter, density))
         return tuple(out)
 
     def _clock(self, machine: MachineState, now_ms: int) -> None:
@@ -248,12 +254,17 @@ def name_kind(materials: Mapping[str, MaterialDef], name: str) -> str | None:
     return None if d is None else d.kind
 
 
-def _derive(name: str, amount: float, d: MaterialDef) -> MaterialUse:
-    """Volume from a length and the filament diameter, mass from the volume and density."""
+def _derive(
+    name: str, amount: float, d: MaterialDef, job_diameter: float | None = None, job_density: float | None = None
+) -> MaterialUse:
+    """Volume from a length and the filament diameter, mass from the volume and density;
+    the job's own figures (when positive) before the profile's."""
     volume = mass = None
-    if d.diameter_mm is not None:
+    diameter = job_diameter if job_diameter is not None and job_diameter > 0 else d.diameter_mm
+    density = job_density if job_density is not None and job_density > 0 else d.density_g_cm3
+    if diameter is not None:
         length_mm = amount * (1000.0 if d.unit == "m" else 1.0)
-        volume = math.pi * (d.diameter_mm / 2) ** 2 * length_mm / 1000.0  # mm3 -> cm3
-        if d.density_g_cm3 is not None:
-            mass = volume * d.density_g_cm3
+        volume = math.pi * (diameter / 2) ** 2 * length_mm / 1000.0  # mm3 -> cm3
+        if density is not None:
+            mass = volume * density
     return MaterialUse(name, amount, d.unit, volume, mass)

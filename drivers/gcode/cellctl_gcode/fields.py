@@ -59,6 +59,10 @@ _LIST: list[FieldInfo] = [
     _f("job.resends", "int", BOTH, "lines resent on the firmware's request (Marlin)"),
     _f("job.filament_mm", "float", MARLIN, "filament used by the job so far (mm): net E travel of the acknowledged "
        "lines, with M82/M83, G90/G91, G92 E resets and retractions (extrusion.py)"),
+    _f("job.filament_diameter", "float", MARLIN, "filament diameter (mm) the job's slicer comments give "
+       "(`; filament_diameter = 1.75`), null when the file does not say"),
+    _f("job.filament_density", "float", MARLIN, "filament density (g/cm3) from the slicer comments "
+       "(`; filament_density = 1.24`), null when the file does not say"),
     # GRBL status report
     *(_f(f"mpos.{a}", "float", GRBL, f"machine position {a.upper()} ({_unit(a)})") for a in "xyzabc"),
     *(_f(f"wpos.{a}", "float", GRBL, f"work position {a.upper()} ({_unit(a)}), MPos - WCO") for a in "xyzabc"),

@@ -132,6 +132,8 @@ class Job:
             "job.error_code": self.error_code,
             "job.resends": self.resends,
             "job.filament_mm": self.filament_mm,
+            "job.filament_diameter": self.program.filament_diameter_mm,
+            "job.filament_density": self.program.filament_density_g_cm3,
         }
 
     def summary(self) -> dict[str, Any]:

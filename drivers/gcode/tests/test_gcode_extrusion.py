@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from cellctl_gcode.extrusion import ExtrusionTracker
+from cellctl_gcode.program import Program
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -89,3 +90,21 @@ def test_lines_fed_in_two_parts_give_the_same_length(job: tuple[list[str], float
     for line in lines[cut:]:
         a.feed(line)
     assert a.net_mm == run(lines).net_mm
+
+
+@pytest.mark.parametrize(
+    ("comments", "diameter", "density"),
+    [
+        (["; filament_diameter = 1.75", "; filament_density = 1.24"], 1.75, 1.24),  # PrusaSlicer, OrcaSlicer
+        (["; filament_diameter = 2.85,1.75", ";filament_density=1.27"], 2.85, 1.27),  # the first extruder's
+        (["G1 X1 ; filament_diameter = 3"], 3.0, None),  # after a command
+        (["; filament_diameter = 0", "; filament_density = nonsense"], None, None),  # ignored
+        (["; filament_diameter = 1.75", "; filament_diameter = 2.85"], 1.75, None),  # the first mention wins
+        ([], None, None),
+    ],
+)
+def test_the_slicer_comments_give_the_jobs_filament(
+    comments: list[str], diameter: float | None, density: float | None
+) -> None:
+    program = Program.from_lines(["G1 E1", *comments], dialect="marlin", name="part.gcode")
+    assert (program.filament_diameter_mm, program.filament_density_g_cm3) == (diameter, density)

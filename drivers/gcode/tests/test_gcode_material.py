@@ -58,7 +58,8 @@ def collector(broker: Mosquitto, unique: str) -> Iterator[Collector]:
 async def test_filament_of_a_job_with_resets_and_retractions_reaches_the_job_record(
     broker: Mosquitto, collector: Collector, unique: str, tmp_path: Path
 ) -> None:
-    """The same file printed twice: two job records, each with exactly the file's filament."""
+    """The same moves printed twice: two job records, each with exactly the file's filament;
+    the second file's slicer comments say 2.85 mm PETG, so its volume and mass follow them."""
     lines, length = known_job()
     assert length == 1519.0
     job_dir = tmp_path / "jobs"
@@ -76,7 +77,8 @@ async def test_filament_of_a_job_with_resets_and_retractions_reaches_the_job_rec
             drop_job(job_dir, "part.gcode", lines)
             await collector.until(completed(1), timeout=40, what="the first print completed")
             assert sim.filament_mm == pytest.approx(length)  # the firmware moved exactly that much
-            drop_job(job_dir, "part.gcode", lines)  # the same file again
+            petg = [*lines, "; filament_diameter = 2.85", "; filament_density = 1.27"]  # as PrusaSlicer ends a file
+            drop_job(job_dir, "part.gcode", petg)  # the same moves again
             await collector.until(completed(2), timeout=40, what="the second print completed")
             await collector.until(
                 lambda _m: (j := collector.latest("/printer/job")) is not None and j["state"] == "completed"
@@ -89,15 +91,15 @@ async def test_filament_of_a_job_with_resets_and_retractions_reaches_the_job_rec
     assert first["job_id"] != second["job_id"]
     assert first["job_id"].startswith("part.gcode@")
     assert first["program"] == second["program"] == "part.gcode"
-    volume = math.pi * 0.875**2 * length / 1000.0
-    for job in (first, second, collector.latest("/printer/job")):
-        assert job is not None
+    for job, radius, density in ((first, 0.875, 1.24), (second, 1.425, 1.27)):
+        volume = math.pi * radius**2 * length / 1000.0
         assert job["materials"]["filament"] == {
             "amount": length,
             "unit": "mm",
             "volume_cm3": round(volume, 4),
-            "mass_g": round(volume * 1.24, 4),
+            "mass_g": round(volume * density, 4),
         }
+    assert collector.latest("/printer/job") == {**second, "ts": collector.latest("/printer/job")["ts"]}
     assert latest_value(collector, "printer", "job_filament_mm") == length
 
 
