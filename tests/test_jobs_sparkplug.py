@@ -70,6 +70,8 @@ async def test_job_record_and_oee_in_dbirth_and_ddata(
         ],
         cell=unique,
         publish={"formats": ["sparkplug"]},
+        oee={"timezone": "UTC", "shifts": [{"name": "am", "start": "00:00", "end": "12:00"},
+                                           {"name": "pm", "start": "12:00", "end": "00:00"}]},
     )
     cap = Capture(broker.port, "spBv1.0/test-lab-a1/#")
     try:
@@ -89,7 +91,11 @@ async def test_job_record_and_oee_in_dbirth_and_ddata(
             await cap.until(
                 lambda m: any(d.get("Job/id") == "FLANGE" for d in job_datas(m, names)), what="the next job"
             )
-            await cap.until(lambda m: "OEE/produced" in oee_values(m, names), what="OEE in DDATA")
+            await cap.until(
+                lambda m: oee_values(m, names).get("OEE/produced") == 8
+                and oee_values(m, names).get("OEE/shift/produced") == 8,
+                what="the hour's and the shift's OEE in DDATA",
+            )
             msgs = cap.snapshot()
     finally:
         cap.close()
@@ -98,7 +104,8 @@ async def test_job_record_and_oee_in_dbirth_and_ddata(
         "Job/id": STRING, "Job/state": STRING, "Job/event": STRING, "Job/start_ts": DATETIME,
         "Job/produced": INT64, "Job/good": INT64, "Job/scrap": INT64, "Job/running_s": DOUBLE,
         "Job/energy_kwh": DOUBLE, "OEE/availability": DOUBLE, "OEE/oee": DOUBLE,
-        "OEE/seconds/executing": DOUBLE,
+        "OEE/seconds/executing": DOUBLE, "OEE/shift/name": STRING, "OEE/shift/start_ts": DATETIME,
+        "OEE/shift/oee": DOUBLE,
     }.items():
         assert by_name[name].datatype == datatype, name
     assert by_name["Job/id"].is_null  # no job yet when the PLC was birthed
@@ -122,6 +129,10 @@ async def test_job_record_and_oee_in_dbirth_and_ddata(
     assert after["Job/state"] == "running"
     assert after["Job/produced"] == 0
     assert after["Job/start_ts"] == ended["Job/end_ts"]
-    oee = oee_values(msgs, names)
+    oee = {x.name: metric_value(x) for x in birth.metrics if x.name.startswith("OEE/")}
+    oee.update(oee_values(msgs, names))  # a host folds the DDATA into what the DBIRTH said
     assert oee["OEE/produced"] == 8
     assert oee["OEE/good"] == 6
+    assert oee["OEE/shift/good"] == 6
+    assert oee["OEE/shift/name"] in ("am", "pm")
+    assert oee["OEE/shift/start_ts"] % (12 * 3600 * 1000) == 0

@@ -8,7 +8,8 @@ for a profile with `job:`, the job record as `Job/...` (docs/jobs.md: `id`, `ord
 `program`, `state`, `event`, `start_ts`, `end_ts`, `reason`, `produced`, `good`, `scrap`,
 `running_s`, `cycle_time_s`, `materials/<name>/amount|volume_cm3|mass_g`, `energy_kwh`)
 and the current window's OEE as `OEE/...` (`availability`, `performance`, `quality`,
-`oee`, `produced`, `good`, `seconds/<item state>`). Aliases come from the node's
+`oee`, `produced`, `good`, `seconds/<item state>`), and with a shift calendar the current
+shift's as `OEE/shift/...` (the same, plus `name` and `start_ts`). Aliases come from the node's
 `AliasBook`, so they keep their meaning across restarts (stored DATA refers to metrics by
 alias).
 """
@@ -91,6 +92,12 @@ OEE_FIELDS: Final[Mapping[str, DataType]] = {
     "good": DataType.Int64,
     **{f"seconds/{s.value}": DataType.Double for s in ItemState if s != ItemState.UNKNOWN},
 }
+SHIFT: Final = "shift/"
+SHIFT_FIELDS: Final[Mapping[str, DataType]] = {
+    "name": DataType.String,
+    "start_ts": DataType.DateTime,
+    **OEE_FIELDS,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,7 @@ class DeviceModel:
     writable: Mapping[str, tuple[float | None, float | None]]  # point id -> (min, max)
     job: Mapping[str, MetricDef] = dataclasses.field(default_factory=dict)  # "state", "materials/x/amount"
     oee: Mapping[str, MetricDef] = dataclasses.field(default_factory=dict)  # "availability", "seconds/executing"
+    oee_shift: Mapping[str, MetricDef] = dataclasses.field(default_factory=dict)  # "name", "oee"
 
 
 def _job_fields(dev: CompiledDevice) -> list[tuple[str, DataType]]:
@@ -124,8 +132,9 @@ def _job_fields(dev: CompiledDevice) -> list[tuple[str, DataType]]:
     return out
 
 
-def device_model(dev: CompiledDevice, aliases: AliasBook) -> DeviceModel:
-    """Every metric of one device, with lasting aliases."""
+def device_model(dev: CompiledDevice, aliases: AliasBook, *, shift_oee: bool = False) -> DeviceModel:
+    """Every metric of one device, with lasting aliases; `shift_oee` when the cell has a
+    shift calendar (config `oee.shifts`)."""
     named: list[tuple[str, DataType]] = [(p.id, POINT_DATATYPES[p.type]) for p in dev.points]
     prof = dev.profile
     has_machine = bool(prof.state or prof.counters or prof.alarms or prof.program)
@@ -144,8 +153,10 @@ def device_model(dev: CompiledDevice, aliases: AliasBook) -> DeviceModel:
     named += [(MACHINE_PREFIX + f, dt) for f, dt in machine_fields]
     job_fields = _job_fields(dev)
     oee_fields = list(OEE_FIELDS.items()) if job_fields else []
+    shift_fields = list(SHIFT_FIELDS.items()) if job_fields and shift_oee else []
     named += [(JOB_PREFIX + f, dt) for f, dt in job_fields]
     named += [(OEE_PREFIX + f, dt) for f, dt in oee_fields]
+    named += [(OEE_PREFIX + SHIFT + f, dt) for f, dt in shift_fields]
     table = aliases.table(dev.config.id, named)
     points = tuple(table.by_name[p.id] for p in dev.points)
     return DeviceModel(
@@ -157,6 +168,7 @@ def device_model(dev: CompiledDevice, aliases: AliasBook) -> DeviceModel:
         writable={p.id: (p.min, p.max) for p in dev.points if p.access in ("w", "rw")},
         job={f: table.by_name[JOB_PREFIX + f] for f, _ in job_fields},
         oee={f: table.by_name[OEE_PREFIX + f] for f, _ in oee_fields},
+        oee_shift={f: table.by_name[OEE_PREFIX + SHIFT + f] for f, _ in shift_fields},
     )
 
 
@@ -206,6 +218,13 @@ def _oee_values(figures: Oee | None) -> dict[str, Any]:
     for state, seconds in figures.seconds.items():
         out[f"seconds/{state}"] = float(round(seconds))
     return out
+
+
+def _shift_values(figures: Oee | None) -> dict[str, Any]:
+    """The shift's OEE with its name and start; every field null between shifts."""
+    if figures is None:
+        return dict.fromkeys(SHIFT_FIELDS)
+    return {**_oee_values(figures), "name": figures.window, "start_ts": figures.start_ms}
 
 
 def _changed(
@@ -263,6 +282,7 @@ def birth_metrics(model: DeviceModel, snapshot: DeviceSnapshot, ts: int) -> list
         (model.machine, _machine_values(snapshot.machine)),
         (model.job, _job_values(snapshot.job, None)),
         (model.oee, _oee_values(snapshot.oee)),
+        (model.oee_shift, _shift_values(snapshot.oee_shift)),
     ):
         out += [
             Metric(name=d.name, alias=d.alias, datatype=d.datatype, value=values.get(f), timestamp=ts)
@@ -275,7 +295,7 @@ class DataBuilder:
     """DDATA metrics from one DeviceUpdate: changed values, quality changes (with the
     point's last value, as every DATA metric needs one) and changed machine fields."""
 
-    __slots__ = ("_birth_quality", "_job", "_machine", "_oee", "_values", "model")
+    __slots__ = ("_birth_quality", "_job", "_machine", "_oee", "_shift", "_values", "model")
 
     def __init__(self, model: DeviceModel) -> None:
         self.model = model
@@ -284,6 +304,7 @@ class DataBuilder:
         self._birth_quality: dict[str, Quality] | None = None  # until the first DATA after a BIRTH
         self._job: dict[str, Any] = {}  # job and OEE values last put in DATA or BIRTH
         self._oee: dict[str, Any] = {}
+        self._shift: dict[str, Any] = {}
 
     def reset(self, snapshot: DeviceSnapshot) -> None:
         """A BIRTH said everything: changes count from here."""
@@ -292,6 +313,7 @@ class DataBuilder:
         self._birth_quality = {p.id: p.quality for p in snapshot.points}
         self._job = {f: v for f, v in _job_values(snapshot.job, None).items() if f in self.model.job}
         self._oee = {f: v for f, v in _oee_values(snapshot.oee).items() if f in self.model.oee}
+        self._shift = _shift_values(snapshot.oee_shift) if self.model.oee_shift else {}
         self._job.setdefault("event", None)
 
     def _after_birth(self, update: DeviceUpdate, births: dict[str, Quality]) -> DeviceUpdate:
@@ -358,13 +380,19 @@ class DataBuilder:
         self._job = new
         return out
 
-    def oee_metrics(self, figures: Oee | None, ts: int) -> list[Metric]:
-        """The OEE figures that changed since they were last sent (None: nothing yet)."""
-        if figures is None or not self.model.oee:
-            return []
-        new = {f: v for f, v in _oee_values(figures).items() if f in self.model.oee}
-        out = _changed({f: d for f, d in self.model.oee.items() if f in new}, self._oee, new, ts)
-        self._oee.update(new)
+    def oee_metrics(self, figures: Oee | None, shift: Oee | None, ts: int) -> list[Metric]:
+        """The OEE figures (the hour's; the shift's with a calendar) that changed since
+        they were last sent."""
+        out: list[Metric] = []
+        if figures is not None and self.model.oee:
+            new = {f: v for f, v in _oee_values(figures).items() if f in self.model.oee}
+            out += _changed({f: d for f, d in self.model.oee.items() if f in new}, self._oee, new, ts)
+            self._oee.update(new)
+        if self.model.oee_shift:
+            values = _shift_values(shift)
+            new = {f: values.get(f) for f in self.model.oee_shift}
+            out += _changed(self.model.oee_shift, self._shift, new, ts)
+            self._shift = new
         return out
 
 
@@ -451,11 +479,13 @@ class SparkplugEncoder:
         """Sparkplug has no retained state: BIRTH messages carry it. The state's moment
         is when the OEE figures (which move with time, not with readings) go out as DATA."""
         device_id = snapshot.device_id
-        if snapshot.oee is None or not self._alive.get(device_id):
+        if (snapshot.oee is None and snapshot.oee_shift is None) or not self._alive.get(device_id):
             return
         builder = self._builders.get(device_id)
         if builder is not None:
-            self._put(device_id, snapshot.ts_ms, builder.oee_metrics(snapshot.oee, snapshot.ts_ms))
+            self._put(
+                device_id, snapshot.ts_ms, builder.oee_metrics(snapshot.oee, snapshot.oee_shift, snapshot.ts_ms)
+            )
 
     def device_removed(self, device_id: str) -> None:
         """A DDEATH if the device was ever birthed; then it is forgotten (the node's
