@@ -191,6 +191,7 @@ class Daemon:
                     replay_rate=replay_rate,
                     devices=self.compiled.devices,
                     state_dir=self.state_dir,
+                    shift_oee=bool(cfg.oee.shifts),
                 )
             except StateFileError as exc:
                 raise ConfigError([f"{self.compiled.path}: state_dir: {exc}"]) from None

@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the wire types; cellctl.contract imports this module at run time
-    from cellctl.contract.payloads import AlarmJson, JobJson, MachineJson, OeeJson, ProgramJson
+    from cellctl.contract.payloads import AlarmJson, JobJson, MachineJson, MaterialJson, OeeJson, ProgramJson
 
 
 class Quality(StrEnum):
@@ -121,6 +121,26 @@ ENDED = frozenset({JobState.COMPLETED, JobState.ABORTED, JobState.FAILED})
 
 
 @dataclass(frozen=True, slots=True)
+class MaterialUse:
+    """How much of one material a job used (OPC 40001-3 material used, MTConnect
+    RawMaterial consumed); volume and mass when the profile gives diameter and density."""
+
+    name: str
+    amount: float
+    unit: str
+    volume_cm3: float | None = None
+    mass_g: float | None = None
+
+    def as_dict(self) -> MaterialJson:
+        return {
+            "amount": round(self.amount, 4),
+            "unit": self.unit,
+            "volume_cm3": None if self.volume_cm3 is None else round(self.volume_cm3, 4),
+            "mass_g": None if self.mass_g is None else round(self.mass_g, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class JobRecord:
     job_id: str
     order_id: str | None
@@ -134,9 +154,11 @@ class JobRecord:
     scrap: int = 0
     running_s: float = 0.0  # time executing during the job
     cycle_time_s: float | None = None  # running time per part produced
+    materials: tuple[MaterialUse, ...] = ()  # one per material the profile declares
+    energy_kwh: float | None = None  # the cell's energy meter's advance during the job (config `energy:`)
 
     def as_dict(self) -> JobJson:
-        return {
+        out: JobJson = {
             "job_id": self.job_id,
             "order_id": self.order_id,
             "program": self.program,
@@ -150,6 +172,11 @@ class JobRecord:
             "running_s": round(self.running_s, 3),
             "cycle_time_s": None if self.cycle_time_s is None else round(self.cycle_time_s, 3),
         }
+        if self.materials:
+            out["materials"] = {m.name: m.as_dict() for m in self.materials}
+        if self.energy_kwh is not None:
+            out["energy_kwh"] = round(self.energy_kwh, 6)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,9 +196,11 @@ class Oee:
     seconds: Mapping[str, float]
     produced: int
     good: int
+    window: str | None = None  # "hour" or the shift's name
+    start_ms: int | None = None  # when the window began
 
     def as_dict(self) -> OeeJson:
-        return {
+        out: OeeJson = {
             "availability": self.availability,
             "performance": self.performance,
             "quality": self.quality,
@@ -180,6 +209,11 @@ class Oee:
             "produced": self.produced,
             "good": self.good,
         }
+        if self.window is not None:
+            out["window"] = self.window
+        if self.start_ms is not None:
+            out["start_ts"] = self.start_ms
+        return out
 
 
 # -- what the engine hands to the encoders ------------------------------------------------
@@ -242,4 +276,5 @@ class DeviceSnapshot:
     # device type): why, else None.
     degraded: str | None = None
     job: JobRecord | None = None  # the current or last job record, when the profile maps jobs
-    oee: Oee | None = None  # OEE of the current window, when the profile maps jobs
+    oee: Oee | None = None  # OEE of the current hour, when the profile maps jobs
+    oee_shift: Oee | None = None  # OEE of the current shift, with a shift calendar (config `oee.shifts`)

@@ -142,6 +142,7 @@ def test_demo_runs_end_to_end_logs_at_info_and_leaves_nothing_behind(tmp_path: P
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "devices: meter-1, mill-1" in proc.stdout
+    assert "mill-1: OEE hour: A " in proc.stdout  # the PLC's OEE (and its job, once one ran)
     # --no-table logs the daemon's events at the default level (info), as JSON lines
     events = {json.loads(line)["event"] for line in proc.stderr.splitlines() if line.startswith("{")}
     assert {"cellctl_starting", "cellctl_stopped"} <= events, proc.stderr[-2000:]

@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from cellctl.cli.main import cli
-from cellctl.cli.watch import CellView
+from cellctl.cli.watch import CellView, job_lines
 from cellctl.localbroker import Mosquitto
 from cellctl.testing import modbus_device, root_topic, write_config
 
@@ -133,3 +133,27 @@ def test_view_ignores_malformed_messages_and_late_history() -> None:
     assert snap["devices"]["m1"]["points"]["t"]["v"] == 1.5
     assert snap["events"] == [{"event": "outbox_dropped", "count": 2}]
     view.render()  # draws whatever it holds
+
+
+def test_view_shows_the_current_job_and_oee() -> None:
+    view = CellView("uns/v1/a/b/c/d/e")
+    root = view.root
+    job = {
+        "ts": 1, "job_id": "J-4711", "order_id": None, "program": "BRACKET", "state": "running",
+        "start_ts": 1, "end_ts": None, "reason": None, "produced": 8, "good": 7, "scrap": 1,
+        "running_s": 20.0, "cycle_time_s": 2.5, "energy_kwh": 0.125,
+        "materials": {"filament": {"amount": 1519.0, "unit": "mm", "volume_cm3": 3.65, "mass_g": 4.53}},
+    }  # fmt: skip
+    oee = {
+        "availability": 0.8125, "performance": 0.923, "quality": 0.983, "oee": 0.7375,
+        "seconds": {"executing": 11700.0}, "produced": 600, "good": 590, "window": "hour", "start_ts": 0,
+    }  # fmt: skip
+    view.on_message(f"{root}/m1/job", orjson.dumps(job))
+    view.on_message(f"{root}/m1/state", orjson.dumps({"available": True, "points": {}, "oee": oee}))
+    view.on_message(f"{root}/m1/job", orjson.dumps({**job, "historical": True, "job_id": "old"}))
+    dev = view.snapshot()["devices"]["m1"]
+    assert dev["job"]["job_id"] == "J-4711"
+    assert job_lines(dev) == [
+        "job J-4711 running: 8 made, 7 good, 1 scrap, filament 1519.0 mm (4.5 g), 0.125 kWh",
+        "OEE hour: A 81% x P 92% x Q 98% = 74% (600 made)",
+    ]

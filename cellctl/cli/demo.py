@@ -35,6 +35,11 @@ state_dir: state                 # the outbox and Sparkplug state, beside this f
 backbone: {{host: 127.0.0.1, port: {broker_port}}}
 publish: {{prefix: uns/v1, state_min_interval: 1s}}
 log_level: {log_level}
+oee:                             # OEE per shift beside the hour (docs/jobs.md)
+  shifts:
+    - {{name: early, start: "06:00", end: "14:00"}}
+    - {{name: late, start: "14:00", end: "22:00"}}
+    - {{name: night, start: "22:00", end: "06:00"}}
 devices:
   - id: meter-1
     driver: modbus
@@ -46,6 +51,7 @@ devices:
     driver: modbus
     profile: sim-machine-plc
     connection: {{transport: tcp, host: 127.0.0.1, port: {sim_port}, unit: 2}}
+    energy: {{meter: meter-1}}       # energy per job from the meter (docs/jobs.md)
     poll_interval: 250ms
     timeout: 1s
 """
@@ -199,3 +205,8 @@ async def _run_with_view(daemon: Daemon, view: Any, duration: float | None, tabl
             click.echo(
                 f"demo stopped: {view.messages} messages seen, devices: {', '.join(sorted(view.devices))}"
             )
+            from cellctl.cli.watch import job_lines
+
+            for dev_id, dev in sorted(view.snapshot()["devices"].items()):
+                for line in job_lines(dev):  # the current job and OEE, as the table shows them
+                    click.echo(f"{dev_id}: {line}")

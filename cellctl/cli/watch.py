@@ -71,12 +71,15 @@ class CellView:
             self.outbox = body
         elif rest == ["events"]:
             self.events.appendleft(body)
-        elif len(rest) == 2 and rest[1] in ("state", "data"):
+        elif len(rest) == 2 and rest[1] in ("state", "data", "job"):
             dev = self.devices.setdefault(
                 rest[0], {"points": {}, "machine": None, "available": None, "reason": None, "ts": None}
             )
             if body.get("historical"):
                 return  # late delivery from the outbox: never overwrite newer values
+            if rest[1] == "job":  # the current job record (retained), docs/jobs.md
+                dev["job"] = body
+                return
             dev["ts"] = body.get("ts")
             if rest[1] == "state":
                 self._state(dev, body)
@@ -90,6 +93,9 @@ class CellView:
         dev["machine"] = body.get("machine")
         dev["profile"] = body.get("profile")
         dev["points"] = {pid: dict(entry) for pid, entry in (body.get("points") or {}).items()}
+        for key in ("oee", "oee_shift"):
+            if key in body:
+                dev[key] = body[key]
 
     @staticmethod
     def _data(dev: dict[str, Any], body: dict[str, Any]) -> None:
@@ -182,6 +188,7 @@ def _device_table(dev_id: str, dev: dict[str, Any]) -> Any:
             progress = program.get("progress")
             shown = f" {progress * 100:.0f}%" if isinstance(progress, int | float) else ""
             lines.append(f"job: {program.get('name') or '?'}{shown}")
+    lines += job_lines(dev)
     style = "bold red" if dev.get("available") is False else "bold"
     table = Table(
         "point", "value", "unit", "quality",
@@ -195,6 +202,45 @@ def _device_table(dev_id: str, dev: dict[str, Any]) -> Any:
         reason = f" ({entry['reason']})" if entry.get("reason") else ""
         table.add_row(pid, shown, entry.get("unit") or "", Text(f"{q}{reason}", style=qstyle))
     return table
+
+
+def _pct(v: Any) -> str:
+    return f"{v * 100:.0f}%" if isinstance(v, int | float) else "-"
+
+
+def job_line(job: dict[str, Any]) -> str:
+    """`job BRACKET running: 8 made, 7 good, 1 scrap, filament 1519 mm (4.5 g), 0.12 kWh`."""
+    text = (
+        f"job {job.get('job_id')} {job.get('state')}"
+        + (f" ({job['reason']})" if job.get("reason") else "")
+        + f": {job.get('produced', 0)} made, {job.get('good', 0)} good, {job.get('scrap', 0)} scrap"
+    )
+    for name, m in (job.get("materials") or {}).items():
+        mass = f" ({m['mass_g']:.1f} g)" if isinstance(m.get("mass_g"), int | float) else ""
+        text += f", {name} {m.get('amount')} {m.get('unit')}{mass}"
+    if isinstance(job.get("energy_kwh"), int | float):
+        text += f", {job['energy_kwh']:.3f} kWh"
+    return text
+
+
+def oee_line(label: str, oee: dict[str, Any]) -> str:
+    """`OEE hour: A 81% x P 92% x Q 98% = 74% (600 made)`."""
+    return (
+        f"OEE {label}: A {_pct(oee.get('availability'))} x P {_pct(oee.get('performance'))}"
+        f" x Q {_pct(oee.get('quality'))} = {_pct(oee.get('oee'))} ({oee.get('produced', 0)} made)"
+    )
+
+
+def job_lines(dev: dict[str, Any]) -> list[str]:
+    """The current job and OEE of a device whose profile maps jobs (none otherwise)."""
+    lines = []
+    if isinstance(dev.get("job"), dict):
+        lines.append(job_line(dev["job"]))
+    for key in ("oee", "oee_shift"):
+        oee = dev.get(key)
+        if isinstance(oee, dict):
+            lines.append(oee_line(str(oee.get("window") or ("hour" if key == "oee" else "shift")), oee))
+    return lines
 
 
 @contextlib.contextmanager

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -224,6 +225,59 @@ def _listen_address(value: str) -> str:
     return value
 
 
+_HHMM = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"
+
+
+def minutes_of(hhmm: str) -> int:
+    """'06:30' -> 390 (the pattern has been checked)."""
+    h, m = hhmm.split(":")
+    return int(h) * 60 + int(m)
+
+
+class Shift(_Frozen):
+    """One shift of the calendar in local time; `end` before `start` crosses midnight."""
+
+    name: Annotated[str, Field(pattern=ID_PATTERN)]
+    start: Annotated[str, Field(pattern=_HHMM)]
+    end: Annotated[str, Field(pattern=_HHMM)]
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Shift:
+        if self.start == self.end:
+            raise ValueError(f"shift {self.name!r}: start and end are both {self.start!r}")
+        return self
+
+    def minutes(self) -> set[int]:
+        """The minutes of the day (0..1439) the shift covers."""
+        s, e = minutes_of(self.start), minutes_of(self.end)
+        return set(range(s, e)) if s < e else set(range(s, 1440)) | set(range(0, e))
+
+
+class OeeConfig(_Frozen):
+    """OEE windows (docs/jobs.md): always the current hour; with `shifts`, also the current
+    shift. Times are wall-clock times in `timezone` (an IANA name; default: the machine's)."""
+
+    shifts: list[Shift] = []
+    timezone: str | None = None
+
+    @model_validator(mode="after")
+    def _calendar(self) -> OeeConfig:
+        names = [s.name for s in self.shifts]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"shift names used twice: {twice}")
+        for i, a in enumerate(self.shifts):
+            for b in self.shifts[i + 1 :]:
+                if a.minutes() & b.minutes():
+                    raise ValueError(f"shifts {a.name!r} ({a.start}-{a.end}) and {b.name!r} ({b.start}-{b.end}) overlap")
+        if self.timezone is not None:
+            try:
+                zoneinfo.ZoneInfo(self.timezone)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown timezone {self.timezone!r} (an IANA name such as 'Europe/Berlin')") from None
+        return self
+
+
 class MetricsConfig(_Frozen):
     """The Prometheus `/metrics` and JSON `/health` endpoint (docs/metrics.md). Off
     unless the section is present; loopback by default, for a local agent or proxy."""
@@ -263,6 +317,15 @@ class PointOverride(_Frozen):
     decimals: Annotated[int, Field(ge=0, le=15)] | None = None
 
 
+class EnergyFrom(_Frozen):
+    """A cell-level relation (docs/jobs.md): the energy meter in the same cell that feeds
+    this machine, and the meter's energy counter point (kWh); a job's energy is the
+    meter's advance over the job window."""
+
+    meter: Annotated[str, Field(pattern=ID_PATTERN)]
+    point: str = "energy_import"
+
+
 class DeviceConfig(_Frozen):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
     driver: str
@@ -276,11 +339,14 @@ class DeviceConfig(_Frozen):
     # Per-device overrides of profile points; `disabled_points` are not read at all.
     points: dict[str, PointOverride] = {}
     disabled_points: list[str] = []
+    energy: EnergyFrom | None = None  # energy per job from a meter in the cell
 
     @model_validator(mode="after")
     def _reserved(self) -> DeviceConfig:
         if self.id in RESERVED_DEVICE_IDS:
             raise ValueError(f"device id {self.id!r} is reserved for cell-level topics")
+        if self.energy is not None and self.energy.meter == self.id:
+            raise ValueError(f"device {self.id!r}: 'energy.meter' names the device itself")
         return self
 
 
@@ -293,6 +359,7 @@ class CellConfig(_Frozen):
     outbox: OutboxConfig = OutboxConfig()
     sparkplug: SparkplugConfig = SparkplugConfig()
     metrics: MetricsConfig | None = None  # off unless set
+    oee: OeeConfig = OeeConfig()  # OEE windows: the hour, and shifts when a calendar is given
     commands: CommandsConfig = CommandsConfig()
     profile_dirs: list[Path] = []
     devices: list[DeviceConfig] = []
@@ -307,6 +374,11 @@ class CellConfig(_Frozen):
             if d.id in seen:
                 raise ValueError(f"device id {d.id!r} is used twice (devices[{seen[d.id]}] and devices[{i}])")
             seen[d.id] = i
+        for i, d in enumerate(devices):
+            if d.energy is not None and d.energy.meter not in seen:
+                raise ValueError(
+                    f"devices[{i}] ({d.id!r}): energy.meter names device {d.energy.meter!r}, which the cell does not have"
+                )
         return devices
 
     @property

@@ -223,6 +223,23 @@ def _duplicate(raw: Any, index: int, seen: dict[str, int]) -> str | None:
     return None
 
 
+def _check_energy(compiled: dict[int, CompiledDevice], path: Path, problems: list[str]) -> None:
+    """A device's `energy:` relation names a meter of the cell that is read and has the point."""
+    by_id = {d.config.id: d for d in compiled.values()}
+    for i, d in compiled.items():
+        energy = d.config.energy
+        if energy is None:
+            continue
+        where = f"{path}: devices[{i}].energy"
+        meter = by_id.get(energy.meter)
+        if meter is None:
+            problems.append(f"{where}: meter {energy.meter!r} is not an enabled device of the cell")
+        elif energy.point not in {p.id for p in meter.points}:
+            problems.append(
+                f"{where}: point {energy.point!r} is not in profile {meter.profile.name!r} of meter {energy.meter!r}"
+            )
+
+
 def load_cell(path: Path) -> CompiledCell:
     """Load and compile a cell config; raise ConfigError listing every problem found.
 
@@ -251,6 +268,7 @@ def load_cell(path: Path) -> CompiledCell:
             )
         ):
             compiled[i] = device
+    _check_energy(compiled, path, problems)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))  # a shared profile's problems once
     try:

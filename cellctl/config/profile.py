@@ -139,6 +139,36 @@ class Counters(_Frozen):
     modulus: Annotated[int, Field(ge=2)] | None = None
 
 
+class MaterialDef(_Frozen):
+    """A material the job uses, from a point (docs/jobs.md): a device `counter` that only
+    counts up (wrap/reset-safe deltas, like parts; `modulus` as in `counters`), or a
+    `job_total` the device itself resets at each job start (the gcode driver's
+    `job.filament_mm`). With `diameter_mm` a length becomes a volume (filament), and with
+    `density_g_cm3` a mass; `diameter_point` / `density_point` name points that give them
+    per job (the gcode driver's `job.filament_diameter` from the slicer's comments), used
+    when readable and positive, else the constants."""
+
+    point: str
+    unit: Annotated[str, Field(min_length=1, max_length=16)]
+    kind: Literal["counter", "job_total"] = "counter"
+    modulus: Annotated[int, Field(ge=2)] | None = None
+    diameter_mm: Annotated[float, Field(gt=0)] | None = None
+    density_g_cm3: Annotated[float, Field(gt=0)] | None = None
+    diameter_point: str | None = None
+    density_point: str | None = None
+
+    @model_validator(mode="after")
+    def _derived(self) -> MaterialDef:
+        has_diameter = self.diameter_mm is not None or self.diameter_point is not None
+        if has_diameter and self.unit not in ("mm", "m"):
+            raise ValueError(f"a diameter needs a length unit ('mm' or 'm'), not {self.unit!r}")
+        if (self.density_g_cm3 is not None or self.density_point is not None) and not has_diameter:
+            raise ValueError("a density needs 'diameter_mm' or 'diameter_point' (mass comes from the volume)")
+        if self.modulus is not None and self.kind != "counter":
+            raise ValueError("'modulus' is for kind 'counter'")
+        return self
+
+
 class JobMap(_Frozen):
     """Points that identify the job a machine runs (docs/jobs.md): a new value of `id`
     starts a job record, whose parts come from `counters` and whose end from `program.state`."""
@@ -147,6 +177,7 @@ class JobMap(_Frozen):
     order: str | None = None
     program: str | None = None  # else `program.name`
     ideal_cycle_time: Annotated[float, Field(gt=0)] | None = None  # seconds per part, for OEE
+    materials: dict[Annotated[str, Field(pattern=ID_PATTERN)], MaterialDef] = {}
 
 
 class ArgDef(_Frozen):
@@ -270,6 +301,11 @@ def _refs(data: dict[str, Any]) -> list[tuple[str, Any]]:
     job = data.get("job")
     if isinstance(job, dict):
         refs += [(f"job.{k}", job.get(k)) for k in ("id", "order", "program")]
+        materials = job.get("materials")
+        if isinstance(materials, dict):
+            for n, m in materials.items():
+                if isinstance(m, dict):
+                    refs += [(f"job.materials.{n}.{k}", m.get(k)) for k in ("point", "diameter_point", "density_point")]
     return refs
 
 

@@ -138,6 +138,8 @@ class StateJson(TypedDict):
     """The current or last job, when the profile maps jobs (docs/jobs.md)."""
     oee: NotRequired[OeeJson]
     """OEE of the current hour, when the profile maps jobs."""
+    oee_shift: NotRequired[OeeJson]
+    """OEE of the current shift, with a shift calendar (`oee.shifts`) and during a shift."""
 
 
 @with_config(_DOCS)
@@ -189,6 +191,18 @@ class OutboxDroppedEvent(TypedDict):
 
 
 @with_config(_DOCS)
+class MaterialJson(TypedDict):
+    """One material used during a job (OPC 40001-3 material used; MTConnect RawMaterial)."""
+
+    amount: float
+    unit: str
+    volume_cm3: float | None
+    """From a length and the profile's diameter_mm (filament)."""
+    mass_g: float | None
+    """From the volume and the profile's density_g_cm3."""
+
+
+@with_config(_DOCS)
 class JobJson(TypedDict):
     """A job record (docs/jobs.md: OPC 40001-3 and MTConnect semantics)."""
 
@@ -207,6 +221,10 @@ class JobJson(TypedDict):
     """Time executing during the job, seconds."""
     cycle_time_s: float | None
     """running_s / produced."""
+    materials: NotRequired[dict[str, MaterialJson]]
+    """Material used during the job, by the profile's material name."""
+    energy_kwh: NotRequired[float]
+    """Energy used during the job: the advance of the cell's energy meter (device `energy:`)."""
 
 
 @with_config(_DOCS)
@@ -230,7 +248,8 @@ class JobEventJson(TypedDict):
 
 @with_config(_DOCS)
 class OeeJson(TypedDict):
-    """OEE over the current hour (docs/jobs.md); a factor is null when not known."""
+    """OEE over a window (docs/jobs.md): the current hour, or the current shift; a factor
+    is null when not known."""
 
     availability: float | None
     performance: float | None
@@ -240,6 +259,10 @@ class OeeJson(TypedDict):
     """Time in each item state."""
     produced: int
     good: int
+    window: NotRequired[str]
+    """`hour`, or the shift's name from the calendar."""
+    start_ts: NotRequired[int]
+    """When the window began, ms since the epoch."""
 
 
 @with_config(_DOCS)

@@ -97,7 +97,7 @@ def sparkplug_channels(
     topics = NodeTopics(cfg.sparkplug_group_id, cfg.sparkplug_edge_node_id)
     # the daemon's lasting aliases when it has run, else what a fresh one would assign
     aliases = AliasBook(aliases_path if aliases_path.is_file() else None)
-    models = [device_model(d, aliases) for d in compiled.devices]
+    models = [device_model(d, aliases, shift_oee=bool(cfg.oee.shifts)) for d in compiled.devices]
     node_table = aliases.table(AliasBook.NODE, [(n, DataType.UInt64) for n in NODE_METRICS])
     bd_type = sp.bdseq_datatype
     node_metrics = [

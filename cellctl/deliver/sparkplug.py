@@ -111,9 +111,11 @@ class SparkplugNode(Delivery):
         replay_rate: int,
         devices: Sequence[CompiledDevice],
         state_dir: Path,
+        shift_oee: bool = False,  # the cell has a shift calendar: OEE/shift/... metrics
     ) -> None:
         super().__init__(backbone, client_id=client_id, writer=writer, replay_rate=replay_rate)
         self.config = config
+        self.shift_oee = shift_oee
         self.topics = NodeTopics(group_id, edge_node_id)
         self.bd_datatype = DataType[config.bdseq_datatype]
         self.historical_qos = config.historical_qos
@@ -124,7 +126,9 @@ class SparkplugNode(Delivery):
         self.force_qos = 1 if config.historical_qos == 1 else None
         self.bdseq = BdSeqFile(state_dir / "bdseq")
         self.aliases = AliasBook(state_dir / "aliases.json")
-        self.models: dict[str, DeviceModel] = {d.config.id: device_model(d, self.aliases) for d in devices}
+        self.models: dict[str, DeviceModel] = {
+            d.config.id: device_model(d, self.aliases, shift_oee=shift_oee) for d in devices
+        }
         self.node_table = self.aliases.table(
             AliasBook.NODE, [(name, DataType.UInt64) for name in NODE_METRICS]
         )
@@ -212,7 +216,7 @@ class SparkplugNode(Delivery):
     def add_device(self, device: CompiledDevice) -> None:
         """A device added (or replaced) by a reload: its metrics get lasting aliases now;
         its DBIRTH follows its first reading or failure."""
-        model = device_model(device, self.aliases)
+        model = device_model(device, self.aliases, shift_oee=self.shift_oee)
         self.aliases.save()
         self.models[model.id] = model
         self.encoder.add_device(model, self.topics.device(MessageType.DDATA, model.id))

@@ -132,6 +132,8 @@ def state_json(snapshot: DeviceSnapshot) -> StateJson:
         body["job"] = snapshot.job.as_dict()
     if snapshot.oee is not None:
         body["oee"] = snapshot.oee.as_dict()
+    if snapshot.oee_shift is not None:
+        body["oee_shift"] = snapshot.oee_shift.as_dict()
     return body
 
 

@@ -5,12 +5,14 @@ retained device states fresh. Devices can be added, removed and replaced while i
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from cellctl.config.loader import CompiledCell, CompiledDevice
 from cellctl.engine.runner import DeviceRunner, DeviceSink
+from cellctl.jobs.shifts import ShiftCalendar
 from cellctl.model import DeviceSnapshot
 
 # A device that is away is tried again at least this often (after three quick retries):
@@ -57,7 +59,29 @@ class Cell:
         low, high = self._backoff
         if self.job_dir is not None and device.profile.job is not None:
             self.job_dir.mkdir(parents=True, exist_ok=True)
-        return DeviceRunner(device, self.sink, backoff_min=low, backoff_max=high, job_dir=self.job_dir)
+        oee = self.compiled.config.oee
+        shifts = ShiftCalendar.of(oee.shifts, oee.timezone) if oee.shifts else None
+        runner = DeviceRunner(
+            device, self.sink, backoff_min=low, backoff_max=high, job_dir=self.job_dir, shifts=shifts
+        )
+        energy = device.config.energy
+        if runner.jobs is not None and energy is not None:
+            runner.jobs.energy_source = functools.partial(self._meter_reading, energy.meter, energy.point)
+        return runner
+
+    def _meter_reading(self, meter: str, point: str) -> float | None:
+        """The energy meter's counter now (a device related by `energy:`), None while it
+        is unknown; looked up at each call, so it follows reloads."""
+        runner = self._by_id.get(meter)
+        if runner is None:
+            return None
+        try:
+            value, good = runner.point_value(point)
+        except (KeyError, ValueError):
+            return None
+        if not good or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        return float(value)
 
     def republish_all(self) -> None:
         """After a (re)connect: every retained state goes out again now."""

@@ -23,6 +23,7 @@ from cellctl.engine.figures import LatencyHistogram, reason_kind
 from cellctl.engine.machine import MachineMapper
 from cellctl.engine.points import BAD, GOOD, PointTable
 from cellctl.jobs.device import DeviceJobs
+from cellctl.jobs.shifts import ShiftCalendar
 from cellctl.model import DeviceSnapshot, DeviceUpdate, JobEvent, JobRecord, MachineState
 
 log = structlog.get_logger("cellctl.engine")
@@ -63,6 +64,7 @@ class DeviceRunner:
         backoff_min: float = 0.5,
         backoff_max: float = 30.0,
         job_dir: Path | None = None,
+        shifts: ShiftCalendar | None = None,
     ) -> None:
         self.device = device
         self.id = device.config.id
@@ -72,7 +74,9 @@ class DeviceRunner:
         self.machine: MachineState = self.mapper.compute(False)
         self.has_machine = self.mapper.has_machine
         self.jobs = (
-            DeviceJobs(device.profile, self.table, store=job_dir / f"{self.id}.json" if job_dir else None)
+            DeviceJobs(
+                device.profile, self.table, store=job_dir / f"{self.id}.json" if job_dir else None, shifts=shifts
+            )
             if device.profile.job is not None
             else None
         )
@@ -323,4 +327,5 @@ class DeviceRunner:
             degraded=self.degraded if self.available else None,
             job=self.jobs.record if self.jobs is not None else None,
             oee=self.jobs.oee() if self.jobs is not None else None,
+            oee_shift=self.jobs.oee_shift() if self.jobs is not None else None,
         )

@@ -38,3 +38,24 @@ class RunningCount:
             self.total += counter_delta(self.last, raw, self.modulus)
         self.last = raw
         return self.total
+
+
+@dataclass(slots=True)
+class MaterialCount:
+    """A material counter's advance (float amounts: kg, m, l) with the same reset and
+    wrap rules as `counter_delta`."""
+
+    modulus: int | None = None
+    last: float | None = None
+    total: float = 0.0
+
+    def update(self, raw: float) -> float:
+        if self.last is not None:
+            if raw >= self.last:
+                self.total += raw - self.last
+            elif self.modulus is not None and self.last - raw > self.modulus / 2:
+                self.total += raw + self.modulus - self.last
+            else:
+                self.total += raw
+        self.last = raw
+        return self.total

@@ -6,6 +6,7 @@ state changed."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import structlog
 from cellctl.config.profile import Profile
 from cellctl.engine.points import GOOD, PointTable
 from cellctl.jobs.oee import OeeWindow
+from cellctl.jobs.shifts import ShiftCalendar
 from cellctl.jobs.tracker import JobTracker
 from cellctl.model import Execution, JobEvent, JobRecord, MachineState, Oee
 from cellctl.statefile import atomic_write
@@ -27,7 +29,13 @@ SAVE_INTERVAL_MS = 5000  # the job file is written on every job event and at mos
 
 class DeviceJobs:
     def __init__(
-        self, profile: Profile, table: PointTable, *, store: Path | None = None, oee_window_s: float = 3600.0
+        self,
+        profile: Profile,
+        table: PointTable,
+        *,
+        store: Path | None = None,
+        shifts: ShiftCalendar | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         job = profile.job
         assert job is not None
@@ -35,10 +43,16 @@ class DeviceJobs:
         self.store = store
         self._saved_at = 0
         self._restore: dict[str, Any] | None = self._load()
+        # The cell's energy meter reading (kWh), when the device config relates one (`energy:`).
+        self.energy_source: Callable[[], float | None] | None = None
         counters = profile.counters
         modulus = counters.modulus if counters is not None else None
-        self.tracker = JobTracker(modulus=modulus)
-        self.window = OeeWindow(window_s=oee_window_s, ideal_cycle_s=job.ideal_cycle_time, modulus=modulus)
+        self.tracker = JobTracker(modulus=modulus, materials=job.materials)
+        self.clock = clock  # wall clock, epoch seconds (injectable for tests)
+        self.window = OeeWindow(ideal_cycle_s=job.ideal_cycle_time, modulus=modulus)
+        self.shift_window = (
+            OeeWindow(shifts, ideal_cycle_s=job.ideal_cycle_time, modulus=modulus) if shifts is not None else None
+        )
         program = job.program or (profile.program.name if profile.program else None)
         names: dict[str, str | None] = {
             "id": job.id,
@@ -46,6 +60,9 @@ class DeviceJobs:
             "program": program,
             "good": counters.good if counters else None,
             "bad": counters.bad if counters else None,
+            **{f"material:{n}": m.point for n, m in job.materials.items()},
+            **{f"diameter:{n}": m.diameter_point for n, m in job.materials.items()},
+            **{f"density:{n}": m.density_point for n, m in job.materials.items()},
         }
         self.index = {k: table.index_of(v) for k, v in names.items() if v is not None and v in table.ids}
         self.watched = frozenset(table.ids[i] for i in self.index.values())
@@ -59,6 +76,10 @@ class DeviceJobs:
     def _count(self, name: str) -> int | None:
         v = self._value(name)
         return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    def _amount(self, name: str) -> float | None:
+        v = self._value(name)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
     def _load(self) -> dict[str, Any] | None:
         if self.store is None:
@@ -91,7 +112,9 @@ class DeviceJobs:
 
     def _observe(self, machine: MachineState, now_ms: int) -> list[JobEvent]:
         good, bad = self._count("good"), self._count("bad")
-        self.window.observe(now_ms / 1000.0, machine.item_state, good, bad)
+        for window in (self.window, self.shift_window):
+            if window is not None:
+                window.observe(now_ms / 1000.0, machine.item_state, good, bad)
         resumed: list[JobEvent] = []
         if self._restore is not None:
             saved, self._restore = self._restore, None
@@ -109,6 +132,11 @@ class DeviceJobs:
             machine=machine,
             completed=machine.execution == Execution.PROGRAM_COMPLETED,
             stopped=machine.execution == Execution.PROGRAM_STOPPED,
+            materials={n: self._amount(f"material:{n}") for n in self.tracker.materials},
+            material_params={
+                n: (self._amount(f"diameter:{n}"), self._amount(f"density:{n}")) for n in self.tracker.materials
+            },
+            energy_kwh=self.energy_source() if self.energy_source is not None else None,
         )
 
     @property
@@ -116,4 +144,7 @@ class DeviceJobs:
         return self.tracker.current
 
     def oee(self) -> Oee | None:
-        return self.window.figures(time.time())
+        return self.window.figures(self.clock())
+
+    def oee_shift(self) -> Oee | None:
+        return self.shift_window.figures(self.clock()) if self.shift_window is not None else None

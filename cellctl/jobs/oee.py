@@ -13,9 +13,10 @@ A factor whose denominator is zero is None (not known), never 0 or 1.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cellctl.jobs.counting import RunningCount
+from cellctl.jobs.shifts import Hourly, Windows
 from cellctl.model import ItemState, Oee
 
 
@@ -84,39 +85,65 @@ def oee(seconds: Mapping[ItemState, float], produced: int, good: int, ideal_cycl
 
 @dataclass(slots=True)
 class OeeWindow:
-    """OEE over a wall-clock window (the current hour by default): the machine's state
-    timeline and part counts since the window began; a new window starts at its boundary."""
+    """OEE over a wall-clock window — the current hour by default, or the current shift
+    (shifts.py): the machine's state timeline and part counts since the window began; a
+    new window starts at its boundary. Between shifts there is no window (figures None),
+    but the counters are followed, so the next window counts from their last value."""
 
-    window_s: float = 3600.0
+    windows: Windows = field(default_factory=Hourly)
     ideal_cycle_s: float | None = None
     modulus: int | None = None
     start: float = -1.0
+    name: str | None = None
     clock: StateClock | None = None
     good: RunningCount | None = None
     bad: RunningCount | None = None
 
     def _roll(self, now: float, state: ItemState) -> None:
-        start = now - (now % self.window_s)
-        if start != self.start:
-            self.start = start
-            self.clock = StateClock(start=start, state=state)
+        current = self.windows.current(now)
+        if current is None:
+            if self.clock is not None:
+                self.clock, self.start, self.name = None, -1.0, None
+            return
+        start, name = current
+        if start != self.start or name != self.name:
+            # Time before the first reading (cellctl started mid-window) is not known and
+            # is not counted; after that, a new window begins in the state last seen.
+            first = self.good is None
+            self.start, self.name = start, name
+            self.clock = StateClock(start=max(start, now) if first else start, state=state)
             self.good = _count(self.modulus, self.good)
             self.bad = _count(self.modulus, self.bad)
 
     def observe(self, now: float, state: ItemState, good: int | None, bad: int | None) -> None:
         self._roll(now, state)
-        assert self.clock is not None
-        self.clock.enter(state, now)
-        if good is not None and self.good is not None:
+        if self.good is None:
+            self.good, self.bad = RunningCount(self.modulus), RunningCount(self.modulus)
+        assert self.bad is not None
+        if self.clock is not None:
+            self.clock.enter(state, now)
+        if good is not None:
             self.good.update(good)
-        if bad is not None and self.bad is not None:
+        if bad is not None:
             self.bad.update(bad)
 
     def figures(self, now: float) -> Oee | None:
-        if self.clock is None or self.good is None or self.bad is None:
+        """The window's OEE up to `now`; None outside any window (or before a reading).
+        A window that ended with no reading since is closed here too."""
+        current = self.windows.current(now)
+        if current is None or self.clock is None or self.good is None or self.bad is None:
             return None
+        if current != (self.start, self.name):
+            # the window holding `now` has had no reading yet: the state since its start
+            # is the last one seen, and no parts
+            seconds = {self.clock.state: now - current[0]} if now > current[0] else {}
+            return replace(oee(seconds, 0, 0, self.ideal_cycle_s), window=current[1], start_ms=int(current[0] * 1000))
         good, bad = self.good.total, self.bad.total
-        return oee(self.clock.totals(now), good + bad, good, self.ideal_cycle_s)
+        return replace(
+            oee(self.clock.totals(now), good + bad, good, self.ideal_cycle_s),
+            window=self.name,
+            start_ms=int(self.start * 1000),
+        )
 
 
 def _count(modulus: int | None, previous: RunningCount | None) -> RunningCount:

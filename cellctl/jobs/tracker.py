@@ -10,11 +10,23 @@ GoodQuantity, ScrapQuantity, result) and MTConnect (PartCount ALL/GOOD/BAD); doc
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cellctl.jobs.counting import RunningCount
-from cellctl.model import ENDED, Execution, ItemState, JobEvent, JobRecord, JobState, MachineState
+from cellctl.config.profile import MaterialDef
+from cellctl.jobs.counting import MaterialCount, RunningCount
+from cellctl.model import (
+    ENDED,
+    Execution,
+    ItemState,
+    JobEvent,
+    JobRecord,
+    JobState,
+    MachineState,
+    MaterialUse,
+)
 
 _EVENT_OF = {
     JobState.RUNNING: "resumed",
@@ -36,9 +48,23 @@ class JobTracker:
     _good: RunningCount = field(default_factory=RunningCount)
     _bad: RunningCount = field(default_factory=RunningCount)
     _running_since: float | None = None
+    materials: Mapping[str, MaterialDef] = field(default_factory=dict)
+    _mat: dict[str, MaterialCount] = field(default_factory=dict)  # kind counter: advance since the start
+    _mat_total: dict[str, float] = field(default_factory=dict)  # kind job_total: the device's figure
+    _mat_in: Mapping[str, float | None] = field(default_factory=dict)  # this observation's raw values
+    # per-job diameter and density (the job's own figures, e.g. from the slicer), by material
+    _mat_params: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    _energy: MaterialCount = field(default_factory=MaterialCount)  # the meter's advance (kWh)
+    _energy_in: float | None = None
 
     def __post_init__(self) -> None:
         self._good.modulus = self._bad.modulus = self.modulus
+        self._reset_materials()
+
+    def _reset_materials(self) -> None:
+        self._mat = {n: MaterialCount(d.modulus) for n, d in self.materials.items() if d.kind == "counter"}
+        self._mat_total = {}
+        self._energy = MaterialCount()
 
     def observe(
         self,
@@ -52,8 +78,15 @@ class JobTracker:
         machine: MachineState,
         completed: bool,
         stopped: bool,
+        materials: Mapping[str, float | None] | None = None,
+        energy_kwh: float | None = None,
+        material_params: Mapping[str, tuple[float | None, float | None]] | None = None,
     ) -> list[JobEvent]:
         events: list[JobEvent] = []
+        self._mat_in = materials or {}
+        if material_params:
+            self._mat_params = material_params
+        self._energy_in = energy_kwh
         job = None if job_id in (None, "", 0) else str(job_id)
         cur = self.current
         if cur is not None and cur.state not in ENDED and job != cur.job_id:
@@ -74,6 +107,7 @@ class JobTracker:
             )
             self._good = RunningCount(self.modulus)
             self._bad = RunningCount(self.modulus)
+            self._reset_materials()
             self._running_since = None
             self._count(good, bad, now_ms)
             events.append(JobEvent("started", self._stamp(now_ms)))
@@ -109,6 +143,8 @@ class JobTracker:
             "job": self.current.as_dict(),
             "counts": [[c.last, c.total] for c in (self._good, self._bad)],
             "running": self._running_since is not None,
+            "materials": {n: [c.last, c.total] for n, c in self._mat.items()},
+            "energy": [self._energy.last, self._energy.total],
         }
 
     def resume(self, saved: dict[str, Any], *, job_id: Any, now_ms: int) -> list[JobEvent]:
@@ -129,10 +165,24 @@ class JobTracker:
             scrap=j["scrap"],
             running_s=j["running_s"],
             cycle_time_s=j["cycle_time_s"],
+            energy_kwh=j.get("energy_kwh"),
+            materials=tuple(
+                MaterialUse(n, m["amount"], m["unit"], m["volume_cm3"], m["mass_g"])
+                for n, m in (j.get("materials") or {}).items()
+            ),
         )
         self.current = record
         for count, (last, total) in zip((self._good, self._bad), saved["counts"], strict=True):
             count.last, count.total = last, total
+        self._reset_materials()
+        for name, (last, total) in (saved.get("materials") or {}).items():
+            if name in self._mat:
+                self._mat[name].last, self._mat[name].total = last, total
+        if saved.get("energy"):
+            self._energy.last, self._energy.total = saved["energy"]
+        for m in record.materials:
+            if name_kind(self.materials, m.name) == "job_total":
+                self._mat_total[m.name] = m.amount
         if record.state in ENDED:
             return []
         same = job_id not in (None, "", 0) and str(job_id) == record.job_id
@@ -144,7 +194,28 @@ class JobTracker:
         g = self._good.update(good) if good is not None else self._good.total
         b = self._bad.update(bad) if bad is not None else self._bad.total
         if self.current is not None:
-            self.current = replace(self.current, good=g, scrap=b, produced=g + b)
+            energy = self.current.energy_kwh
+            if self._energy_in is not None:
+                energy = self._energy.update(self._energy_in)
+            self.current = replace(
+                self.current, good=g, scrap=b, produced=g + b, materials=self._used(), energy_kwh=energy
+            )
+
+    def _used(self) -> tuple[MaterialUse, ...]:
+        """Material used so far, one entry per declared material (0 until it is read)."""
+        out: list[MaterialUse] = []
+        for name, d in self.materials.items():
+            raw = self._mat_in.get(name)
+            if d.kind == "counter":
+                count = self._mat[name]
+                amount = count.update(raw) if raw is not None else count.total
+            else:
+                if raw is not None:
+                    self._mat_total[name] = raw
+                amount = self._mat_total.get(name, 0.0)
+            diameter, density = self._mat_params.get(name, (None, None))
+            out.append(_derive(name, amount, d, diameter, density))
+        return tuple(out)
 
     def _clock(self, machine: MachineState, now_ms: int) -> None:
         executing = machine.item_state == ItemState.EXECUTING
@@ -176,3 +247,24 @@ class JobTracker:
         self._running_since = None
         self.current = record
         return JobEvent(_EVENT_OF[state], record)
+
+
+def name_kind(materials: Mapping[str, MaterialDef], name: str) -> str | None:
+    d = materials.get(name)
+    return None if d is None else d.kind
+
+
+def _derive(
+    name: str, amount: float, d: MaterialDef, job_diameter: float | None = None, job_density: float | None = None
+) -> MaterialUse:
+    """Volume from a length and the filament diameter, mass from the volume and density;
+    the job's own figures (when positive) before the profile's."""
+    volume = mass = None
+    diameter = job_diameter if job_diameter is not None and job_diameter > 0 else d.diameter_mm
+    density = job_density if job_density is not None and job_density > 0 else d.density_g_cm3
+    if diameter is not None:
+        length_mm = amount * (1000.0 if d.unit == "m" else 1.0)
+        volume = math.pi * (diameter / 2) ** 2 * length_mm / 1000.0  # mm3 -> cm3
+        if density is not None:
+            mass = volume * density
+    return MaterialUse(name, amount, d.unit, volume, mass)

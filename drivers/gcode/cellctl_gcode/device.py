@@ -90,9 +90,10 @@ class GcodeDevice:
         self._job_event = asyncio.Event()
         self.fields.update(
             {
-                "job.state": JobState.IDLE.value, "job.name": "", "job.lines_total": 0, "job.lines_sent": 0,
+                "job.state": JobState.IDLE.value, "job.id": "", "job.name": "", "job.lines_total": 0, "job.lines_sent": 0,
                 "job.lines_acked": 0, "job.progress": 0.0, "job.bytes_sent": 0, "job.bytes_total": 0,
                 "job.elapsed": 0.0, "job.eta": None, "job.error": "", "job.error_code": 0, "job.resends": 0,
+                "job.filament_mm": 0.0, "job.filament_diameter": None, "job.filament_density": None,
                 "alarm_code": 0, "alarm_text": "", "message": "",
                 "control.pause": False, "control.resume": False, "control.cancel": False, "control.start": "",
             }

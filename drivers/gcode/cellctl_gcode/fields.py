@@ -45,6 +45,7 @@ _LIST: list[FieldInfo] = [
     # job progress, kept by the driver
     _f("job.state", "string", BOTH, "idle, running, paused, completed, failed or cancelled"),
     _f("job.name", "string", BOTH, "name of the current or last job"),
+    _f("job.id", "string", BOTH, "this run of the job: name@start time (UTC), new for every run of the same file"),
     _f("job.lines_total", "int", BOTH, "lines of G-code in the job (after removing comments and blank lines)"),
     _f("job.lines_sent", "int", BOTH, "lines written to the machine so far"),
     _f("job.lines_acked", "int", BOTH, "lines the machine acknowledged (ok) so far"),
@@ -56,6 +57,12 @@ _LIST: list[FieldInfo] = [
     _f("job.error", "string", BOTH, "why the job failed, empty otherwise"),
     _f("job.error_code", "int", BOTH, "GRBL error:N that halted the job, 0 otherwise"),
     _f("job.resends", "int", BOTH, "lines resent on the firmware's request (Marlin)"),
+    _f("job.filament_mm", "float", MARLIN, "filament used by the job so far (mm): net E travel of the acknowledged "
+       "lines, with M82/M83, G90/G91, G92 E resets and retractions (extrusion.py)"),
+    _f("job.filament_diameter", "float", MARLIN, "filament diameter (mm) the job's slicer comments give "
+       "(`; filament_diameter = 1.75`), null when the file does not say"),
+    _f("job.filament_density", "float", MARLIN, "filament density (g/cm3) from the slicer comments "
+       "(`; filament_density = 1.24`), null when the file does not say"),
     # GRBL status report
     *(_f(f"mpos.{a}", "float", GRBL, f"machine position {a.upper()} ({_unit(a)})") for a in "xyzabc"),
     *(_f(f"wpos.{a}", "float", GRBL, f"work position {a.upper()} ({_unit(a)}), MPos - WCO") for a in "xyzabc"),

@@ -7,6 +7,7 @@ import time
 from enum import StrEnum
 from typing import Any
 
+from cellctl_gcode.extrusion import ExtrusionTracker
 from cellctl_gcode.program import Program
 
 
@@ -45,6 +46,8 @@ class Job:
         self.started_wall = time.time()
         self.ended: float | None = None
         self.cancel_requested = False
+        self.extrusion = ExtrusionTracker()
+        self._fed = 0  # lines given to `extrusion` (a prefix of the program)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @property
@@ -74,6 +77,27 @@ class Job:
             return None
         return self.elapsed * (1.0 - p) / p
 
+    def account(self) -> None:
+        """Give the extrusion tracker the lines acknowledged since the last call. Lines
+        are acknowledged in program order; one taken back for a resend is counted when it
+        is acknowledged again, never twice."""
+        program, tracker = self.program, self.extrusion
+        while self._fed < self.acked:
+            tracker.feed(program.line(self._fed).decode("ascii"))
+            self._fed += 1
+
+    @property
+    def run_id(self) -> str:
+        """This run of the job: its name and start time (UTC, ms), so printing the same
+        file twice gives two job records."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started_wall))
+        return f"{self.name}@{stamp}.{int(self.started_wall * 1000) % 1000:03d}Z"
+
+    @property
+    def filament_mm(self) -> float:
+        """Net filament pushed by the acknowledged lines (retractions subtracted)."""
+        return round(self.extrusion.net_mm, 4)
+
     def finish(self, state: JobState, error: str = "", code: int = 0) -> bool:
         """Move to a final state once; later calls are ignored (the first cause wins)."""
         if self.state in FINAL:
@@ -94,6 +118,7 @@ class Job:
         eta = self.eta
         return {
             "job.state": self.state.value,
+            "job.id": self.run_id,
             "job.name": self.name,
             "job.lines_total": self.total,
             "job.lines_sent": self.next,
@@ -106,6 +131,9 @@ class Job:
             "job.error": self.error,
             "job.error_code": self.error_code,
             "job.resends": self.resends,
+            "job.filament_mm": self.filament_mm,
+            "job.filament_diameter": self.program.filament_diameter_mm,
+            "job.filament_density": self.program.filament_density_g_cm3,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -120,6 +148,7 @@ class Job:
             "lines_acked": self.acked,
             "bytes_sent": self.bytes_sent,
             "resends": self.resends,
+            "filament_mm": self.filament_mm,
             "started": self.started_wall,
             "elapsed": round(self.elapsed, 3),
         }

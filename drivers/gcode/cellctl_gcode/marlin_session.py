@@ -207,6 +207,7 @@ class MarlinSession(Session):
         if job is None:
             return
         job.acked += 1
+        job.account()
         if (
             job.acked >= job.total
             and job.next >= job.total

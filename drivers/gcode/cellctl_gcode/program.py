@@ -8,6 +8,7 @@ for the firmware's buffer, a non-ASCII character) is refused here, with its line
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -25,6 +26,23 @@ FLAG_KIND_MASK: Final = 0b011  # grbl.LineKind
 FLAG_WAITS: Final = 0b100  # GRBL dwell / Marlin blocking command: long silence is normal
 
 
+_SLICER = re.compile(r";\s*(filament_diameter|filament_density)\s*=\s*([0-9.]+)")
+
+
+def _slicer_setting(text: str, into: dict[str, float]) -> None:
+    """Take a slicer's `; filament_diameter = 1.75` (the first extruder's value of a list);
+    the first mention wins, a value that is not a positive number is ignored."""
+    m = _SLICER.search(text)
+    if m is None or m.group(1) in into:
+        return
+    try:
+        value = float(m.group(2))
+    except ValueError:
+        return
+    if 0 < value < 1000:
+        into[m.group(1)] = value
+
+
 class ProgramError(ValueError):
     """The job cannot be streamed as it is; the message names the file and line."""
 
@@ -37,6 +55,10 @@ class Program:
     offsets: array[int]  # line i is data[offsets[i]:offsets[i+1]]
     source_lines: array[int]  # 1-based line in the original text, per program line
     flags: bytes
+    # From the slicer's comments (`; filament_diameter = 1.75`, `; filament_density = 1.24`,
+    # as PrusaSlicer, SuperSlicer and OrcaSlicer write them): None when the file does not say.
+    filament_diameter_mm: float | None = None
+    filament_density_g_cm3: float | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -68,8 +90,11 @@ class Program:
         offsets = array("I", [0])
         sources = array("I")
         flags = bytearray()
+        slicer: dict[str, float] = {}
         for number, raw in enumerate(lines, start=1):
             text = raw.rstrip("\r\n")
+            if ";" in text and "filament_d" in text:
+                _slicer_setting(text, slicer)
             if dialect == "grbl":
                 line = grbl.compact(text)
                 limit, why = GRBL_MAX_LINE, "GRBL's line buffer holds 80"
@@ -99,7 +124,10 @@ class Program:
             data += encoded
             offsets.append(len(data))
             sources.append(number)
-        return cls(name, dialect, bytes(data), offsets, sources, bytes(flags))
+        return cls(
+            name, dialect, bytes(data), offsets, sources, bytes(flags),
+            slicer.get("filament_diameter"), slicer.get("filament_density"),
+        )  # fmt: skip
 
     @classmethod
     def from_text(cls, text: str, *, dialect: Dialect, name: str = "job") -> Program:

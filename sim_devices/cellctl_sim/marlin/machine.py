@@ -156,6 +156,7 @@ class MarlinSim(SerialMachine):
         self.bed = _Heater(at=now)
         self.position: Vec = (0.0, 0.0, 0.0, 0.0)
         self._planned: Vec = self.position
+        self.filament_mm = 0.0  # net E travel of the moves executed (retractions subtract)
         self._moves: deque[tuple[Vec, float]] = deque()  # (target, real seconds)
         self._move_timer: asyncio.TimerHandle | None = None
         self._wake_timer: asyncio.TimerHandle | None = None
@@ -471,6 +472,7 @@ class MarlinSim(SerialMachine):
         target: Vec = (cur[0], cur[1], cur[2], cur[3])
         dist = math.dist(self._planned[:3], target[:3]) or abs(target[3] - self._planned[3])
         seconds = dist / max(self.feed, 1.0) * 60.0 * 100.0 / max(self.feedrate_percent, 1)
+        self.filament_mm += target[3] - self._planned[3]
         self._planned = target
         self._log_exec(item)
         if math.isinf(self.speedup):
