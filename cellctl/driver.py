@@ -241,10 +241,12 @@ def configure_logging(
 ) -> None:
     """Set up structlog and stdlib logging the daemon's way, for a driver's own CLI
     commands (JSON lines off a terminal, a readable console on one). Imported lazily so
-    loading a plugin does not load the logging stack."""
+    loading a plugin does not load the logging stack. Loggers are not cached (a
+    short-lived command gains nothing, and a command run inside another process, such as a
+    test's CliRunner, must not pin every logger to its own output)."""
     from cellctl import logs
 
-    logs.configure(level, json=json, stream=stream)
+    logs.configure(level, json=json, stream=stream, cache=False)
 
 
 @contextmanager

@@ -42,6 +42,7 @@ def _library_handler(out: TextIO, as_json: bool) -> logging.Handler:
     )
     handler = logging.StreamHandler(out)
     handler.setFormatter(formatter)
+    handler.cellctl_handler = True  # type: ignore[attr-defined]  # the test kit takes it off after a test
     return handler
 
 
@@ -72,7 +73,10 @@ def configure(
     # handle and log as a device event.
     root.setLevel(logging.DEBUG if level == "debug" else logging.WARNING)
     logging.getLogger("pymodbus").setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)
-    logging.captureWarnings(True)  # warnings.warn() lines too
+    # warnings.warn() lines too; off first, so the hook is installed again even when an
+    # earlier set-up's hook was replaced behind logging's back (pytest does that per test)
+    logging.captureWarnings(False)
+    logging.captureWarnings(True)
 
 
 @contextlib.contextmanager

@@ -31,3 +31,24 @@ def unique(request: pytest.FixtureRequest) -> str:
     """A topic-safe name unique to this test run (test name + random suffix)."""
     name = request.node.name.replace("[", "-").replace("]", "").replace("/", "-")[:40]
     return f"{name}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(autouse=True)
+def _logging_set_up_stays_in_its_test() -> Iterator[None]:
+    """A test that runs a CLI command in-process configures logging for that command's
+    output; the next test must not log into it. Structlog's set-up is put back after every
+    test, and the root handler cellctl.logs installed (writing to that command's stream)
+    is taken off again."""
+    import logging
+
+    import structlog
+
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    level = root.level
+    yield
+    structlog.configure(**saved)
+    for h in root.handlers[:]:
+        if getattr(h, "cellctl_handler", False):
+            root.removeHandler(h)
+    root.setLevel(level)
