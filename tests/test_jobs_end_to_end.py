@@ -5,6 +5,7 @@ outbox, and the device's state carries the current hour's OEE."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -141,3 +142,56 @@ async def test_a_restart_mid_job_continues_the_job_or_closes_it_as_interrupted(
     assert closed["good"] == 8
     assert "interrupted" in closed["reason"]
     assert [e["job"]["job_id"] for e in events() if e["event"] == "job_started"] == ["BRACKET", "FLANGE"]
+
+
+async def test_job_events_taken_during_a_broker_outage_arrive_after_it_in_order_and_historical(
+    plc: tuple[SimModbusServer, int], unique: str, tmp_path: Path
+) -> None:
+    """Issue 11: job events go through the outbox like samples."""
+    sim, port = plc
+    unit = sim.unit(2)
+    unit.load("holding", 0, [2])
+    with Mosquitto(persistence=True) as broker:
+        config = write_config(
+            tmp_path,
+            broker.port,
+            [modbus_device("plc", "sim-machine-plc", port, 2, poll_interval=0.05)],
+            cell=unique,
+        )
+        c = Collector(
+            broker.port, f"{root_topic(unique)}/#", client_id=f"j-{unique}"[:23], clean_session=False
+        )
+        try:
+            async with running_daemon(config) as daemon:
+                await c.until(lambda _m: c.on("/plc/state"), what="the PLC online")
+                await asyncio.to_thread(broker.stop)
+                unit.load("holding", 10, text("ALPHA"))  # a job starts while the broker is away
+                async with asyncio.timeout(10):
+                    while not (r := daemon.cell.runner("plc")) or not r.jobs or not r.jobs.record:
+                        await asyncio.sleep(0.05)
+                unit.load("holding", 10, text("BETA"))  # ... and the next one
+                async with asyncio.timeout(10):
+                    while (
+                        (r := daemon.cell.runner("plc"))
+                        and r.jobs
+                        and r.jobs.record
+                        and r.jobs.record.job_id != "BETA"
+                    ):
+                        await asyncio.sleep(0.05)
+                await asyncio.to_thread(broker.start)
+                await c.until(
+                    lambda _m: (
+                        len([m for m in c.on("/plc/events") if m.json()["event"].startswith("job_")]) >= 3
+                    ),
+                    timeout=30,
+                    what="the job events after the outage",
+                )
+        finally:
+            c.close()
+    events = [m.json() for m in c.on("/plc/events")]
+    assert [(e["event"], e["job"]["job_id"]) for e in events[:3]] == [
+        ("job_started", "ALPHA"),
+        ("job_aborted", "ALPHA"),
+        ("job_started", "BETA"),
+    ]
+    assert all(e.get("historical") is True for e in events[:3]), "taken while the broker was away"
