@@ -64,7 +64,9 @@ async def test_stopping_the_node_in_use_moves_the_daemon_to_the_next_and_loses_n
             assert session.node == ("127.0.0.1", a.port)
             stopped = time.monotonic()
             await asyncio.to_thread(a.stop)
-            await on_b.until(lambda _m: on_b.on("/m/data"), timeout=FAILOVER_BOUND_S + 5, what="data on node b")
+            await on_b.until(
+                lambda _m: on_b.on("/m/data"), timeout=FAILOVER_BOUND_S + 5, what="data on node b"
+            )
             failover = time.monotonic() - stopped
             assert session.node == ("127.0.0.1", b.port)
             live = len(on_b.on("/m/data"))

@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from cellctl_sim.modbus.server import SimModbusServer
 from jsonschema import Draft202012Validator
 
+from cellctl.config.loader import load_cell
+from cellctl.contract.asyncapi import asyncapi_document
 from cellctl.contract.schema import payload_schema
+from cellctl.encode.uns import cell_root
 from cellctl.localbroker import Mosquitto
 from cellctl.testing import Collector, modbus_device, root_topic, running_daemon, write_config
 from cellctl.testing.commands import CommandClient
@@ -137,3 +141,32 @@ async def test_command_requests_answers_and_audit_events_match_the_contract(
     done = [e.json() for e in c.on(f"{root}/events") if e.json().get("id") == "ok-write"]
     assert [e["decision"] for e in done if not e.get("duplicate")] == ["done"]
     assert [e for e in done if e.get("duplicate")], "the repeated id is audited too"
+
+
+def test_the_asyncapi_document_has_each_device_s_command_channels(tmp_path: Path) -> None:
+    sample = Path(__file__).resolve().parents[1] / "drivers" / "modbus" / "sample-config.yaml"
+    body = yaml.safe_load(sample.read_text(encoding="utf-8"))
+    body["backbone"] = {"hosts": ["node-1:1883", "node-2:1883"]}
+    config = tmp_path / "cell.yaml"
+    config.write_text(yaml.safe_dump(body), encoding="utf-8")
+    compiled = load_cell(config)
+    doc = asyncapi_document(compiled)
+    root = cell_root(compiled.config.publish.prefix, compiled.config.identity)
+    by_address = {c["address"]: cid for cid, c in doc["channels"].items()}
+    actions = {op["channel"]["$ref"].rsplit("/", 1)[1]: op for op in doc["operations"].values()}
+    for dev in compiled.devices:
+        request = actions[by_address[f"{root}/cmd/{dev.config.id}"]]
+        ack = actions[by_address[f"{root}/cmd/{dev.config.id}/ack"]]
+        assert request["action"] == "receive"
+        assert ack["action"] == "send"
+        assert request["bindings"]["mqtt"] == {"qos": 1, "retain": False, "bindingVersion": "0.2.0"}
+    events = doc["channels"][by_address[f"{root}/events"]]["messages"]
+    assert "event_command" in events
+    kinds = doc["components"]["messages"]["command.request"]["payload"]["anyOf"]
+    assert {k["$ref"].rsplit("/", 1)[1] for k in kinds} == {
+        "WriteRequestJson",
+        "CallRequestJson",
+        "JobStartRequestJson",
+        "JobControlRequestJson",
+    }
+    assert [s["host"] for s in doc["servers"].values()] == ["node-1:1883", "node-2:1883"]

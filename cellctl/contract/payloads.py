@@ -270,10 +270,9 @@ class JobControlRequestJson(_RequestJson):
     args: NotRequired[NoArgsJson]
 
 
-CommandRequestJson = Annotated[
-    WriteRequestJson | CallRequestJson | JobStartRequestJson | JobControlRequestJson,
-    Field(discriminator="command"),
-]
+# The kinds are told apart by `command` (a const in each); no OpenAPI `discriminator`
+# keyword, which AsyncAPI's schema format defines differently (a string).
+CommandRequestJson = WriteRequestJson | CallRequestJson | JobStartRequestJson | JobControlRequestJson
 """`<root>/cmd/<device>`, never retained: one command from the MES. Nothing is converted:
 a field of another type or a field not named here refuses the command (`invalid`)."""
 
