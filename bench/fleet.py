@@ -79,22 +79,23 @@ async def run(args: argparse.Namespace) -> int:
             ready = time.monotonic() - started
             mark = len(site.messages)
             procs = _sample_processes(fleet.pids())
-            brokers = _sample_processes(_broker_pids(fleet))
+            brokers_before = _cpu_seconds(_broker_pids(fleet))
             t0 = time.monotonic()
             outage_at = t0 + args.duration / 3 if args.site_outage else None
-            stopped_wall = None
+            stopped_wall = restarted_wall = None
             while (now := time.monotonic()) < t0 + args.duration:
                 if outage_at is not None and now >= outage_at:
                     stopped_wall = time.time()
                     await asyncio.to_thread(_stop_site, fleet)
                     await asyncio.sleep(args.site_outage)  # the outage itself is the measured condition
                     await asyncio.to_thread(_start_site, fleet)
+                    restarted_wall = time.time()
                     outage_at = None
                 await asyncio.sleep(0.5)
             elapsed = time.monotonic() - t0
             cpu = [p.cpu_percent(None) for p in procs]
             rss = [p.memory_info().rss / 2**20 for p in procs]
-            broker_cpu, broker_rss = _broker_figures(brokers)
+            broker_cpu, broker_rss, restarted = _broker_figures(fleet, brokers_before, elapsed)
         finally:
             codes = await asyncio.to_thread(fleet.stop)
             site.close()
@@ -102,6 +103,16 @@ async def run(args: argparse.Namespace) -> int:
     data = [m for m in window if m.topic.endswith("/data")]
     values = sum(len(m.json()["values"]) for m in data)
     latency = [m.received * 1000 - m.json()["ts"] for m in data if not m.json().get("historical")]
+    # taken outside the outage (and the 10 s after it, while the backlog drains)
+    calm = [
+        m.received * 1000 - m.json()["ts"]
+        for m in data
+        if not m.json().get("historical")
+        and (
+            stopped_wall is None
+            or not stopped_wall * 1000 <= m.json()["ts"] <= (restarted_wall or 0) * 1000 + 10_000
+        )
+    ]
     missing = dups = problems = 0
     for cell in fleet.members:
         done = completeness(site.messages, cell.root)
@@ -120,7 +131,14 @@ async def run(args: argparse.Namespace) -> int:
     print(
         f"  end-to-end latency ms        p50 {_percentile(latency, 0.5):.1f}, p99 {_percentile(latency, 0.99):.1f}"
     )
-    print(f"  broker(s) CPU %, RSS MiB     {broker_cpu:.1f}, {broker_rss:.0f}")
+    if stopped_wall is not None:
+        print(
+            f"  latency ms outside outage    p50 {_percentile(calm, 0.5):.1f}, p99 {_percentile(calm, 0.99):.1f}"
+        )
+    print(
+        f"  broker(s) CPU %, RSS MiB     {broker_cpu:.1f}, {broker_rss:.0f}"
+        + (f" ({restarted} restarted process(es) left out of the CPU)" if restarted else "")
+    )
     if stopped_wall is not None and fleet.cluster is not None:
         moves = _failovers(fleet.members, stopped_wall)
         if moves:
@@ -141,16 +159,29 @@ def _broker_pids(fleet: Fleet) -> list[int]:
     return [p for p in pids if p is not None]
 
 
-def _broker_figures(procs: list[psutil.Process]) -> tuple[float, float]:
-    """CPU % and RSS MiB of the broker processes, summed."""
-    cpu = rss = 0.0
-    for p in procs:
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    out = {}
+    for pid in pids:
         try:
-            cpu += p.cpu_percent(None)
-            rss += p.memory_info().rss / 2**20
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
         except psutil.NoSuchProcess:
             continue
-    return cpu, rss
+    return out
+
+
+def _broker_figures(fleet: Fleet, before: dict[int, float], elapsed: float) -> tuple[float, float, int]:
+    """CPU % over the measured window of the broker processes that ran through it, RSS MiB
+    of those alive now, and how many were restarted (outage) and left out of the CPU."""
+    now = _cpu_seconds(_broker_pids(fleet))
+    cpu = sum(100 * (now[pid] - before[pid]) / elapsed for pid in now if pid in before)
+    rss = 0.0
+    for pid in now:
+        try:
+            rss += psutil.Process(pid).memory_info().rss / 2**20
+        except psutil.NoSuchProcess:
+            continue
+    return cpu, rss, sum(1 for pid in now if pid not in before)
 
 
 def _stop_site(fleet: Fleet) -> None:
