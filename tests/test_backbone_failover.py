@@ -97,6 +97,22 @@ async def test_stopping_the_node_in_use_moves_the_daemon_to_the_next_and_loses_n
     print(f"failover {failover:.2f} s, {got.received['m']} data messages, {len(replayed)} replayed on b")
 
 
+async def test_a_node_down_at_start_is_skipped(
+    nodes: tuple[Mosquitto, Mosquitto], sim_port: int, unique: str, tmp_path: Path
+) -> None:
+    a, b = nodes
+    await asyncio.to_thread(a.stop)  # the first node of the list is down from the start
+    root = root_topic(unique)
+    on_b = Collector(b.port, f"{root}/#")
+    try:
+        async with running_daemon(failover_config(tmp_path, a, b, sim_port, unique)) as daemon:
+            await on_b.until(lambda _m: on_b.on("/m/data"), what="data on the second node")
+            assert daemon.uns.session.node == ("127.0.0.1", b.port)
+            assert daemon.uns.session.connects == 1
+    finally:
+        on_b.close()
+
+
 def test_backbone_hosts_name_the_first_node_as_host_and_port(tmp_path: Path) -> None:
     from cellctl.config.cell import Backbone
 
