@@ -141,7 +141,9 @@ async def run(args: argparse.Namespace) -> int:
     )
     if stopped_wall is not None and fleet.cluster is not None:
         moves = _failovers(fleet.members, stopped_wall)
-        if moves:
+        if not moves:
+            print("  failover                     no cell was connected to the stopped node")
+        else:
             print(
                 f"  failover s (cells moved)     mean {statistics.fmean(moves):.2f}, max {max(moves):.2f} ({len(moves)})"
             )

@@ -8,16 +8,19 @@ accepts new connections only while a majority of the nodes is up.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
 
 from cellctl.localbroker import BrokerError, free_port
 
@@ -69,7 +72,9 @@ class RabbitCluster:
     def _configure(self, node: Node) -> None:
         (node.dir / "log").mkdir(parents=True)
         (node.dir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n", encoding="utf-8")
-        peers = [f"cluster_formation.classic_config.nodes.{i} = {n.name}" for i, n in enumerate(self.nodes, 1)]
+        peers = [
+            f"cluster_formation.classic_config.nodes.{i} = {n.name}" for i, n in enumerate(self.nodes, 1)
+        ]
         lines = [
             f"listeners.tcp.default = 127.0.0.1:{node.amqp_port}",
             f"mqtt.listeners.tcp.default = 127.0.0.1:{node.mqtt_port}",
@@ -121,16 +126,16 @@ class RabbitCluster:
             self._wait(node, timeout)
 
     def _wait(self, node: Node, timeout: float) -> None:
+        """Until the node accepts an MQTT session: its listener opens before the cluster's
+        client-id tracking has a leader, and until then it refuses CONNECT."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if node.proc is None or node.proc.poll() is not None:
                 raise BrokerError(f"rabbitmq node {node.name} exited: {self.log_tail(node)}")
-            try:
-                with socket.create_connection(("127.0.0.1", node.mqtt_port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise BrokerError(f"rabbitmq node {node.name}: no MQTT listener within {timeout} s")
+            if _accepts_mqtt(node.mqtt_port):
+                return
+            time.sleep(0.2)
+        raise BrokerError(f"rabbitmq node {node.name}: no MQTT session accepted within {timeout} s")
 
     def stop_node(self, node: Node, timeout: float = 30.0) -> None:
         """SIGTERM to the node's process group (a clean Erlang stop), bounded; then SIGKILL."""
@@ -185,6 +190,23 @@ class RabbitCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _accepts_mqtt(port: int) -> bool:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"cellctl-probe-{secrets.token_hex(4)}")
+    try:
+        client.connect("127.0.0.1", port, 10)
+        for _ in range(20):  # bounded: CONNACK within about 2 s
+            client.loop(timeout=0.1)
+            if client.is_connected():
+                return True
+        return False
+    except OSError:
+        return False
+    finally:
+        client.disconnect()
+        with contextlib.suppress(OSError):
+            client.loop(timeout=0.1)
 
 
 def group_pids(pgid: int) -> list[int]:
