@@ -30,6 +30,7 @@ from cellctl.commands.audit import Audit
 from cellctl.commands.router import CommandRouter
 from cellctl.commands.uns import UnsCommands
 from cellctl.config.loader import CompiledCell, CompiledDevice, load_cell
+from cellctl.contract.payloads import CommandEventJson
 from cellctl.deliver.delivery import Delivery
 from cellctl.deliver.mqtt import MqttSession
 from cellctl.deliver.report import OutboxReporter
@@ -210,7 +211,7 @@ class Daemon:
             self.status_page = StatusServer(self, cfg.status_page)
             self.fanout.sinks.append(self.status_page.feed)
 
-    def _audit_event(self, event: dict[str, object]) -> None:
+    def _audit_event(self, event: CommandEventJson) -> None:
         """Every command outcome, durable: through the outbox to `<root>/events`."""
         assert self.uns is not None
         self.writer.put(Record("cmd", self.uns.events_topic, orjson.dumps(event), 1, False, "uns"))

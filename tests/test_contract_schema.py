@@ -52,6 +52,8 @@ def test_cli_lists_every_payload_and_prints_its_schema() -> None:
         ("mill-1/points/spindle_speed", "point"),
         ("outbox", "outbox"),
         ("manifest", "manifest"),
+        ("cmd/mill-1", "command.request"),
+        ("cmd/mill-1/ack", "command.result"),
     ],
 )
 def test_topics_resolve_to_their_payload(topic: str, name: str) -> None:
@@ -62,6 +64,7 @@ def test_events_carry_either_event() -> None:
     assert {p.name for p in payloads_for(ROOT, f"{ROOT}/events")} == {
         "event.outbox_dropped",
         "event.device_removed",
+        "event.command",
     }
 
 

@@ -16,6 +16,7 @@ from cellctl_sim.modbus.server import SimModbusServer
 from cellctl.testing import Collector
 from cellctl.testing.contract import check_messages
 from cellctl.testing.fleet import Fleet, completeness
+from cellctl.testing.rabbitmq import find_rabbitmq
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -78,3 +79,41 @@ async def test_ten_bridged_cells_deliver_every_sample_to_the_site_through_a_site
         report = check_messages(site.messages, cell.root)
         report.assert_valid()
         assert report.seen["manifest"] >= 1, cell.name
+
+
+@pytest.mark.skipif(find_rabbitmq() is None, reason="rabbitmq-server with rabbitmq_mqtt is not installed")
+@pytest.mark.timeout(300)
+async def test_cells_fail_over_between_the_nodes_of_a_rabbitmq_cluster_without_losing_a_sample(
+    modbus_port: int, tmp_path: Path
+) -> None:
+    """Three cells on a three-node RabbitMQ cluster (`backbone.hosts`), each starting at a
+    different node; the first node stops: its cell moves on, and the site consumer (on
+    the third node) gets every sample of every cell."""
+    fleet = Fleet(tmp_path, 3, "cluster", modbus_port, poll_interval=0.2)
+    await asyncio.to_thread(fleet.start)
+    site = None
+    try:
+        assert fleet.cluster is not None
+        site = Collector(fleet.site_port, "uns/v1/#", client_id="fleet-cluster-consumer", clean_session=False)
+        await site.until(
+            lambda _m: data_from_every_cell(site, fleet, 5), timeout=90, what="data from every cell"
+        )
+        await asyncio.to_thread(fleet.cluster.stop_node, fleet.cluster.nodes[0])
+        marks = {cell.root: len(site.on(f"{cell.root}/meter-1/data")) for cell in fleet.members}
+        await site.until(
+            lambda _m: all(len(site.on(f"{r}/meter-1/data")) >= n + 15 for r, n in marks.items()),
+            timeout=60,
+            what="every cell's data flowing with the first node stopped",
+        )
+    finally:
+        codes = await asyncio.to_thread(fleet.stop)
+        if site is not None:
+            site.close()
+    assert site is not None
+    assert codes == [0] * 3
+    moved = fleet.members[0].log.read_text(errors="replace")
+    assert '"reconnect": true' in moved, "the first node's cell connected again, to another node"
+    for cell in fleet.members:
+        done = completeness(site.messages, cell.root)
+        assert done.missing.get("meter-1") == [], (cell.name, done.missing.get("meter-1", "no data")[:20])
+        check_messages(site.messages, cell.root).assert_valid()

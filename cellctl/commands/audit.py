@@ -9,16 +9,19 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 
 from cellctl.commands.model import Command, CommandResult
 from cellctl.commands.sparkplug import BurstLog
 
+if TYPE_CHECKING:
+    from cellctl.contract.payloads import CommandEventJson
+
 log = structlog.get_logger("cellctl.commands")
 
-AuditSink = Callable[[dict[str, Any]], None]
+AuditSink = Callable[["CommandEventJson"], None]
 
 
 class Audit:
@@ -46,7 +49,7 @@ class Audit:
 
     def _emit(self, cmd: Command, result: CommandResult, *, duplicate: bool = False) -> None:
         duration = None if result.finished_ms is None else result.finished_ms - result.received_ms
-        event: dict[str, Any] = {
+        event: CommandEventJson = {
             "ts": result.finished_ms or int(time.time() * 1000),
             "event": "command",
             "id": cmd.request_id,

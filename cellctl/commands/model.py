@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from cellctl.contract.payloads import CommandResultJson, CommandSourceJson
 
 CommandKind = Literal["write", "call", "job_start", "job_pause", "job_resume", "job_cancel"]
 COMMAND_KINDS: tuple[CommandKind, ...] = ("write", "call", "job_start", "job_pause", "job_resume", "job_cancel")
@@ -56,8 +59,8 @@ class Source:
     topic: str | None = None
     client: Mapping[str, str] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"channel": self.channel, "topic": self.topic}
+    def as_dict(self) -> CommandSourceJson:
+        out: CommandSourceJson = {"channel": self.channel, "topic": self.topic}
         if self.client:
             out["client_declared"] = dict(self.client)
         return out
@@ -94,10 +97,10 @@ class CommandResult:
 
     request_id: str
     device_id: str
-    kind: str
+    kind: CommandKind
     state: State
     received_ms: int
-    reason: str | None = None
+    reason: RefusalReason | FailureReason | None = None
     message: str | None = None
     accepted_ms: int | None = None
     finished_ms: int | None = None
@@ -110,22 +113,23 @@ class CommandResult:
     def final(self) -> bool:
         return self.state != "accepted"
 
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def as_dict(self) -> CommandResultJson:
+        """The answer on the wire (docs/commands.md; the contract's `command.result`)."""
+        out: CommandResultJson = {
             "id": self.request_id,
             "device": self.device_id,
             "command": self.kind,
             "state": self.state,
             "ts_received": self.received_ms,
         }
-        for key, value in (
-            ("reason", self.reason),
-            ("message", self.message),
-            ("ts_accepted", self.accepted_ms),
-            ("ts_finished", self.finished_ms),
-        ):
-            if value is not None:
-                out[key] = value
+        if self.reason is not None:
+            out["reason"] = self.reason
+        if self.message is not None:
+            out["message"] = self.message
+        if self.accepted_ms is not None:
+            out["ts_accepted"] = self.accepted_ms
+        if self.finished_ms is not None:
+            out["ts_finished"] = self.finished_ms
         if self.state == "done" and self.kind == "write":
             out["readback"] = self.readback
         if self.result is not None:

@@ -99,11 +99,42 @@ class Tls(_Frozen):
     insecure_skip_verify: bool = False
 
 
+def _host_port(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); ValueError naming the value otherwise."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or any(c.isspace() or c in "/[]" for c in host) or not port.isdigit():
+        raise ValueError(f"{value!r} is not 'host:port'")
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: port {port} is not within 1-65535")
+    return host, int(port)
+
+
+def _check_node(value: str) -> str:
+    _host_port(value)
+    return value
+
+
+def _check_hosts(value: list[str]) -> list[str]:
+    nodes = [_host_port(v) for v in value]
+    if len(set(nodes)) != len(nodes):
+        raise ValueError(f"a node is listed twice: {value}")
+    return value
+
+
+Node = Annotated[str, AfterValidator(_check_node)]
+
+
 class Backbone(_Frozen):
-    """The MQTT broker of the site's data backbone."""
+    """The MQTT broker of the site's data backbone: one address (`host`, `port`), or the
+    nodes of a clustered broker (`hosts`) the session fails over between."""
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    # Several nodes of one (clustered or bridged) broker, tried in turn: a node that is down
+    # or drops the connection sends the session to the next. `host`/`port` become the first.
+    hosts: Annotated[list[Node], Field(min_length=1, max_length=16), AfterValidator(_check_hosts)] | None = None
     client_id: str | None = None  # default: cellctl-<enterprise>-<site>-...-<cell>
     username: str | None = None
     password_file: Path | None = None  # the password itself never sits in the config
@@ -117,6 +148,30 @@ class Backbone(_Frozen):
     # outbox is the queue: past this, live publishing falls back to paced replay from it;
     # nothing is lost.
     max_queued_messages: Annotated[int, Field(ge=100)] = 10_000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _first_node(cls, data: Any) -> Any:
+        """With `hosts`, `host` and `port` name the first node (and may not be given)."""
+        if isinstance(data, dict) and isinstance(data.get("hosts"), list) and data["hosts"]:
+            both = [k for k in ("host", "port") if k in data]
+            if both:
+                raise ValueError(f"give either 'hosts' or {' and '.join(repr(k) for k in both)}, not both")
+            first = data["hosts"][0]
+            if isinstance(first, str):
+                try:
+                    host, port = _host_port(first)
+                except ValueError:
+                    return data  # the field's own check reports it, with its index
+                return {**data, "host": host, "port": port}
+        return data
+
+    @property
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        """Every (host, port) to try, in order."""
+        if self.hosts is None:
+            return ((self.host, self.port),)
+        return tuple(_host_port(h) for h in self.hosts)
 
     @model_validator(mode="after")
     def _auth(self) -> Backbone:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from cellctl import __version__
+from cellctl.config.cell import Backbone
 from cellctl.config.loader import CompiledCell
 from cellctl.contract.registry import PAYLOADS, Payload
 from cellctl.encode.uns import PAYLOAD_VERSION, cell_root
@@ -137,18 +138,27 @@ def asyncapi_document(compiled: CompiledCell) -> Doc:
             ),
         },
         "defaultContentType": "application/json",
-        "servers": {
-            "backbone": {
-                "host": f"{backbone.host}:{backbone.port}",
-                "protocol": "secure-mqtt" if backbone.tls is not None else "mqtt",
-                "protocolVersion": backbone.protocol,
-                "description": "The site's MQTT broker (the cell config's `backbone`).",
-            }
-        },
+        "servers": _servers(backbone),
         "channels": b.channels,
         "operations": b.operations,
         "components": {"messages": messages, "schemas": schemas},
     }
+
+
+def _servers(backbone: Backbone) -> Doc:
+    """The broker, or each node of a clustered one (`backbone.hosts`, tried in turn)."""
+    nodes = backbone.nodes
+    out: Doc = {}
+    for i, (host, port) in enumerate(nodes, 1):
+        key = "backbone" if len(nodes) == 1 else f"backbone-{i}"
+        what = "The site's MQTT broker" if len(nodes) == 1 else f"Node {i} of {len(nodes)} of the site's MQTT broker"
+        out[key] = {
+            "host": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+            "protocol": "secure-mqtt" if backbone.tls is not None else "mqtt",
+            "protocolVersion": backbone.protocol,
+            "description": f"{what} (the cell config's `backbone`).",
+        }
+    return out
 
 
 def _uns_channels(b: _Builder, compiled: CompiledCell, root: str, backbone_qos: int) -> None:

@@ -10,11 +10,12 @@ milliseconds since the Unix epoch (UTC).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import ConfigDict, with_config
+from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
+from cellctl.commands.model import Channel, CommandKind, FailureReason, RefusalReason, State
 from cellctl.model import Execution, ItemState, OperationMode, Quality
 
 _DOCS = ConfigDict(use_attribute_docstrings=True)
@@ -188,6 +189,153 @@ class OutboxDroppedEvent(TypedDict):
     """When the first dropped message had entered the outbox."""
     to_ts: int | None
     """When the last dropped message had entered the outbox."""
+
+
+# -- commands (docs/commands.md) ---------------------------------------------------------
+
+_REQUEST = ConfigDict(use_attribute_docstrings=True, extra="forbid")  # the daemon refuses unknown fields
+
+CommandReasonJson = RefusalReason | FailureReason
+RequestId = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,128}$")]
+"""1-128 printable ASCII characters, no spaces."""
+EpochMs = Annotated[int, Field(ge=0)]
+
+
+@with_config(_REQUEST)
+class WriteArgsJson(TypedDict):
+    """Writes one point in engineering units; its type is checked against the point's."""
+
+    point: str
+    value: Any
+
+
+@with_config(_REQUEST)
+class CallArgsJson(TypedDict):
+    """Calls a method the profile declares, with its arguments by name."""
+
+    method: str
+    args: NotRequired[dict[str, Any]]
+
+
+@with_config(_REQUEST)
+class JobStartArgsJson(TypedDict):
+    """Starts the job `name` from the job store, or streams `program` (inline G-code)."""
+
+    name: str
+    program: NotRequired[str]
+
+
+@with_config(_REQUEST)
+class NoArgsJson(TypedDict):
+    """The job control commands take no arguments."""
+
+
+@with_config(_REQUEST)
+class _RequestJson(TypedDict):
+    id: RequestId
+    """Repeated within the idempotency window: the first result again, nothing runs."""
+    expires: NotRequired[EpochMs | None]
+    """Refused as `expired` when it arrives later (ms since the epoch)."""
+    validate_only: NotRequired[bool]
+    """Every check, interlocks included, but the command does not run."""
+
+
+@with_config(_REQUEST)
+class WriteRequestJson(_RequestJson):
+    """A `write` command."""
+
+    command: Literal["write"]
+    args: WriteArgsJson
+
+
+@with_config(_REQUEST)
+class CallRequestJson(_RequestJson):
+    """A `call` command."""
+
+    command: Literal["call"]
+    args: CallArgsJson
+
+
+@with_config(_REQUEST)
+class JobStartRequestJson(_RequestJson):
+    """A `job_start` command."""
+
+    command: Literal["job_start"]
+    args: JobStartArgsJson
+
+
+@with_config(_REQUEST)
+class JobControlRequestJson(_RequestJson):
+    """A `job_pause`, `job_resume` or `job_cancel` command."""
+
+    command: Literal["job_pause", "job_resume", "job_cancel"]
+    args: NotRequired[NoArgsJson]
+
+
+# The kinds are told apart by `command` (a const in each); no OpenAPI `discriminator`
+# keyword, which AsyncAPI's schema format defines differently (a string).
+CommandRequestJson = WriteRequestJson | CallRequestJson | JobStartRequestJson | JobControlRequestJson
+"""`<root>/cmd/<device>`, never retained: one command from the MES. Nothing is converted:
+a field of another type or a field not named here refuses the command (`invalid`)."""
+
+
+@with_config(_DOCS)
+class CommandResultJson(TypedDict):
+    """`<root>/cmd/<device>/ack` or the request's MQTT 5 response topic: one answer per
+    state the command reaches (`accepted` first unless refused at once)."""
+
+    id: str
+    """The request's id; empty when the request had no usable one."""
+    device: str
+    command: CommandKind
+    state: State
+    ts_received: int
+    reason: NotRequired[CommandReasonJson]
+    """Why it was refused or failed."""
+    message: NotRequired[str]
+    """The same for a person."""
+    ts_accepted: NotRequired[int]
+    ts_finished: NotRequired[int]
+    readback: NotRequired[PointValue]
+    """A done write: the value the device reports."""
+    result: NotRequired[dict[str, Any]]
+    """A done call: its outputs by the profile's result names."""
+    validate_only: NotRequired[Literal[True]]
+    duplicate: NotRequired[Literal[True]]
+    """The answer to a repeated request id: nothing ran again."""
+
+
+@with_config(_DOCS)
+class CommandSourceJson(TypedDict):
+    """Where a command came from."""
+
+    channel: Channel
+    topic: str | None
+    client_declared: NotRequired[dict[str, str]]
+    """The request's MQTT 5 user properties as the client sent them (never verified)."""
+
+
+@with_config(_DOCS)
+class CommandEventJson(TypedDict):
+    """`<root>/events`: the audit record of one command that reached a final state (or of a
+    repeated request id), through the durable outbox."""
+
+    historical: NotRequired[Literal[True]]
+    ts: int
+    event: Literal["command"]
+    id: str
+    source: CommandSourceJson
+    device: str
+    command: CommandKind
+    args: dict[str, Any]
+    """The request's arguments; an inline program as `"<N bytes>"`."""
+    decision: State
+    reason: CommandReasonJson | None
+    message: str | None
+    readback: PointValue
+    duration_ms: int | None
+    validate_only: bool
+    duplicate: NotRequired[Literal[True]]
 
 
 @with_config(_DOCS)

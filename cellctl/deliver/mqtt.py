@@ -58,7 +58,7 @@ _NOT_YET_VALID, _EXPIRED = 9, 10
 _WRONG_NAME = frozenset({62, 64})
 
 
-def describe_connect_error(exc: BaseException, backbone: Backbone) -> str:
+def describe_connect_error(exc: BaseException, backbone: Backbone, host: str | None = None) -> str:
     """A connection failure in words that name the cause: for a refused broker
     certificate, which check failed and what to look at."""
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -74,7 +74,7 @@ def describe_connect_error(exc: BaseException, backbone: Backbone) -> str:
             return f"tls: the broker's certificate is not valid yet (is this machine's clock right?): {detail}"
         if code in _WRONG_NAME:
             return (
-                f"tls: the broker's certificate is not valid for backbone.host {backbone.host!r}: {detail}"
+                f"tls: the broker's certificate is not valid for backbone.host {host or backbone.host!r}: {detail}"
             )
         return f"tls: the broker's certificate was refused: {detail}"
     if isinstance(exc, ssl.SSLError):
@@ -196,6 +196,8 @@ class MqttSession:
         self._was_connected = False
         self._up = False  # session_up was sent for the current client
         self.backoff = Backoff(backbone.reconnect_min, backbone.reconnect_max)
+        self.nodes = backbone.nodes  # failover: a failed attempt or a lost connection moves on
+        self._node = 0
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -215,6 +217,15 @@ class MqttSession:
             self.client: paho.Client = self._new_client(None)
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise ConfigError([f"backbone.tls: {describe_connect_error(exc, backbone)}"]) from None
+
+    @property
+    def node(self) -> tuple[str, int]:
+        """The (host, port) connected to, or tried next."""
+        return self.nodes[self._node]
+
+    def _next_node(self) -> None:
+        if len(self.nodes) > 1:
+            self._node = (self._node + 1) % len(self.nodes)
 
     @property
     def last_error(self) -> str | None:
@@ -377,8 +388,8 @@ class MqttSession:
                 self.log.warning(
                     "mqtt_connect_refused",
                     reason=message,
-                    host=self.backbone.host,
-                    port=self.backbone.port,
+                    host=self.node[0],
+                    port=self.node[1],
                     attempts=self._failed_connects,
                 )
             self._last_error = message
@@ -392,8 +403,8 @@ class MqttSession:
         self._last_error = None
         self.log.info(
             "mqtt_connected",
-            host=self.backbone.host,
-            port=self.backbone.port,
+            host=self.node[0],
+            port=self.node[1],
             reconnect=self._was_connected,
             failed_attempts=self._failed_connects,
         )
@@ -427,7 +438,8 @@ class MqttSession:
     def _open(self) -> None:
         """Executor thread: a new client with this CONNECT's Will, connected."""
         self.client = self._new_client(self.events.will())
-        self.client.connect(self.backbone.host, self.backbone.port, self.backbone.keepalive)
+        host, port = self.node
+        self.client.connect(host, port, self.backbone.keepalive)
 
     async def _run(self) -> None:
         """Connect, service keep-alive, reconnect with capped backoff and jitter. Forever."""
@@ -438,7 +450,8 @@ class MqttSession:
             try:
                 await loop.run_in_executor(None, self._open)
             except (OSError, ssl.SSLError, ValueError) as exc:
-                self._connect_failed(describe_connect_error(exc, self.backbone))
+                self._connect_failed(describe_connect_error(exc, self.backbone, self.node[0]))
+                self._next_node()
                 await asyncio.sleep(self.backoff.next_delay())
                 continue
             while not self._lost.is_set():
@@ -463,6 +476,8 @@ class MqttSession:
             if self._restart_soon:
                 self._restart_soon = False
                 self.backoff.reset()
+            else:
+                self._next_node()
             await asyncio.sleep(self.backoff.next_delay())
 
     def _connect_failed(self, message: str) -> None:
@@ -471,8 +486,8 @@ class MqttSession:
         if message != self._last_error or worth_repeating(self._failed_connects):
             self.log.warning(
                 "mqtt_connect_failed",
-                host=self.backbone.host,
-                port=self.backbone.port,
+                host=self.node[0],
+                port=self.node[1],
                 error=message,
                 attempts=self._failed_connects,
             )

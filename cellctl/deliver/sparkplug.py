@@ -188,7 +188,7 @@ class SparkplugNode(Delivery):
         bare = Command(f"spb-{self._dcmds}", where.get("device", "node"), "write", {}, source, now_ms())
         self.commands.refuse(bare, Refusal(reason, message))  # type: ignore[arg-type]  # reasons of one vocabulary
 
-    def _command_outcome(self, _event: dict[str, object]) -> None:
+    def _command_outcome(self, _event: Mapping[str, object]) -> None:
         if self.audit is None:
             return
         for outcome, name in COMMAND_METRICS.items():

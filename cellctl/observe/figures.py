@@ -102,8 +102,8 @@ def live_figures(daemon: Daemon) -> LiveFigures:
     sessions = tuple(
         SessionFigures(
             fmt=d.fmt,
-            host=d.session.backbone.host,
-            port=d.session.backbone.port,
+            host=d.session.node[0],
+            port=d.session.node[1],
             connected=d.session.is_connected,
             connects=d.session.connects,
             published=d.session.published,

@@ -101,7 +101,7 @@ class StatusServer:
             "version": __version__,
             "cell": {"identity": cfg.identity.model_dump(mode="json"), "root": d.root},
             "broker": [
-                {"format": dl.fmt, "host": f"{cfg.backbone.host}:{cfg.backbone.port}", "connected": dl.session.is_connected}
+                {"format": dl.fmt, "host": "{}:{}".format(*dl.session.node), "connected": dl.session.is_connected}
                 for dl in d.deliveries
             ],
             "outbox": self._outbox,

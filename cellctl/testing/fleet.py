@@ -2,7 +2,10 @@
 bench/fleet.py: each cell its own identity, config and state dir, publishing either to one
 site broker (`single`) or to a cell broker of its own bridged to the site broker
 (`bridged`, the usual edge topology: the cell broker keeps queuing while the site link
-is down). Every process is ours and is stopped by its PID."""
+is down), or to a clustered broker of three RabbitMQ nodes (`cluster`), every cell's
+`backbone.hosts` listing the nodes (starting at a different one, so the cells spread
+over the cluster) and failing over when one stops. Every process is ours and is stopped
+by its PID."""
 
 from __future__ import annotations
 
@@ -20,8 +23,9 @@ import yaml
 from cellctl.localbroker import Mosquitto
 from cellctl.testing.cell import modbus_device, root_topic
 from cellctl.testing.mqtt import Message
+from cellctl.testing.rabbitmq import RabbitCluster
 
-Topology = Literal["single", "bridged"]
+Topology = Literal["single", "bridged", "cluster"]
 
 
 def bridge_lines(name: str, site_port: int) -> list[str]:
@@ -62,12 +66,23 @@ class Fleet:
     modbus_port: int
     devices: int = 1
     poll_interval: float = 0.5
-    site: Mosquitto = field(init=False)
+    site: Mosquitto = field(init=False)  # single, bridged
+    cluster: RabbitCluster | None = field(default=None, init=False)
     members: list[Cell] = field(default_factory=list, init=False)
 
+    @property
+    def site_port(self) -> int:
+        """Where the site consumer subscribes: the site broker, or the cluster's last node
+        (the node a bench stops is the first)."""
+        return self.cluster.nodes[-1].mqtt_port if self.cluster is not None else self.site.port
+
     def start(self) -> None:
-        self.site = Mosquitto(persistence=True)
-        self.site.start()
+        if self.topology == "cluster":
+            self.cluster = RabbitCluster(3)
+            self.cluster.start()
+        else:
+            self.site = Mosquitto(persistence=True)
+            self.site.start()
         for i in range(self.cells):
             name = f"fleet-cell-{i:03d}"
             folder = self.base / name
@@ -78,9 +93,14 @@ class Fleet:
                 with broker.config_path.open("a", encoding="utf-8") as f:
                     f.write("\n".join(bridge_lines(name, self.site.port)) + "\n")
                 broker.start()
-            port = broker.port if broker is not None else self.site.port
+            if self.cluster is not None:
+                nodes = self.cluster.addresses()
+                backbone: dict[str, object] = {"hosts": nodes[i % len(nodes) :] + nodes[: i % len(nodes)]}
+            else:
+                port = broker.port if broker is not None else self.site.port
+                backbone = {"host": "127.0.0.1", "port": port}
             cell = Cell(name, folder / "cell.yaml", folder / "daemon.log", broker)
-            cell.config.write_text(yaml.safe_dump(self._config(name, folder, port)), encoding="utf-8")
+            cell.config.write_text(yaml.safe_dump(self._config(name, folder, backbone)), encoding="utf-8")
             self.members.append(cell)
         for cell in self.members:
             with cell.log.open("ab") as log:
@@ -99,7 +119,7 @@ class Fleet:
                     stdin=subprocess.DEVNULL,
                 )
 
-    def _config(self, name: str, folder: Path, port: int) -> dict[str, object]:
+    def _config(self, name: str, folder: Path, backbone: dict[str, object]) -> dict[str, object]:
         devices = [
             modbus_device(
                 f"meter-{u}", "sim-energy-meter", self.modbus_port, u, poll_interval=self.poll_interval
@@ -110,7 +130,7 @@ class Fleet:
             "identity": {"enterprise": "test", "site": "lab", "area": "a1", "line": "l1", "cell": name},
             "state_dir": str(folder / "state"),
             "outbox": {"fsync": "off"},
-            "backbone": {"host": "127.0.0.1", "port": port, "reconnect_min": 0.2, "reconnect_max": 1},
+            "backbone": {**backbone, "reconnect_min": 0.2, "reconnect_max": 1},
             "publish": {"prefix": "uns/v1"},
             "devices": devices,
         }
@@ -137,7 +157,10 @@ class Fleet:
         for c in self.members:
             if c.broker is not None:
                 c.broker.stop()
-        self.site.stop()
+        if self.cluster is not None:
+            self.cluster.close()
+        else:
+            self.site.stop()
         return codes
 
 
