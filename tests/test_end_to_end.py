@@ -344,7 +344,11 @@ async def test_per_point_mode_publishes_retained_point_topics(
     )
     want = expected_values(sim, 1, "sim-energy-meter")
     async with running_daemon(config):
-        await collector.until(lambda _m: collector.on("/m/points/voltage_l1"), what="a point topic")
+        # a good value first (at start the retained point says "not yet read", bad)
+        await collector.until(
+            lambda _m: [m for m in collector.on("/m/points/voltage_l1") if m.json().get("q") == "good"],
+            what="a good point value",
+        )
         late = Collector(broker.port, f"{root_topic(unique)}/m/points/#")
         try:
             found = await late.until(lambda _m: late.on("/m/points/voltage_l1"), what="retained point topic")
