@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -22,6 +23,8 @@ from cellctl_opcua.config import SecurityMode, SecurityPolicyName, default_pki_d
 EXIT_FAILED = 1
 _MODES: tuple[SecurityMode, ...] = ("None", "Sign", "SignAndEncrypt")
 _POLICIES: tuple[SecurityPolicyName, ...] = ("Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss")
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 pki_option = click.option(
     "--pki",
@@ -37,6 +40,26 @@ def _fail(message: str) -> None:
     sys.exit(EXIT_FAILED)
 
 
+def session_options(command: F) -> F:
+    """The options every command that opens an OPC UA session takes: security mode and
+    policy, the PKI directory, user and password file, and the per-request timeout."""
+    for option in reversed((
+        click.option("--security-mode", type=click.Choice(_MODES), default="None", show_default=True),
+        click.option("--security-policy", type=click.Choice(_POLICIES), default=None, help="Default Basic256Sha256."),
+        pki_option,
+        click.option("--username", default=None),
+        click.option(
+            "--password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
+            help="File holding the password (never on the command line).",
+        ),
+        click.option(
+            "--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True, help="Seconds per request."
+        ),
+    )):  # fmt: skip
+        command = option(command)
+    return command
+
+
 @click.command("browse")
 @click.argument("endpoint")
 @click.option("--depth", type=click.IntRange(1, 20), default=3, show_default=True, help="Levels below the root.")
@@ -45,15 +68,7 @@ def _fail(message: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of nodes, for scripts.")
 @click.option("--profile-skeleton", is_flag=True, help="Print a starting profile (YAML) instead of the tree.")
 @click.option("--name", default="my-opcua-machine", show_default=True, help="Profile name for --profile-skeleton.")
-@click.option("--security-mode", type=click.Choice(_MODES), default="None", show_default=True)
-@click.option("--security-policy", type=click.Choice(_POLICIES), default=None, help="Default Basic256Sha256.")
-@pki_option
-@click.option("--username", default=None)
-@click.option(
-    "--password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-    help="File holding the password (never on the command line).",
-)
-@click.option("--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True, help="Seconds per request.")
+@session_options
 def browse(
     *,
     endpoint: str,
@@ -248,15 +263,7 @@ def _is_node_id(text: str) -> bool:
 @click.argument("nodes", nargs=-1, required=True)
 @click.option("--namespace", default=None, metavar="URI", help="Namespace URI of browse path names.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, one object per node (errors too).")
-@click.option("--security-mode", type=click.Choice(_MODES), default="None", show_default=True)
-@click.option("--security-policy", type=click.Choice(_POLICIES), default=None, help="Default Basic256Sha256.")
-@pki_option
-@click.option("--username", default=None)
-@click.option(
-    "--password-file", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
-    help="File holding the password (never on the command line).",
-)
-@click.option("--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True, help="Seconds per request.")
+@session_options
 def read(
     *,
     endpoint: str,
