@@ -55,7 +55,10 @@ async def subscribe_for(sim: SimOpcUaServer, n: int) -> list[Reading]:
     async with plugin.open(device_ctx(sim.url)) as device:
         task = asyncio.create_task(device.subscribe(readings.append), name="test-subscribe")
         try:
-            for _ in range(n):
+            for i in range(n):
+                # A step alone may change nothing visible (the temperature's noise can round
+                # to the same value): a new part count makes every step a change.
+                sim.machine.good = 1000 + i
                 await sim.step()
                 count = len(readings)
                 await wait_until(lambda c=count: len(readings) > c or task.done(), what="the next reading")
