@@ -34,7 +34,6 @@ from cellctl.contract.payloads import CommandEventJson
 from cellctl.deliver.delivery import Delivery
 from cellctl.deliver.mqtt import MqttSession
 from cellctl.deliver.report import OutboxReporter
-from cellctl.deliver.sparkplug import SparkplugNode
 from cellctl.deliver.uns import UnsDelivery
 from cellctl.encode.fanout import FanOut
 from cellctl.encode.uns import UnsEncoder, cell_root
@@ -42,13 +41,13 @@ from cellctl.engine.cell import Cell
 from cellctl.engine.runner import now_ms
 from cellctl.errors import ConfigError
 from cellctl.manifest import build_manifest
-from cellctl.observe import server as observe
 from cellctl.outbox import DropEvent, Outbox, OutboxError, OutboxWriter, Record
 from cellctl.reload import diff_cells
-from cellctl.sparkplug.topics import case_collisions
 from cellctl.statefile import StateFileError
 
 if TYPE_CHECKING:
+    from cellctl.deliver.sparkplug import SparkplugNode
+    from cellctl.observe.server import ObserveServer
     from cellctl.status.server import StatusServer
 
 log = structlog.get_logger("cellctl.daemon")
@@ -117,7 +116,7 @@ class Daemon:
         self._restart_with: CompiledCell | None = None
         self._previous = compiled
         self._terminating = False
-        self.observer: observe.ObserveServer | None = None
+        self.observer: ObserveServer | None = None
         self._reload_tasks: set[asyncio.Task[bool]] = set()
         self._reload_lock = asyncio.Lock()
         started_ms = now_ms()
@@ -178,6 +177,10 @@ class Daemon:
         else:
             self.publisher = None
         if "sparkplug" in formats:
+            # imported only when configured: the codec pulls in protobuf (start-up time)
+            from cellctl.deliver.sparkplug import SparkplugNode
+            from cellctl.sparkplug.topics import case_collisions
+
             spb_client = cfg.sparkplug.client_id or (
                 client_id if formats == ["sparkplug"] else f"{client_id}-spb"[:128]
             )
@@ -396,8 +399,13 @@ class Daemon:
             outbox_backlog=stats.messages,
         )
         async with contextlib.AsyncExitStack() as stack:
-            # /metrics and /health (metrics: section), from before the broker is up
-            self.observer = await stack.enter_async_context(observe.serving(self, cfg.metrics))
+            # /metrics and /health (metrics: section), from before the broker is up; the
+            # server (prometheus_client, wsgiref) is imported only when configured
+            self.observer = None
+            if cfg.metrics is not None:
+                from cellctl.observe import server as observe
+
+                self.observer = await stack.enter_async_context(observe.serving(self, cfg.metrics))
             for d in self.deliveries:
                 await stack.enter_async_context(d.session)
             async with asyncio.TaskGroup() as tg:

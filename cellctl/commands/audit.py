@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from cellctl.commands.burst import BurstLog
 from cellctl.commands.model import Command, CommandResult
-from cellctl.commands.sparkplug import BurstLog
 
 if TYPE_CHECKING:
     from cellctl.contract.payloads import CommandEventJson

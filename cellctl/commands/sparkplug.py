@@ -14,7 +14,6 @@ callback.
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any, Literal
 
 import structlog
 
+from cellctl.commands.burst import BurstLog
 from cellctl.encode.sparkplug import DeviceModel
 from cellctl.sparkplug.codec import REBIRTH_METRIC, CommandError, MetricTable, decode_command
 
@@ -35,7 +35,6 @@ RefusalReason = Literal[
 MAX_PAYLOAD_BYTES = 64 * 1024
 MAX_METRICS = 64
 MAX_STRING_CHARS = 1024  # a string written to a point (a program name, a lot id)
-LOG_INTERVAL = 5.0  # refusals of one reason: the first logged at once, then one summary per interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,28 +44,6 @@ class PointWrite:
     device_id: str
     point_id: str
     value: Any
-
-
-class BurstLog:
-    """Log the first event of a burst at once, then at most one line per `interval` per
-    key, carrying how many were not logged: a flood of bad commands is visible in the log
-    without becoming the log."""
-
-    def __init__(self, interval: float = LOG_INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.clock = clock
-        self._last: dict[str, float] = {}
-        self._quiet: Counter[str] = Counter()
-
-    def warning(self, key: str, event: str, **fields: Any) -> None:
-        now = self.clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._quiet[key] += 1
-            return
-        self._last[key] = now
-        quiet = self._quiet.pop(key, 0)
-        log.warning(event, **fields, **({"not_logged_since": quiet} if quiet else {}))
 
 
 class Refused(Exception):

@@ -15,14 +15,17 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
 from cellctl.contract.payloads import OutboxDroppedEvent
-from cellctl.deliver.sparkplug import SparkplugNode
-from cellctl.deliver.uns import UnsDelivery
 from cellctl.outbox import DropEvent, OutboxStats, OutboxWriter
 from cellctl.outbox.store import DropReason
+
+if TYPE_CHECKING:
+    from cellctl.deliver.sparkplug import SparkplugNode
+    from cellctl.deliver.uns import UnsDelivery
 
 log = structlog.get_logger("cellctl.outbox")
 

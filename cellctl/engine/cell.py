@@ -12,7 +12,6 @@ from pathlib import Path
 
 from cellctl.config.loader import CompiledCell, CompiledDevice
 from cellctl.engine.runner import DeviceRunner, DeviceSink
-from cellctl.jobs.shifts import ShiftCalendar
 from cellctl.model import DeviceSnapshot
 
 # A device that is away is tried again at least this often (after three quick retries):
@@ -60,7 +59,11 @@ class Cell:
         if self.job_dir is not None and device.profile.job is not None:
             self.job_dir.mkdir(parents=True, exist_ok=True)
         oee = self.compiled.config.oee
-        shifts = ShiftCalendar.of(oee.shifts, oee.timezone) if oee.shifts else None
+        shifts = None
+        if oee.shifts:
+            from cellctl.jobs.shifts import ShiftCalendar  # only when shifts are configured
+
+            shifts = ShiftCalendar.of(oee.shifts, oee.timezone)
         runner = DeviceRunner(
             device, self.sink, backoff_min=low, backoff_max=high, job_dir=self.job_dir, shifts=shifts
         )

@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
@@ -22,9 +22,11 @@ from cellctl.engine.backoff import Backoff, worth_repeating
 from cellctl.engine.figures import LatencyHistogram, reason_kind
 from cellctl.engine.machine import MachineMapper
 from cellctl.engine.points import BAD, GOOD, PointTable
-from cellctl.jobs.device import DeviceJobs
-from cellctl.jobs.shifts import ShiftCalendar
 from cellctl.model import DeviceSnapshot, DeviceUpdate, JobEvent, JobRecord, MachineState
+
+if TYPE_CHECKING:
+    from cellctl.jobs.device import DeviceJobs
+    from cellctl.jobs.shifts import ShiftCalendar
 
 log = structlog.get_logger("cellctl.engine")
 
@@ -73,13 +75,12 @@ class DeviceRunner:
         self.mapper = MachineMapper(device.profile, self.table)
         self.machine: MachineState = self.mapper.compute(False)
         self.has_machine = self.mapper.has_machine
-        self.jobs = (
-            DeviceJobs(
-                device.profile, self.table, store=job_dir / f"{self.id}.json" if job_dir else None, shifts=shifts
-            )
-            if device.profile.job is not None
-            else None
-        )
+        self.jobs: DeviceJobs | None = None
+        if device.profile.job is not None:
+            from cellctl.jobs.device import DeviceJobs  # only for profiles with jobs (start-up time)
+
+            store = job_dir / f"{self.id}.json" if job_dir else None
+            self.jobs = DeviceJobs(device.profile, self.table, store=store, shifts=shifts)
         self.available = False
         self.known = False  # a first reading or failure happened
         self.degraded: str | None = None  # why the device is online but useless
