@@ -10,7 +10,8 @@ historical, paced, and only while live messages leave room in paho's in-flight w
 The in-flight window is ours, not paho's (paho's promotion of queued messages scans every
 in-flight message on each PUBACK): at most `window` QoS 1 messages are unacknowledged;
 live records beyond it wait in order in `_waiting` (bounded by
-`backbone.max_queued_messages`; past that, live publishing falls back to replay), and
+`backbone.max_queued_messages` and by `MAX_WAITING_BYTES`; past either, live publishing
+falls back to replay: the records are in the outbox already, nothing is lost), and
 session events that must not overtake them (`in_order`) wait with them.
 
 Going live is placed in the record stream with `OutboxWriter.after_put`, so the cut
@@ -37,10 +38,12 @@ from cellctl.deliver.acks import AckTracker
 from cellctl.deliver.mqtt import MAX_INFLIGHT, NO_PROPERTIES, Inbound, Message, MqttSession, PublishRefused
 from cellctl.deliver.replay import Replay
 from cellctl.outbox import Outbox, OutboxWriter, Record, Stored
+from cellctl.outbox.writer import record_size
 
 log = structlog.get_logger("cellctl.deliver")
 
 REPLAY_BATCH: Final = 200
+MAX_WAITING_BYTES: Final = 4 * 2**20  # live records waiting for the window, in bytes
 
 
 def _pending(ob: Outbox, *, n: int, after: int, fmt: str) -> list[Stored]:
@@ -64,6 +67,7 @@ class Delivery:
         self.writer = writer
         self.window = window
         self.max_waiting = backbone.max_queued_messages
+        self.max_waiting_bytes = MAX_WAITING_BYTES
         self.session = MqttSession(backbone, client_id=client_id, events=self, name=self.fmt)
         self.tracker = AckTracker(writer.ack, wake=self._wake_drain)
         self.replay = Replay(rate=replay_rate, burst=max(1, replay_rate // 4), fmt=self.fmt)
@@ -82,6 +86,7 @@ class Delivery:
         self._drain_due = False
         # live records (and ordered session events) waiting for room in the window
         self._waiting: deque[tuple[Record, int] | Callable[[], None]] = deque()
+        self._waiting_bytes = 0  # record_size() of the records in _waiting
 
     # -- SessionEvents --------------------------------------------------------------------
 
@@ -96,6 +101,7 @@ class Delivery:
         self.gen += 1
         was_live, self.live = self.live, False
         self._waiting.clear()  # committed, so replayed in the next session
+        self._waiting_bytes = 0
         lost = self.tracker.connection_lost()
         self.possible_duplicates += lost
         self.on_session_down()
@@ -157,6 +163,7 @@ class Delivery:
         the outbox as backlog."""
         self.live = False
         self._waiting.clear()
+        self._waiting_bytes = 0
 
     def in_order(self, fn: Callable[[], None]) -> None:
         """Run `fn` (a session message: birth, death) after the live records handed over
@@ -174,10 +181,15 @@ class Delivery:
         if not self.live:
             return
         if self._waiting or self.tracker.in_flight >= self.window:
-            if len(self._waiting) + len(records) > self.max_waiting:
+            size = sum(map(record_size, records))
+            if (
+                len(self._waiting) + len(records) > self.max_waiting
+                or self._waiting_bytes + size > self.max_waiting_bytes
+            ):
                 self._behind()
                 return
             self._waiting.extend(zip(records, ids, strict=True))
+            self._waiting_bytes += size
             return
         self._send_live(zip(records, ids, strict=True))
 
@@ -193,8 +205,9 @@ class Delivery:
         for rec, oid in items:
             qos = rec.qos if force is None else force
             if tracker.in_flight >= window:
-                self._waiting.append((rec, oid))
-                self._waiting.extend(items)  # the rest, in order
+                rest = [(rec, oid), *items]  # in order
+                self._waiting.extend(rest)
+                self._waiting_bytes += sum(record_size(r) for r, _ in rest)
                 break
             try:
                 mid = publish(rec.topic, live_payload(rec), qos, rec.retain)
@@ -218,6 +231,7 @@ class Delivery:
             if callable(item):
                 item()
                 continue
+            self._waiting_bytes -= record_size(item[0])
             self._send_live(iter([item]))
 
     def _behind(self) -> None:

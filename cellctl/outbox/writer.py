@@ -46,6 +46,17 @@ T = TypeVar("T")
 _RETRY_MIN_S = 0.1
 _RETRY_MAX_S = 5.0
 
+# What one queued record costs beyond its topic and payload (the Record, str and bytes
+# headers, the deque slot), measured with tracemalloc; used for the bounds in bytes.
+RECORD_OVERHEAD = 200
+MAX_BACKLOG_BYTES = 8 * 2**20
+
+
+def record_size(record: Record) -> int:
+    """Bytes one queued record holds, for the bounds in bytes (an estimate: payloads are
+    assumed right-sized, see cellctl/encode/uns.py `compact`)."""
+    return len(record.payload) + len(record.topic) + RECORD_OVERHEAD
+
 
 class DropLog:
     """Drops are logged as a transition and then as periodic summaries, never once per
@@ -86,9 +97,9 @@ class DropLog:
 class OutboxWriter:
     """Owns the outbox's thread. Run `run()` as a named task in the daemon's TaskGroup.
 
-    `max_backlog` bounds memory while the disk is slower than the intake; beyond it new
-    records are refused and counted as drops with reason "backlog" (reported through
-    `on_drop` like every other drop)."""
+    `max_backlog` (records) and `max_backlog_bytes` bound memory while the disk is slower
+    than the intake; beyond either, new records are refused and counted as drops with
+    reason "backlog" (reported through `on_drop` like every other drop)."""
 
     def __init__(
         self,
@@ -98,6 +109,7 @@ class OutboxWriter:
         on_drop: Callable[[DropEvent], None] | None = None,
         max_batch: int = 1000,
         max_backlog: int = 200_000,
+        max_backlog_bytes: int = MAX_BACKLOG_BYTES,
         idle_interval_s: float = 1.0,
         ack_delay_s: float = 0.05,
         min_interval_s: float = 0.0,
@@ -108,6 +120,8 @@ class OutboxWriter:
         self.drop_log = DropLog()
         self.max_batch = max_batch
         self.max_backlog = max_backlog
+        self.max_backlog_bytes = max_backlog_bytes
+        self.backlog_bytes = 0  # record_size() of what is in _backlog
         self.idle_interval_s = idle_interval_s
         self.ack_delay_s = ack_delay_s
         self.min_interval_s = min_interval_s
@@ -136,13 +150,15 @@ class OutboxWriter:
 
     def put(self, record: Record) -> bool:
         """Queue one record for the next commit. False if refused (backlog full)."""
-        if len(self._backlog) >= self.max_backlog:
+        size = len(record.payload) + len(record.topic) + RECORD_OVERHEAD  # record_size(), inlined
+        if len(self._backlog) >= self.max_backlog or self.backlog_bytes + size > self.max_backlog_bytes:
             self._refused += 1
             self.backlog_dropped += 1
             if self._refused == 1:
                 self._wake.set()  # make the next cycle report it
             return False
         self._backlog.append(record)
+        self.backlog_bytes += size
         self._put_total += 1
         self._wake.set()
         return True
@@ -248,6 +264,8 @@ class OutboxWriter:
         self._ack_wake_pending.clear()
         n = min(len(self._backlog), self.max_batch)
         batch = [self._backlog.popleft() for _ in range(n)]
+        batch_bytes = sum(map(record_size, batch))
+        self.backlog_bytes -= batch_bytes
         acks = [self._acks.popleft() for _ in range(len(self._acks))]
         refused, self._refused = self._refused, 0
         loop = asyncio.get_running_loop()
@@ -262,6 +280,7 @@ class OutboxWriter:
         except Exception:
             # nothing was committed (one transaction): put the work back in front, in order
             self._backlog.extendleft(reversed(batch))
+            self.backlog_bytes += batch_bytes
             self._acks.extendleft(reversed(acks))
             self._refused += refused
             raise
