@@ -52,6 +52,10 @@ HOST = "127.0.0.1"
 PREFIX = "uns/v1"
 IDENTITY = {"enterprise": "bench", "site": "lab", "area": "a1", "line": "l1", "cell": "c1"}
 ROOT = "/".join([PREFIX, *IDENTITY.values()])
+# the daemon's Sparkplug ids, by default from the identity: <enterprise>-<site>-<area>, <line>-<cell>
+SPB_GROUP = "bench-lab-a1"
+SPB_NODE = "l1-c1"
+FORMATS = {"uns": ["uns"], "sparkplug": ["sparkplug"], "both": ["uns", "sparkplug"]}
 BENCH_VALUE_REGISTERS = 96  # r004..r099 of the sim's bench device type
 STAMP_REGISTERS = 4  # stamp_us, uint64 in holding 0..3
 MAX_LATENCY_SAMPLES = 2_000_000  # bounds the subscriber's memory on long runs
@@ -75,6 +79,7 @@ class Scenario:
     duration: float = 10.0  # measuring window, s
     warmup: float = 3.0  # s after the first values arrive
     mode: str = "batched"
+    fmt: str = "uns"  # publish.formats of the daemon: uns, sparkplug or both (the baseline is UNS JSON)
     qos: int = 1
     devices_per_sim: int = 5  # devices per simulator process (one TCP port each)
     startup_runs: int = 0  # > 0: measure start-up time this many times instead of a window
@@ -138,10 +143,14 @@ class SubStats:
     """What the subscriber saw since the last reset. Latency samples are the receipt
     wall clock minus the simulator's stamp_us carried in the same message."""
 
-    def __init__(self, per_point: bool) -> None:
+    def __init__(self, per_point: bool, fmt: str = "uns") -> None:
         self.per_point = per_point
+        # --format both: values are counted from the UNS messages; the Sparkplug ones are
+        # counted apart (spb_*), so values/s and CPU per value stay comparable
+        self.spb_counts_as_values = fmt != "both"
         self.last_seq: dict[bytes, int] = {}
         self.last_stamp: dict[bytes, int] = {}
+        self.stamp_alias: dict[bytes, int] = {}  # Sparkplug device -> alias of stamp_us (DBIRTH)
         self.reset()
 
     def reset(self) -> None:
@@ -153,9 +162,13 @@ class SubStats:
         self.other = 0  # messages without values (quality-only, points without "v")
         self.latencies: list[int] = []
         self.first_rx_us: int | None = None
+        self.spb_msgs = 0
+        self.spb_values = 0
 
     def on_message(self, topic: bytes, payload: bytes | bytearray, rx_us: int) -> None:
-        if self.per_point:
+        if topic.startswith(b"spBv1.0/"):
+            self._on_sparkplug(topic, payload, rx_us)
+        elif self.per_point:
             self._on_point(topic, payload, rx_us)
         else:
             self._on_data(topic, payload, rx_us)
@@ -182,6 +195,44 @@ class SubStats:
                 self.latencies.append(rx_us - stamp)
         self.msgs += 1
         self.values += len(values)
+        if self.first_rx_us is None:
+            self.first_rx_us = rx_us
+
+    def _on_sparkplug(self, topic: bytes, payload: bytes | bytearray, rx_us: int) -> None:
+        """DDATA carries metrics by alias: the DBIRTH (sent after the subscriber is up)
+        says which alias is stamp_us. Sparkplug's seq is per node (0..255): not checked."""
+        parts = topic.split(b"/")
+        if len(parts) != 5:
+            return
+        from cellctl.sparkplug import sparkplug_b_pb2 as pb
+
+        kind, device = parts[2], parts[4]
+        msg = pb.Payload.FromString(bytes(payload))
+        if kind == b"DBIRTH":
+            for m in msg.metrics:
+                if m.name == "stamp_us":
+                    self.stamp_alias[device] = m.alias
+            return
+        if kind != b"DDATA":
+            return
+        n = len(msg.metrics)
+        self.spb_msgs += 1
+        self.spb_values += n
+        if not self.spb_counts_as_values:
+            return
+        alias = self.stamp_alias.get(device)
+        for m in msg.metrics:
+            if alias is not None and m.alias == alias:
+                stamp = m.long_value or m.int_value
+                if self.last_stamp.get(topic) == stamp:
+                    self.stale += 1
+                    return
+                self.last_stamp[topic] = stamp
+                if len(self.latencies) < MAX_LATENCY_SAMPLES:
+                    self.latencies.append(rx_us - stamp)
+                break
+        self.msgs += 1
+        self.values += n
         if self.first_rx_us is None:
             self.first_rx_us = rx_us
 
@@ -224,6 +275,8 @@ class SubStats:
             "lat_p99_ms": pct(99),
             "lat_max_ms": lat[-1] / 1000 if lat else None,
             "first_rx_us": self.first_rx_us,
+            "spb_msgs": self.spb_msgs,
+            "spb_values": self.spb_values,
         }
 
 
@@ -329,7 +382,10 @@ def run_subscriber(args: argparse.Namespace) -> int:
     (for start-up timing), `report` on request."""
     per_point = args.mode == "per_point"
     topics = [f"{ROOT}/+/points/+"] if per_point else [f"{ROOT}/+/data"]
-    stats = SubStats(per_point)
+    fmt = args.format or "uns"
+    if fmt != "uns":
+        topics += [f"spBv1.0/{SPB_GROUP}/DDATA/{SPB_NODE}/+", f"spBv1.0/{SPB_GROUP}/DBIRTH/{SPB_NODE}/+"]
+    stats = SubStats(per_point, fmt)
     lock = threading.Lock()
     announced = [False]
     epoch = [0]  # set by `reset N`; echoed so the orchestrator never takes an old answer
@@ -559,8 +615,9 @@ class LineReader:
 class SubscriberProc:
     """The subscriber child and its line protocol."""
 
-    def __init__(self, broker_port: int, mode: str, kind: str, logdir: Path) -> None:
+    def __init__(self, broker_port: int, mode: str, kind: str, logdir: Path, fmt: str = "uns") -> None:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "subscriber", "--mode", mode]
+        cmd += ["--format", fmt]
         cmd += ["--subscriber", kind, "--broker-port", str(broker_port)]
         self.stderr = (logdir / "subscriber.log").open("wb")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
@@ -668,7 +725,7 @@ def rig(scenario: Scenario, workdir: Path, subscriber: str) -> Iterator[Rig]:
             r.sims.append(start_sim(units, scenario.tick, logfile))
             remaining -= units
             n += 1
-        r.subscriber = SubscriberProc(broker.port, scenario.mode, subscriber, workdir)
+        r.subscriber = SubscriberProc(broker.port, scenario.mode, subscriber, workdir, scenario.fmt)
         yield r
     finally:
         if r.subscriber is not None:
@@ -702,7 +759,7 @@ def write_cell_config(r: Rig) -> Path:
         "identity": IDENTITY,
         "state_dir": str(r.workdir / "state"),  # the outbox: per run, never /var/lib/cellctl
         "backbone": {"host": HOST, "port": r.broker.port, "qos": s.qos},
-        "publish": {"prefix": PREFIX, "mode": s.mode},
+        "publish": {"prefix": PREFIX, "mode": s.mode, "formats": FORMATS[s.fmt]},
         "devices": devices,
     }
     path = r.workdir / "cell.yaml"
@@ -923,6 +980,7 @@ class Phase:
     subscriber_cpu_pct: float = 0.0
     machine_cpu_pct: float = 0.0  # of all cores together (200 % on 2 cores)
     window_s: float = 0.0
+    spb_values_per_s: float = 0.0  # Sparkplug DDATA metrics/s (--format sparkplug|both)
     daemon_log: dict[str, int] = field(default_factory=dict)
     startup_ms: list[float] = field(default_factory=list)
     startup_median_ms: float | None = None
@@ -1011,6 +1069,7 @@ def measure_window(
     result.window_s = rep["window_s"]
     result.values_per_s = rep["values"] / rep["window_s"]
     result.msgs_per_s = rep["msgs"] / rep["window_s"]
+    result.spb_values_per_s = rep.get("spb_values", 0) / rep["window_s"]
     result.lat_p50_ms, result.lat_p99_ms, result.lat_max_ms = (
         rep["lat_p50_ms"],
         rep["lat_p99_ms"],
@@ -1183,6 +1242,7 @@ ROWS: list[tuple[str, str, int]] = [
     ("  main thread (asyncio)", "cpu_main_thread_pct", 1),
     ("  other threads (paho)", "cpu_other_threads_pct", 1),
     ("CPU us per value", "cpu_us_per_value", 3),
+    ("Sparkplug metrics/s", "spb_values_per_s", 0),
     ("peak RSS MB (window)", "rss_peak_mb", 1),
     ("peak RSS MB (VmHWM)", "rss_hwm_mb", 1),
     ("sim CPU % (all procs)", "sim_cpu_pct", 1),
@@ -1198,7 +1258,7 @@ def print_result(res: dict[str, Any]) -> None:
     p = res["params"]
     print(
         f"\n== {res['scenario']}: {p['devices']} devices x {p['values_per_scan']} values, poll "
-        f"{p['interval'] * 1000:g} ms, sim tick {p['tick'] * 1000:g} ms, {p['mode']}, QoS {p['qos']}, "
+        f"{p['interval'] * 1000:g} ms, sim tick {p['tick'] * 1000:g} ms, {p['mode']}, {p['fmt']}, QoS {p['qos']}, "
         f"{p['devices_per_sim']} devices per sim process; offered {p['offered_values_per_s']:,.0f} values/s"
     )
     startup = bool(p["startup_runs"])
@@ -1252,6 +1312,8 @@ def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
         )
         if getattr(args, k) is not None
     }
+    if args.format is not None:
+        overrides["fmt"] = args.format
     if args.startup_runs is not None:
         overrides["startup_runs"] = args.startup_runs
     if args.rounds < 1:
@@ -1287,6 +1349,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--mode", choices=["batched", "per_point"], help="publish.mode of the daemon (and the baseline)"
     )
     ap.add_argument("--qos", type=int, choices=[0, 1], help="backbone.qos of the daemon and the baseline")
+    ap.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        help="publish.formats of the daemon (default uns; both: values counted from UNS, "
+        "Sparkplug apart); the baseline always publishes UNS JSON",
+    )
     ap.add_argument("--devices-per-sim", type=int, help="devices per simulator process (default 5)")
     ap.add_argument("--startup-runs", type=int, help="start-up runs (startup scenario)")
     ap.add_argument("--rounds", type=int, default=1, help="alternate cellctl/baseline this often; medians")
