@@ -26,6 +26,8 @@ pytestmark = pytest.mark.timeout(120)
 _PROBE = """
 import asyncio, json, sys
 from pathlib import Path
+from cellctl.cli.main import import_structlog_without_rich
+import_structlog_without_rich()  # as `cellctl run` does first
 from cellctl.config.loader import load_cell
 from cellctl.daemon import Daemon
 
@@ -55,6 +57,7 @@ UNCONFIGURED = [
     ("cellctl.jobs.shifts", "oee.shifts"),
     ("cellctl.contract.asyncapi", "never at run time"),
     ("asyncua", "an OPC UA device"),
+    ("rich", "never by the daemon (structlog would import it for console tracebacks)"),
 ]
 
 

@@ -80,11 +80,26 @@ def _configure_logs(ctx: click.Context, fallback: str = "info") -> None:
     logs.configure(ctx.obj.get("log_level") or fallback, json=ctx.obj.get("log_json"))  # type: ignore[arg-type]
 
 
+def import_structlog_without_rich() -> None:
+    """structlog imports rich, when installed, only to draw tracebacks in console logs:
+    about 50 ms of start-up and 5 MB of RSS for the daemon, whose logs are JSON lines under
+    systemd. Hide rich while structlog loads (it then draws plain tracebacks), and un-hide
+    it at once, so whatever imports rich later (a driver's CLI) gets it."""
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # makes `import rich` raise ImportError
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
 @cli.command()
 @config_arg
 @click.pass_context
 def run(ctx: click.Context, config: Path) -> None:
     """Run the daemon for the cell described by CONFIG until SIGINT/SIGTERM."""
+    import_structlog_without_rich()
     import asyncio
 
     from cellctl import lifecycle

@@ -43,7 +43,7 @@ from cellctl.outbox.writer import record_size
 log = structlog.get_logger("cellctl.deliver")
 
 REPLAY_BATCH: Final = 200
-MAX_WAITING_BYTES: Final = 4 * 2**20  # live records waiting for the window, in bytes
+MAX_WAITING_BYTES: Final = 2 * 2**20  # live records waiting for the window, in bytes
 
 
 def _pending(ob: Outbox, *, n: int, after: int, fmt: str) -> list[Stored]:

@@ -49,7 +49,7 @@ _RETRY_MAX_S = 5.0
 # What one queued record costs beyond its topic and payload (the Record, str and bytes
 # headers, the deque slot), measured with tracemalloc; used for the bounds in bytes.
 RECORD_OVERHEAD = 200
-MAX_BACKLOG_BYTES = 8 * 2**20
+MAX_BACKLOG_BYTES = 4 * 2**20
 
 
 def record_size(record: Record) -> int:
