@@ -35,6 +35,7 @@ from cellctl.sparkplug.codec import (
     decode_state,
     encode_command,
     encode_data,
+    encode_data_items,
     encode_dbirth,
     encode_ddeath,
     encode_nbirth,
@@ -466,3 +467,50 @@ def test_state_message_parsing() -> None:
                        (b'{"online": false}', "'timestamp'"), (b'{"online": false, "timestamp": -1}', "'timestamp'")]:
         with pytest.raises(DecodeError, match=match):
             decode_state(bad)
+
+
+# -- encode_data_items: the DATA fast path ------------------------------------------------------
+
+_DATA_TYPES = [
+    *POINT_DATATYPES.values(),
+    *(DataType[n] for n in ("Int8", "Int16", "Int32", "UInt8", "UInt16", "UInt32", "UInt64", "Float", "DateTime")),
+]
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(1 << 70), max_value=1 << 70),
+    st.floats(allow_nan=False),
+    st.text(max_size=5),
+    st.binary(max_size=5),
+)
+
+
+def _outcome(fn: Any) -> bytes | str:
+    try:
+        result: bytes = fn()
+        return result
+    except EncodeError:
+        return "EncodeError"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 1000), st.sampled_from(_DATA_TYPES), _ANY_VALUE, st.booleans()),
+        max_size=8,
+    )
+)
+def test_encode_data_items_is_byte_identical_to_encode_data(items: list[tuple[int, int, Any, bool]]) -> None:
+    """Plain (alias, datatype, value) tuples, mixed with Metrics, encode exactly as the
+    same values as Metrics; a value that does not fit fails both ways."""
+    ts = 1_764_012_938_123
+    quality = {QUALITY_KEY: PropertyValue(DataType.Int32, 0)}
+    mixed: list[Any] = []
+    metrics: list[Metric] = []
+    for alias, dt, value, as_metric in items:
+        m = Metric(alias=alias, datatype=DataType(dt), value=value, timestamp=ts, properties=quality if as_metric else None)
+        metrics.append(m)
+        mixed.append(m if as_metric else (alias, dt, value))
+    assert _outcome(lambda: encode_data_items(timestamp=ts, items=mixed)) == _outcome(
+        lambda: encode_data(timestamp=ts, metrics=metrics)
+    )

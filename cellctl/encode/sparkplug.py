@@ -43,8 +43,10 @@ from cellctl.sparkplug.codec import (
     Metric,
     MetricDef,
     MetricTable,
+    PlainValue,
     PropertyValue,
     encode_data,
+    encode_data_items,
     quality_properties,
 )
 from cellctl.sparkplug.state import AliasBook
@@ -330,19 +332,22 @@ class DataBuilder:
             job_events=update.job_events,
         )
 
-    def metrics(self, update: DeviceUpdate) -> list[Metric]:
+    def metrics(self, update: DeviceUpdate) -> list[Metric | PlainValue]:
         births = self._birth_quality
         if births is not None:
             self._birth_quality = None
             update = self._after_birth(update, births)
         by_point = self.model.by_point
         ts, values, quality = update.ts_ms, update.values, update.quality
-        out: list[Metric] = []
+        out: list[Metric | PlainValue] = []
         for pid, v in values.items():
             d = by_point[pid][1]
-            q = quality.get(pid)
-            props = _quality(q) if q is not None else None
-            out.append(Metric(alias=d.alias, datatype=d.datatype, value=v, timestamp=ts, properties=props))
+            q = quality.get(pid) if quality else None
+            if q is None and d.alias is not None:
+                out.append((d.alias, d.datatype, v))  # the common case, encoded without a Metric
+            else:
+                props = _quality(q) if q is not None else None
+                out.append(Metric(alias=d.alias, datatype=d.datatype, value=v, timestamp=ts, properties=props))
         last = self._values
         if values:
             last.update(values)
@@ -468,10 +473,17 @@ class SparkplugEncoder:
             self._put(device_id, ts, builder.job_metrics(ev.record, ev.event, ts))
         self._put(device_id, ts, builder.metrics(update))
 
-    def _put(self, device_id: str, ts: int, metrics: list[Metric]) -> None:
-        if not metrics:
+    def _put(self, device_id: str, ts: int, items: Sequence[Metric | PlainValue]) -> None:
+        if not items:
             return
-        payload, bad = encode_safely(lambda ms: encode_data(timestamp=ts, metrics=ms), metrics)
+        try:
+            payload, bad = encode_data_items(timestamp=ts, items=items), 0
+        except EncodeError:  # a value that does not fit: the careful path, metric by metric
+            metrics = [
+                Metric(alias=i[0], datatype=DataType(i[1]), value=i[2], timestamp=ts) if isinstance(i, tuple) else i
+                for i in items
+            ]
+            payload, bad = encode_safely(lambda ms: encode_data(timestamp=ts, metrics=ms), metrics)
         self.encode_fallbacks += bad
         self.out.put(Record(device_id, self._ddata[device_id], payload, 0, False, "sparkplug"))
 

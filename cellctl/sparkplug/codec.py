@@ -526,6 +526,51 @@ def encode_data(*, timestamp: int, metrics: Iterable[Metric], seq: int | None = 
     return p.SerializeToString()
 
 
+# One DATA value of a birthed metric: (alias, datatype, value); the metric's timestamp is
+# the payload's. What `DataBuilder` produces for the plain values of a scan, instead of
+# a `Metric` each (measured: building the Metric and `_fill_metric`'s checks cost more
+# than the protobuf itself).
+PlainValue: TypeAlias = tuple[int, int, "Scalar | None"]
+
+
+def encode_data_items(*, timestamp: int, items: Iterable[Metric | PlainValue]) -> bytes:
+    """`encode_data` (storage form, no seq) of metrics and plain values, in their order,
+    byte-identical to `encode_data` of the same values as `Metric(alias=, datatype=,
+    value=, timestamp=timestamp)`. Aliases come from a BIRTH (checked there). Raises
+    EncodeError like `encode_data` for a value that does not fit its datatype."""
+    p = _payload(timestamp, None)
+    add = p.metrics.add
+    int_kinds, float_fields = _INT_KINDS, _FLOAT_FIELDS
+    for item in items:
+        if isinstance(item, Metric):
+            _fill_metric(add(), item, "data", timestamp)
+            continue
+        alias, dt, value = item
+        pbm = add()
+        pbm.alias = alias
+        pbm.timestamp = timestamp
+        kind = int_kinds.get(dt)
+        if kind is not None and type(value) is int:
+            field, lo, hi, mask = kind
+            if lo <= value <= hi:
+                setattr(pbm, field, value & mask if value < 0 else value)
+                continue
+        elif type(value) is float:
+            ffield = float_fields.get(dt)
+            if ffield is not None:
+                setattr(pbm, ffield, value)
+                continue
+        # everything else (None, bool, str, bytes, out of range, wrong type): the full path
+        if value is None:
+            if dt not in _METRIC_TYPES:
+                unsupported = f"datatype {_type_name(dt)} is not supported by cellctl's codec"
+                raise EncodeError(unsupported, metric=f"alias {alias}")
+            pbm.is_null = True
+        else:
+            _set_scalar(pbm, dt, value, f"alias {alias}")
+    return p.SerializeToString()
+
+
 def encode_ndeath(
     *, bd_seq: int, timestamp: int | None = None, bd_seq_datatype: DataType = DataType.Int64
 ) -> bytes:
