@@ -139,6 +139,15 @@ class Installed:
     gid: int
     groups: list[int]
 
+    @property
+    def home(self) -> Path:
+        """The user's home from the user database (sysusers.d says /var/lib/cellctl)."""
+        for line in (self.root / "etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == _one(self.service, "User"):
+                return self.host(fields[5])
+        raise AssertionError("the unit's user is not in the user database")
+
     def host(self, path: str) -> Path:
         """Where a path of the installed system is in the throwaway root."""
         assert path.startswith("/"), path
@@ -216,9 +225,8 @@ def _systemd_start_setup(inst: Installed, invocation: str) -> tuple[dict[str, st
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin",
         "INVOCATION_ID": invocation,
     }
-    home = inst.host("/var/lib/cellctl")  # the sysusers.d home
     env |= {
-        "HOME": str(home),
+        "HOME": str(inst.home),
         "USER": _one(s, "User"),
         "LOGNAME": _one(s, "User"),
         "SHELL": "/usr/sbin/nologin",
@@ -270,7 +278,7 @@ def _confinement(inst: Installed) -> list[str]:
     options = ["--uid", str(inst.uid), "--gid", str(inst.gid), "--groups", groups]
     options += ["--umask", _one(s, "UMask", "0022")]
     workdir = _one(s, "WorkingDirectory", "/")  # a system service's default is /
-    options += ["--chdir", str(inst.host("/var/lib/cellctl")) if workdir == "~" else workdir]
+    options += ["--chdir", str(inst.home if workdir == "~" else inst.host(workdir))]
     if _one(s, "NoNewPrivileges", "no") == "yes":
         options.append("--no-new-privileges")
     if _one(s, "CapabilityBoundingSet", "~") == "":
