@@ -1,5 +1,5 @@
 """MemoryDenyWriteExecute=yes in the shipped unit, with OPC UA security: `cellctl run`
-under the kernel's W^X (prctl PR_SET_MDWE, what systemd 255+ applies for that key on
+under the kernel's W^X (prctl PR_SET_MDWE, what systemd 254+ applies for that key on
 Linux 6.3+) talks Basic256Sha256 SignAndEncrypt to the simulated OPC UA server and
 publishes its data. Skipped on kernels without PR_SET_MDWE."""
 

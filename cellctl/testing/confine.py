@@ -1,6 +1,6 @@
 """Start a command the way a hardened systemd unit starts it, without systemd as PID 1:
 as the unit's user and groups, with its umask and working directory, with no new
-privileges and no capabilities, W^X memory (MemoryDenyWriteExecute=, which systemd 255+
+privileges and no capabilities, W^X memory (MemoryDenyWriteExecute=, which systemd 254+
 implements with the same prctl), and file-system writes allowed only beneath given
 directories (what ProtectSystem=strict leaves writable, enforced here with Landlock).
 
