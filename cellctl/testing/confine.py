@@ -170,8 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.no_capabilities:
             drop_capability_bounding_set()  # needs CAP_SETPCAP: before the user changes
-        if args.gid is not None:
+        if args.gid is not None or args.groups:
             os.setgroups([int(g) for g in args.groups.split(",") if g])
+        if args.gid is not None:
             os.setgid(args.gid)
         if args.uid is not None:
             os.setuid(args.uid)  # from root: the permitted and effective capabilities go too
@@ -185,9 +186,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             restrict_writes(args.writable)
         if args.mdwe:
             _check(_prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN), "PR_SET_MDWE")
-        os.execvp(command[0], command)
     except OSError as e:
         print(f"confine: {e}", file=sys.stderr)
+        return EXIT_CONFINE_FAILED
+    try:
+        os.execvp(command[0], command)
+    except OSError as e:
+        print(f"confine: cannot run {command[0]} as uid {os.getuid()}: {e.strerror}", file=sys.stderr)
         return EXIT_CONFINE_FAILED
     return EXIT_CONFINE_FAILED  # not reached: execvp replaces this process
 
