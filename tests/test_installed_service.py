@@ -284,8 +284,8 @@ def _confinement(inst: Installed) -> list[str]:
     if _one(s, "CapabilityBoundingSet", "~") == "":
         options.append("--no-capabilities")
     assert _one(s, "AmbientCapabilities", "") == ""
-    if _one(s, "MemoryDenyWriteExecute", "no") == "yes" and mdwe_supported():
-        options.append("--mdwe")
+    if _one(s, "MemoryDenyWriteExecute", "no") == "yes":  # as systemd: the prctl where the kernel has it
+        options.append("--mdwe" if mdwe_supported() else "--mdwe-seccomp")
     if landlock_abi() >= 1:
         state = [str(inst.host(f"/var/lib/{n}")) for n in " ".join(s.get("StateDirectory", [])).split()]
         extra = [str(inst.host(p)) for v in s.get("ReadWritePaths", []) for p in v.split()]

@@ -1,12 +1,14 @@
 """MemoryDenyWriteExecute=yes in the shipped unit, with OPC UA security: `cellctl run`
-under the kernel's W^X (prctl PR_SET_MDWE, what systemd 254+ applies for that key on
-Linux 6.3+) talks Basic256Sha256 SignAndEncrypt to the simulated OPC UA server and
-publishes its data. Skipped on kernels without PR_SET_MDWE."""
+under W^X talks Basic256Sha256 SignAndEncrypt to the simulated OPC UA server and
+publishes its data. Both ways systemd enforces that key: the kernel's prctl PR_SET_MDWE
+(systemd 254+ on Linux 6.3+; skipped on older kernels) and the seccomp filter systemd
+252 (Debian 12) installs (refuses W+X mmap, mprotect to executable, shmat SHM_EXEC)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import platform
 import signal
 import subprocess
 import sys
@@ -18,11 +20,23 @@ from cellctl_opcua.pki import TrustStore
 from cellctl_sim.opcua import Security, SimOpcUaServer
 
 from cellctl.testing import Collector, Mosquitto, root_topic, write_config
-from cellctl.testing.confine import mdwe_supported
+from cellctl.testing.confine import SYSCALLS, mdwe_supported
 
-pytestmark = [
-    pytest.mark.timeout(90),
-    pytest.mark.skipif(not mdwe_supported(), reason="kernel without PR_SET_MDWE (Linux 6.3+)"),
+pytestmark = pytest.mark.timeout(90)
+# (confine option, the error a refused W+X mapping gets)
+FLAVOURS = [
+    pytest.param(
+        ("--mdwe", "Permission denied"),
+        id="prctl",
+        marks=pytest.mark.skipif(not mdwe_supported(), reason="kernel without PR_SET_MDWE (Linux 6.3+)"),
+    ),
+    pytest.param(
+        ("--mdwe-seccomp", "Operation not permitted"),
+        id="seccomp",
+        marks=pytest.mark.skipif(
+            platform.machine() not in SYSCALLS, reason=f"no syscall table for {platform.machine()}"
+        ),
+    ),
 ]
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "cellctl.service"
 CONFINE = [sys.executable, "-m", "cellctl.testing.confine"]
@@ -41,19 +55,21 @@ def test_the_unit_asks_for_memory_deny_write_execute() -> None:
     assert "\nMemoryDenyWriteExecute=yes\n" in UNIT.read_text(encoding="utf-8")
 
 
-def test_the_confinement_reaches_the_started_program() -> None:
-    """The control for the test below: without --mdwe a W+X mapping works, with it the
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_the_confinement_reaches_the_started_program(flavour: tuple[str, str]) -> None:
+    """The control for the test below: unconfined a W+X mapping works, confined the
     kernel refuses it in the exec'd program, so a daemon started the same way runs W^X."""
+    option, refusal = flavour
     free = subprocess.run(
         [sys.executable, "-c", WX_PROBE], capture_output=True, text=True, timeout=30, check=False
     )
     assert free.returncode == 0, free.stderr
     confined = subprocess.run(
-        [*CONFINE, "--mdwe", "--", sys.executable, "-c", WX_PROBE],
+        [*CONFINE, option, "--", sys.executable, "-c", WX_PROBE],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert confined.returncode == 1
-    assert "refused: Permission denied" in confined.stderr
+    assert f"refused: {refusal}" in confined.stderr
 
 
 @pytest.fixture
@@ -75,8 +91,15 @@ def _good_state(c: Collector) -> bool:
     return bool(state and state["available"] and all(p["q"] == "good" for p in state["points"].values()))
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
 async def test_opcua_sign_and_encrypt_under_write_xor_execute(
-    broker: Mosquitto, collector: Collector, secure_sim: SimOpcUaServer, unique: str, tmp_path: Path
+    flavour: tuple[str, str],
+    *,
+    broker: Mosquitto,
+    collector: Collector,
+    secure_sim: SimOpcUaServer,
+    unique: str,
+    tmp_path: Path,
 ) -> None:
     assert secure_sim.security is not None
     assert not secure_sim.security.allow_insecure  # secure endpoints only: data means a secure channel
@@ -104,7 +127,7 @@ async def test_opcua_sign_and_encrypt_under_write_xor_execute(
     log = (tmp_path / "daemon.log").open("wb")
     command = [
         *CONFINE,
-        "--mdwe",
+        flavour[0],
         "--",
         sys.executable,
         "-m",

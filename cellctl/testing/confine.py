@@ -8,7 +8,7 @@ The tests of the installed service and of MemoryDenyWriteExecute run `cellctl` t
 it; the daemon never imports it. Run as root:
 
     python -m cellctl.testing.confine --uid N --gid N [--groups N,N] [--umask 0077]
-        [--chdir DIR] [--no-new-privileges] [--no-capabilities] [--mdwe]
+        [--chdir DIR] [--no-new-privileges] [--no-capabilities] [--mdwe | --mdwe-seccomp]
         [--writable DIR]... -- COMMAND [ARG]...
 
 The environment is passed on unchanged (the caller builds the unit's). A confinement
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import mmap
 import os
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,6 +54,20 @@ WRITE_ACCESS_ABI1 = (
 )
 ACCESS_REFER = 1 << 13
 ACCESS_TRUNCATE = 1 << 14
+# MemoryDenyWriteExecute= as systemd before 254 (Debian 12 has 252) implements it: a
+# seccomp filter refusing with EPERM an mmap that is writable and executable, an
+# mprotect/pkey_mprotect that makes anything executable, and shmat with SHM_EXEC
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+SECCOMP_RET_ALLOW = 0x7FFF0000
+SECCOMP_RET_ERRNO = 0x00050000
+EPERM = 1
+SHM_EXEC = 0o100000
+# machine -> (AUDIT_ARCH_*, mmap, mprotect, pkey_mprotect, shmat)
+SYSCALLS = {
+    "x86_64": (0xC000003E, 9, 10, 329, 30),
+    "aarch64": (0xC00000B7, 222, 226, 288, 196),
+}
 EXIT_CONFINE_FAILED = 125  # as env(1) and systemd's exec helpers use for "could not run it"
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -137,6 +153,84 @@ def restrict_writes(writable: Sequence[Path]) -> None:
         os.close(ruleset)
 
 
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _bpf(program: list[tuple[str, int, str, str]]) -> list[_SockFilter]:
+    """Assemble (op, k, jump-if-true label, jump-if-false label) lines; a line whose op
+    ends with ':' is a label. Ops: ld (32-bit word at offset k), and, jeq, jset, ret."""
+    codes = {"ld": 0x20, "and": 0x54, "jeq": 0x15, "jset": 0x45, "ret": 0x06}
+    labels: dict[str, int] = {}
+    lines: list[tuple[str, int, str, str]] = []
+    for line in program:
+        if line[0].endswith(":"):
+            labels[line[0][:-1]] = len(lines)
+        else:
+            lines.append(line)
+    out = []
+    for i, (op, k, jt, jf) in enumerate(lines):
+        t = labels[jt] - i - 1 if jt else 0
+        f = labels[jf] - i - 1 if jf else 0
+        out.append(_SockFilter(codes[op], t, f, k))
+    return out
+
+
+def deny_write_execute_seccomp() -> None:
+    """systemd's seccomp flavour of MemoryDenyWriteExecute= (before systemd 254, or on
+    kernels without PR_SET_MDWE), for this process and what it execs."""
+    arch = SYSCALLS.get(platform.machine())
+    if arch is None:
+        raise ConfineError(0, f"no seccomp syscall table for {platform.machine()}")
+    audit_arch, nr_mmap, nr_mprotect, nr_pkey_mprotect, nr_shmat = arch
+    wx = mmap.PROT_WRITE | mmap.PROT_EXEC
+    arg2 = 16 + 2 * 8  # seccomp_data.args[2], its low 32 bits (little-endian machines above)
+    program = [
+        ("ld", 4, "", ""),  # seccomp_data.arch
+        ("jeq", audit_arch, "native", "allow"),
+        ("native:", 0, "", ""),
+        ("ld", 0, "", ""),  # seccomp_data.nr
+        ("jeq", nr_mmap, "mmap", ""),
+        ("jeq", nr_mprotect, "mprotect", ""),
+        ("jeq", nr_pkey_mprotect, "mprotect", ""),
+        ("jeq", nr_shmat, "shmat", "allow"),
+        ("mmap:", 0, "", ""),
+        ("ld", arg2, "", ""),
+        ("and", wx, "", ""),
+        ("jeq", wx, "deny", "allow"),
+        ("mprotect:", 0, "", ""),
+        ("ld", arg2, "", ""),
+        ("jset", mmap.PROT_EXEC, "deny", "allow"),
+        ("shmat:", 0, "", ""),
+        ("ld", arg2, "", ""),
+        ("jset", SHM_EXEC, "deny", "allow"),
+        ("allow:", 0, "", ""),
+        ("ret", SECCOMP_RET_ALLOW, "", ""),
+        ("deny:", 0, "", ""),
+        ("ret", SECCOMP_RET_ERRNO | EPERM, "", ""),
+    ]
+    filters = _bpf(program)
+    array = (_SockFilter * len(filters))(*filters)
+    prog = _SockFprog(len(filters), ctypes.cast(array, ctypes.POINTER(_SockFilter)))
+    result = _libc.prctl(
+        ctypes.c_int(PR_SET_SECCOMP),
+        ctypes.c_ulong(SECCOMP_MODE_FILTER),
+        ctypes.byref(prog),
+        ctypes.c_ulong(0),
+        ctypes.c_ulong(0),
+    )
+    _check(int(result), "PR_SET_SECCOMP")
+
+
 def drop_capability_bounding_set() -> None:
     """CapabilityBoundingSet= (empty): no capability can ever be regained."""
     last = int(Path("/proc/sys/kernel/cap_last_cap").read_text())
@@ -155,7 +249,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chdir", type=Path)
     p.add_argument("--no-new-privileges", action="store_true")
     p.add_argument("--no-capabilities", action="store_true")
-    p.add_argument("--mdwe", action="store_true")
+    p.add_argument("--mdwe", action="store_true", help="W^X with prctl(PR_SET_MDWE), as systemd 254+")
+    p.add_argument(
+        "--mdwe-seccomp", action="store_true", help="W^X with a seccomp filter, as systemd before 254"
+    )
     p.add_argument("--writable", type=Path, action="append", default=[])
     p.add_argument("command", nargs=argparse.REMAINDER)
     return p
@@ -168,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("confine: no command given", file=sys.stderr)
         return 2
     try:
+        if args.mdwe_seccomp:  # needs CAP_SYS_ADMIN or no_new_privs: while still root
+            deny_write_execute_seccomp()
         if args.no_capabilities:
             drop_capability_bounding_set()  # needs CAP_SETPCAP: before the user changes
         if args.gid is not None or args.groups:
