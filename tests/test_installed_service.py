@@ -32,6 +32,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -286,7 +287,11 @@ def _confinement(inst: Installed) -> list[str]:
     assert _one(s, "AmbientCapabilities", "") == ""
     if _one(s, "MemoryDenyWriteExecute", "no") == "yes":  # as systemd: the prctl where the kernel has it
         options.append("--mdwe" if mdwe_supported() else "--mdwe-seccomp")
-    if landlock_abi() >= 1:
+    if landlock_abi() < 1:
+        warnings.warn(
+            "no Landlock in this kernel: the ProtectSystem= write scope is not enforced", stacklevel=1
+        )
+    else:
         state = [str(inst.host(f"/var/lib/{n}")) for n in " ".join(s.get("StateDirectory", [])).split()]
         extra = [str(inst.host(p)) for v in s.get("ReadWritePaths", []) for p in v.split()]
         for path in [*state, *extra, "/dev"]:  # /dev: ProtectSystem= leaves it to DevicePolicy=
