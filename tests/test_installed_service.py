@@ -402,15 +402,15 @@ async def test_installed_cellctl_runs_as_the_units_user_with_its_environment(
         )
         assert pre.returncode == 0, f"ExecStartPre={line}: {pre.stdout}{pre.stderr}"
 
+    consumer = Collector(
+        auth_broker.port, f"uns/v1/+/+/+/+/{unique}/#", username="consumer", password="consumer-pw"
+    )
     log_path = inst.root / "daemon.log"
     with log_path.open("wb") as log:
         daemon = await asyncio.to_thread(
             subprocess.Popen, [*confine, *inst.command(_one(s, "ExecStart"))], env=env, stdout=log, stderr=log
         )
     received: list[str] = []
-    consumer = Collector(
-        auth_broker.port, f"uns/v1/+/+/+/+/{unique}/#", username="consumer", password="consumer-pw"
-    )
     try:
 
         def ready() -> bool:
