@@ -24,7 +24,10 @@ from cellctl.statefile import atomic_write
 log = structlog.get_logger("cellctl.jobs")
 
 
-SAVE_INTERVAL_MS = 5000  # the job file is written on every job event and at most this often otherwise
+# The job file is written at every job event and every change of the part counts (so a
+# kill -9 loses no counted part: a job closed as interrupted keeps them all), and at most
+# this often for other changes (running time, material amounts).
+SAVE_INTERVAL_MS = 5000
 
 
 class DeviceJobs:
@@ -42,6 +45,7 @@ class DeviceJobs:
         self.table = table
         self.store = store
         self._saved_at = 0
+        self._saved_counts: tuple[int, int] | None = None
         self._restore: dict[str, Any] | None = self._load()
         # The cell's energy meter reading (kWh), when the device config relates one (`energy:`).
         self.energy_source: Callable[[], float | None] | None = None
@@ -94,9 +98,14 @@ class DeviceJobs:
         return data if isinstance(data, dict) and data.get("job") else None
 
     def _save(self, now_ms: int, force: bool) -> None:
-        if self.store is None or (not force and now_ms - self._saved_at < SAVE_INTERVAL_MS):
+        record = self.tracker.current
+        counts = (record.good, record.scrap) if record is not None else None
+        if self.store is None or (
+            not force and counts == self._saved_counts and now_ms - self._saved_at < SAVE_INTERVAL_MS
+        ):
             return
         self._saved_at = now_ms
+        self._saved_counts = counts
         state = self.tracker.dump()
         if state is None:
             return
