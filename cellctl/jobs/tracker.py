@@ -97,7 +97,9 @@ class JobTracker:
                 self._end(now_ms, JobState.COMPLETED if completed else JobState.ABORTED, "next job")
             )
             cur = None
-        if job is not None and (cur is None or (cur.job_id != job)):
+        if job is not None and (cur is None or (cur.job_id != job)) and not (completed or stopped):
+            # (a job first seen when it has already ended, e.g. the last one of an OPC UA
+            # machine at cellctl's start, is not one cellctl saw: no record of 0 parts)
             self.current = JobRecord(
                 job_id=job,
                 order_id=None if order_id in (None, "") else str(order_id),
