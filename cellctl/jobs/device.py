@@ -6,7 +6,7 @@ state changed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,13 @@ class DeviceJobs:
         store: Path | None = None,
         shifts: ShiftCalendar | None = None,
         clock: Callable[[], float] = time.time,
+        lots: Mapping[str, str] | None = None,
     ) -> None:
         job = profile.job
         assert job is not None
         self.table = table
         self.store = store
+        self.lots = dict(lots or {})  # the device config's lot per material (a lot point comes first)
         self._saved_at = 0
         self._saved_counts: tuple[int, int] | None = None
         self._restore: dict[str, Any] | None = self._load()
@@ -64,7 +66,8 @@ class DeviceJobs:
             "program": program,
             "good": counters.good if counters else None,
             "bad": counters.bad if counters else None,
-            **{f"material:{n}": m.point for n, m in job.materials.items()},
+            **{f"material:{n}": m.point or m.per_part_point for n, m in job.materials.items()},
+            **{f"lot:{n}": m.lot_point for n, m in job.materials.items()},
             **{f"diameter:{n}": m.diameter_point for n, m in job.materials.items()},
             **{f"density:{n}": m.density_point for n, m in job.materials.items()},
         }
@@ -146,7 +149,14 @@ class DeviceJobs:
                 n: (self._amount(f"diameter:{n}"), self._amount(f"density:{n}")) for n in self.tracker.materials
             },
             energy_kwh=self.energy_source() if self.energy_source is not None else None,
+            lots={n: self._lot(n) for n in self.tracker.materials},
         )
+
+    def _lot(self, name: str) -> str | None:
+        v = self._value(f"lot:{name}")
+        if v not in (None, ""):
+            return str(v)
+        return self.lots.get(name)
 
     @property
     def record(self) -> JobRecord | None:
