@@ -14,10 +14,14 @@ import yaml
 from cellctl_sim.modbus.server import SimModbusServer
 from pydantic import ValidationError
 
+from cellctl.config.loader import load_cell
 from cellctl.config.profile import MaterialDef
+from cellctl.encode.sparkplug import device_model
 from cellctl.jobs.tracker import JobTracker
 from cellctl.localbroker import Mosquitto
 from cellctl.model import Execution, ItemState, MachineState, OperationMode
+from cellctl.sparkplug.codec import DataType
+from cellctl.sparkplug.state import AliasBook
 from cellctl.testing import Collector, modbus_device, root_topic, running_daemon, write_config
 
 RUN = MachineState(ItemState.EXECUTING, OperationMode.PROCESSING, Execution.ACTIVE)
@@ -173,3 +177,15 @@ async def test_a_jobs_stock_and_lots_reach_its_record_and_events(
     assert [j["job_id"] for j in started] == ["P-100", "P-200"]
     assert started[1]["materials"]["bar"]["amount"] == 0, "the next job counts its own stock"
     assert started[1]["materials"]["bar"]["lot"] == "H-2291", "the bar in the machine is still that lot"
+
+
+def test_sparkplug_has_a_lot_metric_for_materials_with_a_lot_source(tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "cnc-with-stock.yaml").write_text(yaml.safe_dump(PROFILE), encoding="utf-8")
+    device = modbus_device("cnc", "cnc-with-stock", 5020, 2)
+    config = write_config(tmp_path, 1883, [device], cell="c", profile_dirs=[str(profiles)])
+    model = device_model(load_cell(config).devices[0], AliasBook(tmp_path / "aliases.json"))
+    lots = {d.name: d.datatype for d in model.table if d.name.endswith("/lot")}
+    assert lots == {"Job/materials/bar/lot": DataType.String}, "coolant has no lot point nor a configured lot"
+    assert model.table.by_name["Job/materials/coolant/amount"].datatype == DataType.Double
