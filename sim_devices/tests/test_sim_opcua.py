@@ -66,8 +66,11 @@ def test_jobs_follow_the_machine_with_their_own_quantities() -> None:
     m = Machine(tick=2.0, seed=11)
     seen: list[tuple[str, str]] = []
     good0 = bad0 = 0
+    progress: list[float] = []
     for _ in range(400):
         m.advance()
+        if m.job:
+            progress.append(m.progress)
         if m.job and (not seen or seen[-1] != (m.job, m.job_state)):
             if m.job_state == "Running" and (not seen or seen[-1][0] != m.job):
                 good0, bad0 = m.good, m.bad  # a new job: the machine's counters at its start
@@ -80,6 +83,8 @@ def test_jobs_follow_the_machine_with_their_own_quantities() -> None:
     assert [st for _j, st in seen] == ["Running", "Interrupted", "Running", "Ended"]
     assert m.state == "Idle"
     assert m.values["Job/JobId"] == m.job, "an ended job stays the current one"
+    assert progress == sorted(progress), "a held job resumes where it stood"
+    assert progress[-1] == 100.0
     assert (m.job_good, m.job_scrap) == (m.good - good0, m.bad - bad0)
     assert m.values["Job/ProducedQuantity"] == m.job_good + m.job_scrap > 0
     m.start_job("J-9")

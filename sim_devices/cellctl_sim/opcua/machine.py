@@ -194,8 +194,12 @@ class Machine:
         if state == "Running":
             if not self.job_active:
                 self._new_job()
-            self._job_started = self.t
-            self._job_length = self._until - self.t
+                self._job_started = self.t
+                self._job_length = self._until - self.t
+            else:  # resumed after a hold: the job's remaining work, from where it stood
+                elapsed = self.progress / 100.0 * self._job_length
+                self._job_started = self.t - elapsed
+                self._until = self.t + max(self.tick, self._job_length - elapsed)
             self._next_part = self.t + self._cycle_time()
         else:
             self._next_part = math.inf
