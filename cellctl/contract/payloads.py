@@ -348,6 +348,10 @@ class MaterialJson(TypedDict):
     """From a length and the profile's diameter_mm (filament)."""
     mass_g: float | None
     """From the volume and the profile's density_g_cm3."""
+    lot: NotRequired[str]
+    """The material's lot in use (MTConnect RawMaterial lot): from the profile's lot_point or the device config's lots."""
+    form: NotRequired[str]
+    """The profile's material form (MTConnect RawMaterial Form: bar, block, sheet, filament, ...)."""
 
 
 @with_config(_DOCS)

@@ -75,7 +75,11 @@ class DeviceRunner:
         self.has_machine = self.mapper.has_machine
         self.jobs = (
             DeviceJobs(
-                device.profile, self.table, store=job_dir / f"{self.id}.json" if job_dir else None, shifts=shifts
+                device.profile,
+                self.table,
+                store=job_dir / f"{self.id}.json" if job_dir else None,
+                shifts=shifts,
+                lots=device.config.lots,
             )
             if device.profile.job is not None
             else None
