@@ -110,11 +110,14 @@ class JobFolder(_Frozen):
     docs/commands.md and docs/decisions/0011-job-folder-as-a-command-source.md)."""
 
     path: Path  # relative to the config file; created with its subfolders at start
-    suffixes: list[Annotated[str, Field(pattern=r"^\.[^/\\]+$")]] = list(JOB_SUFFIXES)
+    suffixes: list[str] = list(JOB_SUFFIXES)  # files with other names are left alone
 
     @field_validator("suffixes")
     @classmethod
-    def _lower(cls, value: list[str]) -> list[str]:
+    def _suffixes(cls, value: list[str]) -> list[str]:
+        for s in value:
+            if not s.startswith(".") or len(s) < 2 or "/" in s:
+                raise ValueError(f"a job suffix starts with a dot, like '.gcode', got {s!r}")
         return [s.lower() for s in value]
 
 
