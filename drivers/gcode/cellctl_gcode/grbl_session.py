@@ -136,7 +136,9 @@ class GrblSession(Session):
                 self._job_line_failed(job, tag, code)
             elif job.acked >= job.total and job.next >= job.total and job.active and not job.cancel_requested:
                 job.finish(JobState.COMPLETED)
-                self.log.info("job_completed", job=job.name, lines=job.total, elapsed=round(job.elapsed, 3))
+                # with M2/M30 as the last line, this ok came once the program's motion ended
+                end = {"program_end": job.program.end_word} if job.program.end_word else {}
+                self.log.info("job_completed", job=job.name, lines=job.total, elapsed=round(job.elapsed, 3), **end)
                 self.job_changed()
         elif isinstance(tag, Command):
             if code:

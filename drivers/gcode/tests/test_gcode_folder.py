@@ -154,3 +154,41 @@ async def test_legacy_job_dir_runs_oldest_first_and_an_mqtt_cancel_files_the_job
     assert cancel["state"] == "done"
     assert result(job_dir, "cancelled", "b.nc")["state"] == "cancelled"
     assert result(job_dir, "done", "a.nc")["state"] == "completed"
+
+
+async def test_a_grbl_program_ending_in_m30_is_a_completed_job_record(
+    broker: Mosquitto, unique: str, tmp_path: Path
+) -> None:
+    """GRBL M2/M30 as a job source (issue 11 §2): the grbl-cnc profile's job section makes
+    every streamed program a job record; its M30's ok (after the motion) completes it."""
+    job_dir = tmp_path / "jobs"
+    root = root_topic(unique)
+    c = Collector(broker.port, f"{root}/#")
+    try:
+        async with GrblSim(speedup=20.0) as sim:
+            config = write_config(
+                tmp_path, broker.port, [gcode_device("mill", "grbl-cnc", sim.path)], cell=unique,
+                commands={"job_folders": {"mill": {"path": "jobs"}}},
+            )
+            async with running_daemon(config):
+                drop_job(job_dir, "p.nc", ["G21G90", "G1X100Y100F3000", "G1X150Y100F600", "M30", "G0X10"])
+                await c.until(
+                    lambda _m: (j := c.on("/mill/job")) and j[-1].json()["state"] == "completed",
+                    timeout=30, what="the job record completed",
+                )
+                await c.until(
+                    lambda _m: [e for e in c.on("/events") if e.json().get("event") == "job_completed"],
+                    what="the job_completed event",
+                )
+            executed = list(sim.executed)
+    finally:
+        c.close()
+    record = c.on("/mill/job")[-1].json()
+    assert record["program"] == "p.nc"
+    assert record["job_id"].startswith("p.nc@")
+    kinds = [e.json()["event"] for e in c.on("/events") if e.json().get("event", "").startswith("job_")]
+    assert kinds == ["job_started", "job_completed"]
+    assert executed[-1] == "M30"
+    assert "G0X10" not in executed
+    filed = result(job_dir, "done", "p.nc")
+    assert (filed["program_end"], filed["lines_after_end"]) == ("M30", 1)

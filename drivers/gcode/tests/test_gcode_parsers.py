@@ -194,3 +194,23 @@ def test_a_session_takes_any_line_and_publishes_only_bounded_values(dialect: str
     lines = [t for t in lines if t]
     for reading in asyncio.run(_feed(dialect, lines)):
         assert all(_bounded(v) for v in reading.values)
+
+
+@pytest.mark.parametrize(
+    ("line", "end"),
+    [(b"M30", "M30"), (b"M2", "M2"), (b"M02", "M2"), (b"m30", "M30"), (b"G0X1M30", "M30"), (b"M030", "M30"),
+     (b"M3S1000", None), (b"M20", None), (b"M300", None), (b"M2.5", None), (b"G1X2", None), (b"G30", None)],
+)
+def test_program_end_is_m2_or_m30_as_a_word(line: bytes, end: str | None) -> None:
+    assert grbl.program_end(line) == end
+
+
+def test_a_grbl_program_ends_at_its_first_m2_or_m30() -> None:
+    from cellctl_gcode.program import Program
+
+    program = Program.from_lines(["G21 G90", "G0 X1", "M30 ; end", "", "G0 X9", "(tail)", "M2"], dialect="grbl", name="p")
+    assert program.lines() == ["G21G90", "G0X1", "M30"]
+    assert (program.end_word, program.lines_after_end) == ("M30", 2)  # G0X9 and M2: not sent
+    marlin_prog = Program.from_lines(["G1 X1", "M30 old.gco", "G1 X2"], dialect="marlin", name="p")
+    assert len(marlin_prog) == 3, "Marlin's M30 deletes an SD file: not a program end"
+    assert marlin_prog.end_word is None
