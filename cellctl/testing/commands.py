@@ -120,14 +120,15 @@ class CommandClient:
         return result
 
     def probe(self, device: str, timeout: float = 30.0) -> dict[str, Any]:
-        """Send a command the policy refuses (`job_pause` with no job) until one is answered:
+        """Send a command that is always refused (a write to a point no profile has, so
+        nothing reaches a machine) until one is answered:
         the daemon's command subscription may not be in place yet when the device is
         already online, and a command sent before it is not delivered to the daemon at all.
         Returns the answer; the probes' ids start with `probe`."""
         deadline = time.monotonic() + timeout
         for attempt in range(1, 1000):
             request_id = f"probe-{attempt}"
-            self.send(device, {"id": request_id, "command": "job_pause"})
+            self.send(device, {"id": request_id, "command": "write", "args": {"point": "__probe__", "value": 0}})
             try:
                 return self.final(request_id, timeout=min(1.0 * attempt, max(0.1, deadline - time.monotonic())))
             except AssertionError:
