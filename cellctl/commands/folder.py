@@ -16,7 +16,7 @@ from the file (`folder-<name>-<mtime ns>`): the audit names the file, and a file
 in again is a new request.
 
 Configured by `commands.job_folders.<device>` (the consent for this source, see
-docs/decisions/0011-job-folder-as-a-command-source.md), or by a driver option `job_dir`
+docs/decisions/0014-job-folder-as-a-command-source.md), or by a driver option `job_dir`
 (the gcode driver's, deprecated: it keeps working through this module).
 """
 

@@ -107,7 +107,7 @@ JOB_SUFFIXES = (".gcode", ".gco", ".g", ".nc", ".ngc", ".tap", ".cnc")
 
 class JobFolder(_Frozen):
     """A local folder whose files become `job_start` commands for one device (see
-    docs/commands.md and docs/decisions/0011-job-folder-as-a-command-source.md)."""
+    docs/commands.md and docs/decisions/0014-job-folder-as-a-command-source.md)."""
 
     path: Path  # relative to the config file; created with its subfolders at start
     suffixes: list[str] = list(JOB_SUFFIXES)  # files with other names are left alone
