@@ -73,6 +73,10 @@ class OutboxLocked(OutboxError):
     """Another process (or connection) holds the outbox."""
 
 
+class OutboxBusy(OutboxLocked):
+    """A `nowait` commit found the write lock taken: nothing was written; try again."""
+
+
 class OutboxCorrupt(OutboxError):
     """The file is not a readable outbox database."""
 
@@ -139,6 +143,11 @@ class OutboxStats:
     file_bytes: int = 0
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorname", "")
+    return code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(exc)
+
+
 def _size(r: Record) -> int:
     return len(r.payload) + len(r.topic) + len(r.stream) + ROW_OVERHEAD
 
@@ -178,7 +187,13 @@ class Outbox:
         self.acked_total = 0
         self.dropped: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._busy_now_ms = self._busy_timeout_ms
         self._last_sync = time.monotonic()
+        # checkpoints run on a connection of their own, so a commit never waits for one
+        # (a checkpoint syncs the disk; the commits may run on the event loop)
+        self._sync_lock = threading.Lock()
+        self._sync_db: sqlite3.Connection | None = None
         self._lockfd = self._take_process_lock()
         try:
             self._db = self._open(busy_timeout_s)
@@ -215,6 +230,9 @@ class Outbox:
                 raise OutboxError(self.path, f"cannot switch to WAL mode (got {mode!r})")
             db.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.fsync]}")
             db.execute("PRAGMA journal_size_limit=67108864")  # truncate a grown WAL after checkpoints
+            # no automatic checkpoint inside a commit: `sync()` checkpoints, on the writer's
+            # thread, at most every sync_interval_s (and whenever the WAL has grown a lot)
+            db.execute("PRAGMA wal_autocheckpoint=0")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
                 raise OutboxError(self.path, f"schema version {version} is newer than this cellctl knows")
@@ -246,11 +264,20 @@ class Outbox:
         return OutboxError(self.path, text)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, nowait: bool = False) -> Iterator[sqlite3.Connection]:
         with self._lock:
             db = self._db
             try:
-                db.execute("BEGIN IMMEDIATE")
+                wait_ms = 0 if nowait else self._busy_timeout_ms
+                if wait_ms != self._busy_now_ms:  # only when switching: one pragma
+                    db.execute(f"PRAGMA busy_timeout={wait_ms}")
+                    self._busy_now_ms = wait_ms
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if nowait and _is_busy(exc):
+                        raise OutboxBusy(self.path, "the write lock is taken; not waiting") from None
+                    raise
                 try:
                     yield db
                     db.execute("COMMIT")
@@ -281,13 +308,20 @@ class Outbox:
         """Forget acknowledged messages; unknown ids (already acked or dropped) are ignored."""
         return self.commit((), ids).acked
 
-    def commit(self, records: Sequence[Record], ack_ids: Iterable[int]) -> AppendResult:
+    def commit(
+        self, records: Sequence[Record], ack_ids: Iterable[int], *, nowait: bool = False, sync: bool = True
+    ) -> AppendResult:
         """Append `records` and remove `ack_ids` in one transaction (the writer's cycle),
-        then enforce the age and size bounds. Returns the new ids and what was dropped."""
+        then enforce the age and size bounds. Returns the new ids and what was dropped.
+
+        `nowait`: raise `OutboxBusy` at once instead of waiting up to the busy timeout
+        when another connection holds the write lock (for a caller on the event loop).
+        `sync=False` leaves the periodic checkpoint (`sync_due`/`sync`) to the caller, so
+        that a commit never includes one (it syncs the disk)."""
         now_ms = int(self.clock() * 1000)
         acks = sorted(set(ack_ids))
         drops: list[DropEvent] = []
-        with self._transaction() as db:
+        with self._transaction(nowait=nowait) as db:
             first = last = 0
             if records:
                 rows = [
@@ -309,7 +343,8 @@ class Outbox:
             self.acked_total += acked[0]
             for d in drops:
                 self.dropped[d.reason] += d.count
-        self._maybe_sync()
+        if sync:
+            self._maybe_sync()
         if self.on_drop is not None:
             for d in drops:
                 self.on_drop(d)
@@ -409,20 +444,31 @@ class Outbox:
         with self._lock:
             self.dropped[reason] += count
 
+    def sync_due(self) -> bool:
+        """Whether a checkpoint is due: every `sync_interval_s` (fsync=batch: what a power
+        cut can lose; the other policies: what keeps the WAL file small)."""
+        return time.monotonic() - self._last_sync >= self.sync_interval_s
+
     def _maybe_sync(self) -> None:
-        if self.fsync != "batch":
-            return
-        now = time.monotonic()
-        if now - self._last_sync >= self.sync_interval_s:
+        if self.sync_due():
             self.sync()
 
     def sync(self) -> None:
-        """Make everything committed so far survive a power cut (fsync=batch): a passive
-        checkpoint syncs the WAL first. Cheap when nothing changed."""
-        with self._lock:
+        """Checkpoint: make everything committed so far survive a power cut (fsync=batch;
+        a passive checkpoint syncs the WAL first) and let the WAL start over. On its own
+        connection, so it never blocks a commit. Cheap when nothing changed."""
+        with self._sync_lock:
             self._last_sync = time.monotonic()
             try:
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                if self._sync_db is None:
+                    self._sync_db = sqlite3.connect(
+                        self.path,
+                        timeout=self._busy_timeout_ms / 1000,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                    self._sync_db.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.fsync]}")
+                self._sync_db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:
                 raise self._wrap(exc) from None
 
@@ -496,9 +542,12 @@ class Outbox:
             if self._lockfd < 0:
                 return
             try:
-                if self.fsync != "off":
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                with self._sync_lock:
+                    if self._sync_db is not None:
+                        self._sync_db.close()
+                        self._sync_db = None
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 self._db.close()
             finally:
                 os.close(self._lockfd)

@@ -37,7 +37,7 @@ from typing import TypeVar
 
 import structlog
 
-from cellctl.outbox.store import AppendResult, DropEvent, Outbox, OutboxError, Record
+from cellctl.outbox.store import AppendResult, DropEvent, Outbox, OutboxBusy, OutboxError, Record
 
 log = structlog.get_logger("cellctl.outbox")
 
@@ -101,6 +101,7 @@ class OutboxWriter:
         idle_interval_s: float = 1.0,
         ack_delay_s: float = 0.05,
         min_interval_s: float = 0.0,
+        inline: bool | None = None,
     ) -> None:
         self.outbox = outbox
         self.on_stored = on_stored
@@ -111,6 +112,13 @@ class OutboxWriter:
         self.idle_interval_s = idle_interval_s
         self.ack_delay_s = ack_delay_s
         self.min_interval_s = min_interval_s
+        # Commit on the loop itself unless every commit waits for the disk (fsync=always):
+        # a WAL commit without fsync is a write() into the page cache (tens of us), far less
+        # than the two thread hand-offs it would take. Checkpoints, which sync, stay on the
+        # thread; a commit that would wait for a foreign lock goes to the thread too.
+        self.inline = outbox.fsync != "always" if inline is None else inline
+        self.inline_commits = 0
+        self._sync_task: asyncio.Future[None] | None = None
         self._last_start = 0.0
         self.committed_total = 0
         self.cycles = 0
@@ -120,6 +128,7 @@ class OutboxWriter:
         self._acks: deque[int] = deque()  # appended from any thread
         self._refused = 0  # backlog drops not yet reported
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._wake = asyncio.Event()
         self._ack_wake_pending = threading.Event()
         self._ack_timer: asyncio.TimerHandle | None = None
@@ -164,6 +173,9 @@ class OutboxWriter:
         loop = self._loop
         if loop is not None and not self._ack_wake_pending.is_set():
             self._ack_wake_pending.set()
+            if threading.get_ident() == self._loop_thread:
+                loop.call_soon(self._wake_for_acks)  # the usual case: no self-pipe wake-up
+                return
             with contextlib.suppress(RuntimeError):  # loop already closed at shutdown
                 loop.call_soon_threadsafe(self._wake_for_acks)
 
@@ -183,6 +195,7 @@ class OutboxWriter:
     async def run(self) -> None:
         """Commit until cancelled; then one last bounded commit of what is queued."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         try:
             failing_since: float | None = None
             delay = _RETRY_MIN_S
@@ -251,6 +264,23 @@ class OutboxWriter:
         acks = [self._acks.popleft() for _ in range(len(self._acks))]
         refused, self._refused = self._refused, 0
         loop = asyncio.get_running_loop()
+        if self.inline:
+            try:
+                result = self.outbox.commit(batch, acks, nowait=True, sync=False)
+            except OutboxBusy:
+                pass  # someone else holds the write lock: wait for it on the thread below
+            except Exception:
+                self._backlog.extendleft(reversed(batch))
+                self._acks.extendleft(reversed(acks))
+                self._refused += refused
+                raise
+            else:
+                self.inline_commits += 1
+                self._after(batch, refused, result)
+                self._checkpoint_if_due(loop)
+                async with self._progress:
+                    self._progress.notify_all()
+                return
         fut = loop.run_in_executor(self._executor, self.outbox.commit, batch, acks)
         try:
             result = await asyncio.shield(fut)
@@ -268,6 +298,19 @@ class OutboxWriter:
         self._after(batch, refused, result)
         async with self._progress:
             self._progress.notify_all()
+
+    def _checkpoint_if_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Inline commits leave checkpoints (which sync the disk) to the thread: at most
+        one at a time, every `sync_interval_s`."""
+        if self._sync_task is not None or not self.outbox.sync_due():
+            return
+        self._sync_task = loop.run_in_executor(self._executor, self.outbox.sync)
+        self._sync_task.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_done(self, fut: asyncio.Future[None]) -> None:
+        self._sync_task = None
+        if not fut.cancelled() and fut.exception() is not None:
+            log.warning("outbox_checkpoint_failed", error=str(fut.exception()))
 
     def _after(self, batch: list[Record], refused: int, result: AppendResult) -> None:
         self.cycles += 1
