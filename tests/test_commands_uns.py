@@ -63,8 +63,16 @@ def setpoint_writes(sim: SimModbusServer) -> list[Any]:
 async def ready(client: CommandClient, daemon: Any) -> None:
     """The daemon has read the PLC and subscribed to its command topics."""
     await async_wait_until(lambda: daemon.cell.runner("plc").available, what="the plc online")
-    client.send("plc", {"id": "probe", "command": "job_pause"})  # not allowed: refused at once
-    await client.async_final("probe")
+    # The plc can be online before the daemon's subscription is active (a command sent
+    # before it is not delivered: no retain), so probe until one is answered (bounded).
+    for attempt in range(15):
+        client.send("plc", {"id": f"probe-{attempt}", "command": "job_pause"})  # not allowed: refused at once
+        try:
+            await client.async_final(f"probe-{attempt}", timeout=2.0)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError("the daemon answered none of 15 probes in 30 s")
 
 
 async def test_a_write_is_accepted_done_and_read_back_with_the_correlation_data(

@@ -187,6 +187,8 @@ class Outbox:
         self.acked_total = 0
         self.dropped: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._next_id = 1
+        self._head_ms: int | None = None  # created_ms of the oldest message, as last read
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
         self._busy_now_ms = self._busy_timeout_ms
         self._last_sync = time.monotonic()
@@ -198,6 +200,7 @@ class Outbox:
         try:
             self._db = self._open(busy_timeout_s)
             self._count, self._bytes = self._totals()
+            self._next_id = self._last_assigned() + 1
         except sqlite3.DatabaseError as exc:
             os.close(self._lockfd)
             raise self._wrap(exc) from None
@@ -291,8 +294,16 @@ class Outbox:
 
     def _recount(self) -> None:
         """After a rolled-back transaction the running totals are wrong: read them again."""
+        self._head_ms = None
         with contextlib.suppress(sqlite3.Error):
             self._count, self._bytes = self._totals()
+
+    def _last_assigned(self) -> int:
+        """The highest id ever handed out (AUTOINCREMENT's counter), so ids keep growing
+        after the table was emptied or the file reopened."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+        top = self._db.execute("SELECT MAX(id) FROM messages").fetchone()[0]
+        return max(int(row[0]) if row is not None else 0, int(top) if top is not None else 0)
 
     def _totals(self) -> tuple[int, int]:
         count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
@@ -322,35 +333,35 @@ class Outbox:
         acks = sorted(set(ack_ids))
         drops: list[DropEvent] = []
         with self._transaction(nowait=nowait) as db:
-            first = last = 0
+            first = self._next_id
+            last = first + len(records) - 1
             if records:
+                # explicit ids (this connection is the only writer): no read-back of the
+                # counter per commit; AUTOINCREMENT still records the highest one
                 rows = [
-                    (r.stream, r.topic, r.payload, r.qos, int(r.retain), r.fmt, now_ms, _size(r))
-                    for r in records
+                    (i, r.stream, r.topic, r.payload, r.qos, int(r.retain), r.fmt, now_ms, _size(r))
+                    for i, r in enumerate(records, first)
                 ]
                 db.executemany(
-                    "INSERT INTO messages (stream, topic, payload, qos, retain, fmt, created_ms, size)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO messages (id, stream, topic, payload, qos, retain, fmt, created_ms, size)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-                last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()[0]
-                first = last - len(records) + 1
                 self._count += len(records)
-                self._bytes += sum(row[7] for row in rows)
+                self._bytes += sum(row[8] for row in rows)
             acked = self._delete(db, acks) if acks else (0, 0)
             drops.extend(self._enforce(db, now_ms))
             self.appended_total += len(records)
             self.acked_total += acked[0]
             for d in drops:
                 self.dropped[d.reason] += d.count
+        self._next_id = last + 1  # committed (a failed transaction raised above)
         if sync:
             self._maybe_sync()
         if self.on_drop is not None:
             for d in drops:
                 self.on_drop(d)
-        return AppendResult(
-            ids=range(first, last + 1) if records else range(0), acked=acked[0], drops=tuple(drops)
-        )
+        return AppendResult(ids=range(first, last + 1) if records else range(0), acked=acked[0], drops=tuple(drops))
 
     def _delete(self, db: sqlite3.Connection, ids: Sequence[int]) -> tuple[int, int]:
         """Delete acknowledged messages by id; returns (rows, bytes)."""
@@ -369,7 +380,12 @@ class Outbox:
     def _enforce(self, db: sqlite3.Connection, now_ms: int) -> list[DropEvent]:
         drops: list[DropEvent] = []
         cutoff = now_ms - self.max_age_ms
-        head = db.execute("SELECT created_ms FROM messages ORDER BY id LIMIT 1").fetchone()
+        head = None
+        if self._head_ms is None or self._head_ms < cutoff:
+            # the oldest enqueue time only grows (acks and drops remove from the head end or
+            # the middle), so a read is needed only when the last one read had expired
+            head = db.execute("SELECT created_ms FROM messages ORDER BY id LIMIT 1").fetchone()
+            self._head_ms = head[0] if head is not None else now_ms
         if head is not None and head[0] < cutoff:
             # enqueue times grow with id (one writer, one clock); a clock stepped back can
             # only delay an expiry, never expire something young
