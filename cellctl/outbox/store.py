@@ -19,8 +19,10 @@ Bounds and the drop policy (every drop counted by reason and reported, never sil
                 2. the oldest non-retained messages ("max_bytes");
                 3. the oldest retained messages ("max_bytes").
 
-Thread safety: one connection behind a lock, so any thread may call; `OutboxWriter`
-(writer.py) keeps all of it on one dedicated thread so the event loop never waits.
+Thread safety: one connection behind a lock, so any thread may call; checkpoints
+(`sync`) use a second connection so that they never hold up a commit. `OutboxWriter`
+(writer.py) commits from the event loop with `nowait` (never waiting for a lock) unless
+every commit syncs (fsync=always), and runs everything else on its thread.
 """
 
 from __future__ import annotations
