@@ -140,6 +140,9 @@ class OutboxWriter:
         self._ack_wake_pending = threading.Event()
         self._ack_timer: asyncio.TimerHandle | None = None
         self._progress = asyncio.Condition()
+        self._flushers = 0
+        self._idle_due = False
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cellctl-outbox")
         self._put_total = 0
         self._done_total = 0
@@ -206,13 +209,10 @@ class OutboxWriter:
         try:
             failing_since: float | None = None
             delay = _RETRY_MIN_S
+            self._idle_tick()
             while True:
-                idle = False
-                try:
-                    async with asyncio.timeout(self.idle_interval_s):
-                        await self._wake.wait()
-                except TimeoutError:
-                    idle = True  # a cycle anyway: the age bound applies to an idle outbox too
+                await self._wake.wait()
+                idle, self._idle_due = self._idle_due, False
                 self._wake.clear()
                 if not (idle or self._backlog or self._acks or self._refused):
                     continue
@@ -247,6 +247,8 @@ class OutboxWriter:
                 if self._backlog:
                     self._wake.set()
         finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             try:
                 async with asyncio.timeout(2.0):
                     if self._inflight is not None:  # a commit the cancellation interrupted
@@ -263,6 +265,19 @@ class OutboxWriter:
                     error=repr(exc),
                 )
             self._executor.shutdown(wait=False)
+
+    def _idle_tick(self) -> None:
+        """A cycle every `idle_interval_s` whatever happens (one timer, not one timeout per
+        wait): the age bound applies to an idle outbox too."""
+        assert self._loop is not None
+        self._idle_due = True
+        self._wake.set()
+        self._idle_timer = self._loop.call_later(self.idle_interval_s, self._idle_tick)
+
+    async def _notify_progress(self) -> None:
+        if self._flushers:  # only flush() waits on it
+            async with self._progress:
+                self._progress.notify_all()
 
     async def _cycle(self) -> None:
         self._ack_wake_pending.clear()
@@ -285,8 +300,7 @@ class OutboxWriter:
                 self.inline_commits += 1
                 self._after(batch, refused, result)
                 self._checkpoint_if_due(loop)
-                async with self._progress:
-                    self._progress.notify_all()
+                await self._notify_progress()
                 return
         fut = loop.run_in_executor(self._executor, self.outbox.commit, batch, acks)
         try:
@@ -303,8 +317,7 @@ class OutboxWriter:
             self._refused += refused
             raise
         self._after(batch, refused, result)
-        async with self._progress:
-            self._progress.notify_all()
+        await self._notify_progress()
 
     def _checkpoint_if_due(self, loop: asyncio.AbstractEventLoop) -> None:
         """Inline commits leave checkpoints (which sync the disk) to the thread: at most
@@ -357,8 +370,12 @@ class OutboxWriter:
         While the disk fails this waits too: bound it with `asyncio.timeout`."""
         target = self._put_total
         self._wake.set()
-        async with self._progress:
-            await self._progress.wait_for(lambda: self._done_total >= target)
+        self._flushers += 1
+        try:
+            async with self._progress:
+                await self._progress.wait_for(lambda: self._done_total >= target)
+        finally:
+            self._flushers -= 1
 
     async def call(self, fn: Callable[[Outbox], T]) -> T:
         """Run `fn(outbox)` (pending, stats, ...) on the outbox's thread."""
