@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cellctl.outbox import AppendResult, DropEvent, Fsync, Outbox, OutboxError, OutboxWriter, Record
-from cellctl.outbox.writer import DropLog
+from cellctl.outbox.writer import INLINE_MAX_RECORDS, DropLog
 from cellctl.testing import async_wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -263,3 +263,25 @@ async def test_checkpoints_of_inline_commits_run_on_the_outbox_thread(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_burst_is_committed_on_the_thread_not_on_the_loop(outbox: Outbox) -> None:
+    stored: list[bytes] = []
+    writer = OutboxWriter(
+        outbox, on_stored=lambda batch, ids: stored.extend(r.payload for r in batch), idle_interval_s=600
+    )
+    task = asyncio.create_task(writer.run(), name="outbox-writer")
+    for i in range(INLINE_MAX_RECORDS * 4):  # one loop turn: one batch, too large for the loop
+        writer.put(rec(i))
+    async with asyncio.timeout(10):
+        await writer.flush()
+    assert writer.inline_commits == 0
+    assert writer.cycles >= 1
+    assert stored == [rec(i).payload for i in range(INLINE_MAX_RECORDS * 4)]
+    writer.put(rec(-1))  # a single scan's message is small: on the loop
+    async with asyncio.timeout(10):
+        await writer.flush()
+    assert writer.inline_commits == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -10,10 +10,11 @@ follows the load by itself. There is no timer in the path.
 Where the commit runs (decision 0011): with `fsync` batch or off, on the loop itself
 (`inline`): a WAL commit without fsync is a write() into the page cache, about 35 us of
 CPU for a scan's message, which is less than the two thread hand-offs it used to take.
-It never waits for a lock (a commit that finds the write lock taken goes to the thread),
-and never includes a checkpoint (checkpoints, which sync the disk, run on the thread
-every `sync_interval_s`). With `fsync: always` every commit syncs, so it runs on the
-dedicated thread.
+Only small commits run there (INLINE_MAX_*: a burst would hold the loop for
+milliseconds), and never one that waits for a lock (a commit that finds the write lock
+taken goes to the thread); none includes a checkpoint (checkpoints, which sync the disk,
+run on the thread every `sync_interval_s`). With `fsync: always` every commit syncs, so
+it runs on the dedicated thread.
 
 Acks arrive from the publisher (`on_publish`); `ack()` only queues the ids, and they are
 deleted in the next cycle's transaction together with new appends. Acks alone start a
@@ -50,6 +51,10 @@ log = structlog.get_logger("cellctl.outbox")
 
 T = TypeVar("T")
 
+# Inline commits (on the loop) at most this large; larger ones go to the thread.
+INLINE_MAX_RECORDS = 64
+INLINE_MAX_BYTES = 128 * 1024
+INLINE_MAX_ACKS = 256
 _RETRY_MIN_S = 0.1
 _RETRY_MAX_S = 5.0
 
@@ -286,7 +291,7 @@ class OutboxWriter:
         acks = [self._acks.popleft() for _ in range(len(self._acks))]
         refused, self._refused = self._refused, 0
         loop = asyncio.get_running_loop()
-        if self.inline:
+        if self.inline and self._small(batch, acks):
             try:
                 result = self.outbox.commit(batch, acks, nowait=True, sync=False)
             except OutboxBusy:
@@ -318,6 +323,14 @@ class OutboxWriter:
             raise
         self._after(batch, refused, result)
         await self._notify_progress()
+
+    def _small(self, batch: list[Record], acks: list[int]) -> bool:
+        """Whether a commit is small enough for the loop: a few scans' messages. A large
+        one (a burst, per_point mode) would hold the loop for milliseconds, and the
+        thread's hand-off costs little next to it."""
+        if len(batch) > INLINE_MAX_RECORDS or len(acks) > INLINE_MAX_ACKS:
+            return False
+        return sum(len(r.payload) for r in batch) <= INLINE_MAX_BYTES
 
     def _checkpoint_if_due(self, loop: asyncio.AbstractEventLoop) -> None:
         """Inline commits leave checkpoints (which sync the disk) to the thread: at most
