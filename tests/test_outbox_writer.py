@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -285,3 +286,36 @@ async def test_a_burst_is_committed_on_the_thread_not_on_the_loop(outbox: Outbox
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_failing_checkpoint_neither_stops_commits_nor_repeats_its_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 26, max_age_s=3600, fsync="batch", sync_interval_s=0.02) as ob:
+        real, failures = ob.sync, [3]
+
+        def sync() -> None:
+            if failures[0] > 0:
+                failures[0] -= 1
+                ob._last_sync = time.monotonic()  # as the real one does before it fails
+                raise OutboxError(ob.path, "disk I/O error")
+            real()
+
+        monkeypatch.setattr(ob, "sync", sync)
+        stored: list[bytes] = []
+        writer = OutboxWriter(ob, on_stored=lambda batch, ids: stored.extend(r.payload for r in batch))
+        task = asyncio.create_task(writer.run(), name="outbox-writer")
+        async with asyncio.timeout(30):
+            i = 0
+            while failures[0] > 0 or writer.checkpoint_failures:  # bounded by the timeout
+                writer.put(rec(i))
+                i += 1
+                await writer.flush()
+                await asyncio.sleep(0.03)
+        assert stored == [rec(j).payload for j in range(i)]
+        out = capsys.readouterr().out
+        assert out.count("outbox_checkpoint_failing") == 1
+        assert "outbox_checkpoint_recovered" in out
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

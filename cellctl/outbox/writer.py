@@ -130,6 +130,7 @@ class OutboxWriter:
         # thread; a commit that would wait for a foreign lock goes to the thread too.
         self.inline = outbox.fsync != "always" if inline is None else inline
         self.inline_commits = 0
+        self.checkpoint_failures = 0  # in a row
         self._sync_task: asyncio.Future[None] | None = None
         self._last_start = 0.0
         self.committed_total = 0
@@ -341,9 +342,16 @@ class OutboxWriter:
         self._sync_task.add_done_callback(self._checkpoint_done)
 
     def _checkpoint_done(self, fut: asyncio.Future[None]) -> None:
+        """Logged as a transition (failing, recovered), not once a second."""
         self._sync_task = None
-        if not fut.cancelled() and fut.exception() is not None:
-            log.warning("outbox_checkpoint_failed", error=str(fut.exception()))
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self.checkpoint_failures += 1
+            if self.checkpoint_failures == 1:
+                log.warning("outbox_checkpoint_failing", error=str(exc))
+        elif self.checkpoint_failures:
+            log.info("outbox_checkpoint_recovered", failures=self.checkpoint_failures)
+            self.checkpoint_failures = 0
 
     def _after(self, batch: list[Record], refused: int, result: AppendResult) -> None:
         self.cycles += 1
