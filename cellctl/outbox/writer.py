@@ -298,9 +298,7 @@ class OutboxWriter:
             except OutboxBusy:
                 pass  # someone else holds the write lock: wait for it on the thread below
             except Exception:
-                self._backlog.extendleft(reversed(batch))
-                self._acks.extendleft(reversed(acks))
-                self._refused += refused
+                self._put_back(batch, acks, refused)
                 raise
             else:
                 self.inline_commits += 1
@@ -317,13 +315,17 @@ class OutboxWriter:
             self._inflight = (fut, batch, refused)
             raise
         except Exception:
-            # nothing was committed (one transaction): put the work back in front, in order
-            self._backlog.extendleft(reversed(batch))
-            self._acks.extendleft(reversed(acks))
-            self._refused += refused
+            self._put_back(batch, acks, refused)
             raise
         self._after(batch, refused, result)
         await self._notify_progress()
+
+    def _put_back(self, batch: list[Record], acks: list[int], refused: int) -> None:
+        """A commit failed, so nothing of it was committed (one transaction): put the
+        work back in front, in order, for the next cycle (both commit paths use this)."""
+        self._backlog.extendleft(reversed(batch))
+        self._acks.extendleft(reversed(acks))
+        self._refused += refused
 
     def _small(self, batch: list[Record], acks: list[int]) -> bool:
         """Whether a commit is small enough for the loop: a few scans' messages. A large
