@@ -368,6 +368,8 @@ class Daemon:
                 dropped=stats.dropped_total,
                 dropped_by_reason=stats.dropped_by_reason,
                 outbox_backlog=stats.messages,
+                outbox_commits=self.writer.cycles,
+                outbox_committed=self.writer.committed_total,
                 **{f"{d.fmt}_{k}": v for d in self.deliveries for k, v in d.stats().items()},
             )
 

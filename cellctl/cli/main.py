@@ -85,8 +85,6 @@ def _configure_logs(ctx: click.Context, fallback: str = "info") -> None:
 @click.pass_context
 def run(ctx: click.Context, config: Path) -> None:
     """Run the daemon for the cell described by CONFIG until SIGINT/SIGTERM."""
-    import asyncio
-
     from cellctl import lifecycle
     from cellctl.errors import ConfigError
 
@@ -100,7 +98,9 @@ def run(ctx: click.Context, config: Path) -> None:
         async def main() -> None:
             await Daemon(compiled).run()
 
-        asyncio.run(main())
+        from cellctl import eventloop
+
+        eventloop.run(main())
     except ConfigError as exc:
         _fail_config(exc.problems)
     except click.ClickException:
