@@ -7,7 +7,7 @@ SQLite, one transaction per cycle, and hands the committed records with their id
 one transaction, and while a commit runs the next batch gathers, so the batch size
 follows the load by itself. There is no timer in the path.
 
-Where the commit runs (decision 0012): with `fsync` batch or off, on the loop itself
+Where the commit runs (decision 0015): with `fsync` batch or off, on the loop itself
 (`inline`): a WAL commit without fsync is a write() into the page cache, about 35 us of
 CPU for a scan's message, which is less than the two thread hand-offs it used to take.
 Only small commits run there (INLINE_MAX_*: a burst would hold the loop for
