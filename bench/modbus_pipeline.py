@@ -821,10 +821,10 @@ def _vm_hwm_mb(pid: int) -> float | None:
 
 
 def _daemon_counters(logfile: Path) -> dict[str, int]:
-    """`published` and `dropped` from the daemon's stop log line, if it wrote one."""
+    """`published`, `dropped` and the outbox commits from the daemon's stop log line, if it wrote one."""
     text = logfile.read_text(errors="replace") if logfile.exists() else ""
     out = {}
-    for key in ("published", "dropped"):
+    for key in ("published", "dropped", "outbox_commits", "outbox_committed"):
         found = re.findall(rf"\b{key}\W{{1,3}}(\d+)", text)
         if found:
             out[key] = int(found[-1])

@@ -6,7 +6,8 @@ or SIGTERM; shut down cleanly and within bounded time.
                   └─▶ SparkplugEncoder ┴▶ outbox/ OutboxWriter ┴─▶ SparkplugNode (session "sparkplug")
                                           (SQLite WAL)   deliver/ on_stored, per format
     commands/   <root>/cmd/<device> (UnsCommands) ─┐
-                NCMD/DCMD (SparkplugCommands) ─────┴▶ CommandRouter (policy, one worker per
+                NCMD/DCMD (SparkplugCommands) ─────┤
+                job folders (JobFolder) ───────────┴▶ CommandRouter (policy, one worker per
                 device, interlocks, read-back) ──▶ runner.write / Caller / JobControl
                 every outcome ──▶ Audit ──▶ log, <root>/events (outbox), Commands/* node metrics
 """
@@ -27,6 +28,7 @@ import structlog
 
 from cellctl import __version__, systemd
 from cellctl.commands.audit import Audit
+from cellctl.commands.folder import JobFolder, folder_specs
 from cellctl.commands.router import CommandRouter
 from cellctl.commands.uns import UnsCommands
 from cellctl.config.loader import CompiledCell, CompiledDevice, load_cell
@@ -145,7 +147,11 @@ class Daemon:
         self.fanout = FanOut()
         self.cell = Cell(self.compiled, self.fanout, state_dir=self.state_dir)
         self.audit = Audit()
-        self.router = CommandRouter(self.compiled, self.cell.runner, self.audit)
+        self.folder_specs = folder_specs(self.compiled)
+        self.router = CommandRouter(
+            self.compiled, self.cell.runner, self.audit, folders={d: f.running for d, f in self.folder_specs.items()}
+        )
+        self.job_folders = [JobFolder(f, self.router.submit, self.cell.runner) for f in self.folder_specs.values()]
         self.reporter: OutboxReporter | None = None
         self._removed: set[str] = set()  # devices removed by a reload (their retained state is cleared)
         self.writer = OutboxWriter(
@@ -260,10 +266,12 @@ class Daemon:
             log.exception("reload_failed", config=str(path), error=repr(exc), kept="the running config")
             return False
         diff = diff_cells(self.compiled, new)
-        if diff.other_sections:
+        # a job folder moved or added by a device's options (the deprecated job_dir)
+        folders = [] if folder_specs(new) == self.folder_specs else ["job folders"]
+        if diff.other_sections or folders:
             # the sessions (and possibly the outbox) are built on these: start them anew,
             # cleanly (status offline/online, NDEATH and new births)
-            log.info("reload_restarting_sessions", sections=diff.other_sections)
+            log.info("reload_restarting_sessions", sections=[*diff.other_sections, *folders])
             self._restart_with = new
             self.reloads += 1
             self.stop.set()
@@ -363,6 +371,8 @@ class Daemon:
                 dropped=stats.dropped_total,
                 dropped_by_reason=stats.dropped_by_reason,
                 outbox_backlog=stats.messages,
+                outbox_commits=self.writer.cycles,
+                outbox_committed=self.writer.committed_total,
                 **{f"{d.fmt}_{k}": v for d in self.deliveries for k, v in d.stats().items()},
             )
 
@@ -414,6 +424,7 @@ class Daemon:
                 assert self.reporter is not None
                 helpers.append(tg.create_task(self.reporter.run(), name="outbox-report"))
                 helpers.append(tg.create_task(self.router.run(), name="command-router"))
+                helpers += [tg.create_task(f.run(), name=f"job-folder:{f.spec.device_id}") for f in self.job_folders]
                 cell_task = tg.create_task(self.cell.run(self.stop), name="cell")
                 if self.status_page is not None:
                     helpers.append(tg.create_task(self.status_page.run(), name="status-page"))

@@ -175,6 +175,24 @@ class JobControl(Protocol):
 
 
 @runtime_checkable
+class JobWatcher(Protocol):
+    """A `JobControl` device that can say whether a job could start now and how a job it
+    started ended: what the local job folder (cellctl/commands/folder.py) needs to keep
+    its queue waiting while the machine is busy and to file each job's outcome."""
+
+    def job_not_ready(self) -> str | None:
+        """Why a job cannot start now (another runs, an alarm, not connected), or None."""
+        ...
+
+    async def job_wait(self, name: str) -> dict[str, Any]:
+        """Wait until the job started as `name` (the current or a recent one) ends;
+        return its summary, at least `{"state": "completed" | "failed" | "cancelled",
+        "error": str}`. A job the connection loss ends is `failed`. LookupError when no
+        job of that name is known."""
+        ...
+
+
+@runtime_checkable
 class Caller(Protocol):
     """A device that offers methods (OPC UA methods such as StartJob): the command
     router's way to call one a profile declares under `commands:`. A plugin that

@@ -130,14 +130,21 @@ class MaterialUse:
     unit: str
     volume_cm3: float | None = None
     mass_g: float | None = None
+    lot: str | None = None  # MTConnect RawMaterial lot
+    form: str | None = None  # MTConnect RawMaterial Form
 
     def as_dict(self) -> MaterialJson:
-        return {
+        out: MaterialJson = {
             "amount": round(self.amount, 4),
             "unit": self.unit,
             "volume_cm3": None if self.volume_cm3 is None else round(self.volume_cm3, 4),
             "mass_g": None if self.mass_g is None else round(self.mass_g, 4),
         }
+        if self.lot is not None:
+            out["lot"] = self.lot
+        if self.form is not None:
+            out["form"] = self.form
+        return out
 
 
 @dataclass(frozen=True, slots=True)

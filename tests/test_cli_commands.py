@@ -75,3 +75,29 @@ async def test_cli_without_a_daemon_says_so_and_exits_3(broker: Mosquitto, uniqu
     result = await invoke("job", "pause", "plc", "--config", str(config), "--timeout", "1")
     assert result.exit_code == 3
     assert "no answer within 1 s (is the daemon running?)" in result.stderr
+
+
+async def test_cli_with_a_daemon_that_said_offline_names_its_reason(
+    broker: Mosquitto, unique: str, tmp_path: Path
+) -> None:
+    """The daemon's retained status says offline: the CLI waits for it to come back until
+    its timeout, then says why it sent nothing (a command would have reached no one)."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from cellctl.testing import root_topic
+
+    publisher = paho.Client(CallbackAPIVersion.VERSION2)
+    publisher.connect("127.0.0.1", broker.port)
+    publisher.loop_start()
+    try:
+        body = orjson.dumps({"status": "offline", "reason": "shutdown"})
+        publisher.publish(f"{root_topic(unique)}/status", body, 1, True).wait_for_publish(5)
+        config = write_config(tmp_path, broker.port, [modbus_device("plc", "sim-machine-plc", 1, 2)], cell=unique)
+        result = await invoke("job", "pause", "plc", "--config", str(config), "--timeout", "3")
+    finally:
+        publisher.publish(f"{root_topic(unique)}/status", b"", 1, True).wait_for_publish(5)
+        publisher.loop_stop()
+        publisher.disconnect()
+    assert result.exit_code == 3
+    assert f"the daemon is offline (shutdown) according to {root_topic(unique)}/status" in result.stderr

@@ -66,12 +66,14 @@ async def test_only_the_mes_user_can_command_the_cell(
         try:
             async with running_daemon(config) as daemon:
                 await async_wait_until(lambda: daemon.cell.runner("plc").available, what="plc online")
+                await mes.async_probe("plc")  # the daemon's command subscription is in place
+                before = dict(daemon.audit.outcomes)
                 viewer.send("plc", {"id": "v-1", "command": "write", "args": {"point": "setpoint", "value": 11.0}})
                 mes.send("plc", {"id": "m-1", "command": "write", "args": {"point": "setpoint", "value": 22.0}})
                 done = await mes.async_final("m-1")
                 # the viewer's command was published (and acknowledged) before the MES's one:
                 # had the broker delivered it, it would have been audited first
-                outcomes = dict(daemon.audit.outcomes)
+                outcomes = {k: n - before.get(k, 0) for k, n in daemon.audit.outcomes.items() if n - before.get(k, 0)}
         finally:
             viewer.close()
             mes.close()

@@ -60,6 +60,7 @@ async def test_a_grbl_job_inline_runs_to_the_end_and_pause_resume_cancel_act(
         try:
             async with running_daemon(config) as daemon:
                 await async_wait_until(lambda: daemon.cell.runner("mill").available, what="mill online")
+                await client.async_probe("mill")  # the command subscription is in place
                 body = {"id": "j-1", "command": "job_start", "args": {"name": "part-1.nc", "program": "\n".join(lines)}}
                 client.send("mill", body)
                 started = await client.async_final("j-1")
@@ -91,6 +92,7 @@ async def test_a_marlin_job_by_name_from_the_job_store_can_be_paused_resumed_and
         try:
             async with running_daemon(config) as daemon:
                 await async_wait_until(lambda: daemon.cell.runner("printer").available, what="printer online")
+                await client.async_probe("printer")  # the command subscription is in place
                 results = {}
                 client.send("printer", {"id": "s", "command": "job_start", "args": {"name": "long.gcode"}})
                 results["s"] = await client.async_final("s")
@@ -139,6 +141,7 @@ async def test_opcua_start_job_is_refused_while_busy_and_done_when_idle(
                 sim.machine.force_state("Running")
                 await sim.step(1)
                 await async_wait_until(lambda: runner.machine.item_state == ItemState.EXECUTING, what="busy")
+                await client.async_probe("mill")  # the command subscription is in place
                 call = {"id": "b-1", "command": "call", "args": {"method": "StartJob", "args": {"jobId": "J-1"}}}
                 client.send("mill", call)
                 busy = await client.async_final("b-1")

@@ -63,8 +63,7 @@ def setpoint_writes(sim: SimModbusServer) -> list[Any]:
 async def ready(client: CommandClient, daemon: Any) -> None:
     """The daemon has read the PLC and subscribed to its command topics."""
     await async_wait_until(lambda: daemon.cell.runner("plc").available, what="the plc online")
-    client.send("plc", {"id": "probe", "command": "job_pause"})  # not allowed: refused at once
-    await client.async_final("probe")
+    await client.async_probe("plc")  # not allowed: refused at once, once subscribed
 
 
 async def test_a_write_is_accepted_done_and_read_back_with_the_correlation_data(

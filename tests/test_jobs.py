@@ -136,3 +136,18 @@ def test_oee_of_a_timeline_computed_by_hand() -> None:
 def test_oee_factors_without_a_denominator_are_unknown() -> None:
     result = oee({ItemState.NOT_AVAILABLE: 60.0}, produced=0, good=0, ideal_cycle_s=None)
     assert (result.availability, result.performance, result.quality, result.oee) == (None, None, None, None)
+
+
+def test_a_job_first_seen_already_ended_is_not_recorded_and_the_next_one_is() -> None:
+    """An OPC UA machine keeps its last job (state Ended) as the current one: at cellctl's
+    start that job is not one it saw run, so it gets no record of 0 parts."""
+    t = JobTracker()
+    common = {"order_id": None, "program": None, "stopped": False}
+    assert t.observe(now_ms=0, job_id="J-1", good=7, bad=0, machine=IDLE, completed=True, **common) == []
+    assert t.current is None
+    # the next job's id may arrive a moment before its state says Running: it starts then
+    assert t.observe(now_ms=500, job_id="J-2", good=7, bad=0, machine=IDLE, completed=True, **common) == []
+    started = t.observe(now_ms=1000, job_id="J-2", good=7, bad=0, machine=RUN, completed=False, **common)
+    assert [e.event for e in started] == ["started"]
+    done = t.observe(now_ms=9000, job_id="J-2", good=10, bad=0, machine=IDLE, completed=True, **common)
+    assert [(e.event, e.record.job_id, e.record.good) for e in done] == [("completed", "J-2", 3)]

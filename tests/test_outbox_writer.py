@@ -4,14 +4,17 @@ on cancellation, and a bounded backlog whose overflow is counted."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-from cellctl.outbox import AppendResult, DropEvent, Outbox, OutboxError, OutboxWriter, Record
-from cellctl.outbox.writer import DropLog
+from cellctl.outbox import AppendResult, DropEvent, Fsync, Outbox, OutboxError, OutboxWriter, Record
+from cellctl.outbox.writer import INLINE_MAX_RECORDS, DropLog
 from cellctl.testing import async_wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,11 +103,11 @@ async def test_a_failing_disk_is_retried_without_losing_order(outbox: Outbox, mo
     real = outbox.commit
     failures = [2]
 
-    def flaky(records: Sequence[Record], acks: Sequence[int]) -> AppendResult:
+    def flaky(records: Sequence[Record], acks: Sequence[int], **kw: bool) -> AppendResult:
         if failures[0] > 0 and records:
             failures[0] -= 1
             raise OutboxError(outbox.path, "database or disk is full")
-        return real(records, acks)
+        return real(records, acks, **kw)
 
     monkeypatch.setattr(outbox, "commit", flaky)
     stored: list[bytes] = []
@@ -183,3 +186,136 @@ def test_drops_are_logged_as_a_transition_then_periodic_summaries(capsys: pytest
     assert drops.lines == len(lines) == 4  # at 0 s, then one summary per 30 s
     assert "first=True" in lines[0]
     assert "count=4800" in lines[1]  # everything since the line before, nothing lost from the count
+
+
+@pytest.mark.parametrize(("fsync", "inline"), [("off", True), ("batch", True), ("always", False)])
+async def test_commits_run_on_the_loop_unless_every_commit_syncs(tmp_path: Path, fsync: Fsync, inline: bool) -> None:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 26, max_age_s=3600, fsync=fsync) as ob:
+        stored: list[bytes] = []
+        writer = OutboxWriter(ob, on_stored=lambda batch, ids: stored.extend(r.payload for r in batch))
+        assert writer.inline is inline
+        task = asyncio.create_task(writer.run(), name="outbox-writer")
+        for i in range(20):
+            writer.put(rec(i))
+        async with asyncio.timeout(10):
+            await writer.flush()
+        assert stored == [rec(i).payload for i in range(20)]
+        assert (writer.inline_commits > 0) is inline
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_foreign_write_lock_never_stalls_the_loop(tmp_path: Path) -> None:
+    """An inline commit does not wait for a lock it cannot get: the commit goes to the
+    thread (which waits, and retries), the loop keeps running, nothing is lost."""
+    path = tmp_path / "outbox.sqlite"
+    with Outbox(path, max_bytes=1 << 26, max_age_s=3600, fsync="batch", busy_timeout_s=2.0) as ob:
+        stored: list[bytes] = []
+        writer = OutboxWriter(ob, on_stored=lambda batch, ids: stored.extend(r.payload for r in batch))
+        task = asyncio.create_task(writer.run(), name="outbox-writer")
+        foreign = sqlite3.connect(path, isolation_level=None)
+        foreign.execute("BEGIN IMMEDIATE")  # holds the write lock
+        ticks: list[float] = []
+        loop = asyncio.get_running_loop()
+        try:
+            for i in range(10):
+                writer.put(rec(i))
+            until = loop.time() + 3.0
+            while loop.time() < until:  # bounded: 3 s of 10 ms turns
+                ticks.append(loop.time())
+                await asyncio.sleep(0.01)
+            assert stored == []  # nothing handed over uncommitted
+        finally:
+            foreign.execute("ROLLBACK")
+            foreign.close()
+        async with asyncio.timeout(20):
+            await writer.flush()
+        gaps = [b - a for a, b in itertools.pairwise(ticks)]
+        assert max(gaps) < 1.0, f"the loop stalled {max(gaps):.2f} s"
+        assert stored == [rec(i).payload for i in range(10)]
+        assert [m.payload for m in ob.pending(100)] == stored
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_checkpoints_of_inline_commits_run_on_the_outbox_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 26, max_age_s=3600, fsync="batch", sync_interval_s=0.05) as ob:
+        threads: list[str] = []
+        real = ob.sync
+
+        def sync() -> None:
+            threads.append(threading.current_thread().name)
+            real()
+
+        monkeypatch.setattr(ob, "sync", sync)
+        writer = OutboxWriter(ob)
+        task = asyncio.create_task(writer.run(), name="outbox-writer")
+        async with asyncio.timeout(30):
+            while len(threads) < 3:  # bounded by the timeout
+                writer.put(rec(len(threads)))
+                await writer.flush()
+                await asyncio.sleep(0.06)
+        assert writer.inline_commits > 0
+        assert all(name.startswith("cellctl-outbox") for name in threads), threads
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_burst_is_committed_on_the_thread_not_on_the_loop(outbox: Outbox) -> None:
+    stored: list[bytes] = []
+    writer = OutboxWriter(
+        outbox, on_stored=lambda batch, ids: stored.extend(r.payload for r in batch), idle_interval_s=600
+    )
+    task = asyncio.create_task(writer.run(), name="outbox-writer")
+    for i in range(INLINE_MAX_RECORDS * 4):  # one loop turn: one batch, too large for the loop
+        writer.put(rec(i))
+    async with asyncio.timeout(10):
+        await writer.flush()
+    assert writer.inline_commits == 0
+    assert writer.cycles >= 1
+    assert stored == [rec(i).payload for i in range(INLINE_MAX_RECORDS * 4)]
+    writer.put(rec(-1))  # a single scan's message is small: on the loop
+    async with asyncio.timeout(10):
+        await writer.flush()
+    assert writer.inline_commits == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_a_failing_checkpoint_neither_stops_commits_nor_repeats_its_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 26, max_age_s=3600, fsync="batch", sync_interval_s=0.02) as ob:
+        real, failures = ob.sync, [3]
+
+        def sync() -> None:
+            if failures[0] > 0:
+                failures[0] -= 1
+                ob._last_sync = time.monotonic()  # as the real one does before it fails
+                raise OutboxError(ob.path, "disk I/O error")
+            real()
+
+        monkeypatch.setattr(ob, "sync", sync)
+        stored: list[bytes] = []
+        writer = OutboxWriter(ob, on_stored=lambda batch, ids: stored.extend(r.payload for r in batch))
+        task = asyncio.create_task(writer.run(), name="outbox-writer")
+        async with asyncio.timeout(30):
+            i = 0
+            while failures[0] > 0 or writer.checkpoint_failures:  # bounded by the timeout
+                writer.put(rec(i))
+                i += 1
+                await writer.flush()
+                await asyncio.sleep(0.03)
+        assert stored == [rec(j).payload for j in range(i)]
+        out = capsys.readouterr().out
+        assert out.count("outbox_checkpoint_failing") == 1
+        assert "outbox_checkpoint_recovered" in out
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,7 +22,7 @@ from cellctl.localbroker import Mosquitto
 from cellctl.sparkplug import sparkplug_b_pb2 as pb
 from cellctl.sparkplug.codec import MetricTable
 from cellctl.sparkplug.state import AliasBook
-from cellctl.testing import modbus_device, running_daemon, write_config
+from cellctl.testing import Collector, modbus_device, root_topic, running_daemon, write_config
 from cellctl.testing.sparkplug import BOOLEAN, Capture, SpMessage, metric_value, rebirth_command
 
 pytestmark = pytest.mark.timeout(60)
@@ -304,11 +305,12 @@ async def test_commands_are_bounded_and_a_flood_is_one_ndata_and_one_log_line(
     assert counts["too_large"] == 2
     assert counts["not_writable"] == 300
     assert sim.unit(2).snapshot()["setpoint"] == before, "nothing reached the machine"
-    assert daemon.audit.outcomes["done"] == 0
+    assert daemon.audit.outcomes["done"] == 200, "each rebirth request is one done command, no write"
     assert len([x for x in after if x.kind == "NBIRTH"]) <= 2, "a burst of rebirth requests is one or two"
     assert len([x for x in after if x.kind == "NDATA"]) <= 3, "node metrics at most every 5 s"
     log = capsys.readouterr().out
     assert log.count("command_refused") <= 4  # one line per reason in the burst
+    assert log.count("command_done") <= 2  # the rebirth requests too
 
 
 def test_a_string_longer_than_the_bound_is_refused_before_the_driver(tmp_path: Path) -> None:
@@ -340,3 +342,55 @@ def test_a_string_longer_than_the_bound_is_refused_before_the_driver(tmp_path: P
     assert router.refused["too_long"] == 1
     ok = router.device_command("plc", command((lot, None, STRING, "LOT-0042")), birthed=True)
     assert [w.value for w in ok] == ["LOT-0042"]
+
+
+async def test_a_rebirth_request_is_one_audit_event_with_the_declared_identity(
+    broker: Mosquitto, plc: tuple[SimModbusServer, int], unique: str, tmp_path: Path
+) -> None:
+    """NCMD `Node Control/Rebirth` is a command: each request is one `done` event on
+    `<root>/events` (source sparkplug, the MQTT 5 user properties as client-declared),
+    also when it joins a rebirth under way; a refused NCMD stays one `refused` event."""
+    _sim, port = plc
+    group, edge = "test-lab-a1", f"l1-{unique}"
+    cfg = write_config(
+        tmp_path,
+        broker.port,
+        [modbus_device("plc", "sim-machine-plc", port, 2, poll_interval=0.05)],
+        cell=unique,
+        publish={"formats": ["uns", "sparkplug"]},
+        backbone={"host": "127.0.0.1", "port": broker.port, "protocol": "5"},
+    )
+    events = Collector(broker.port, f"{root_topic(unique)}/events")
+    cap = Capture(broker.port, f"spBv1.0/{group}/#")
+    ncmd = f"spBv1.0/{group}/NCMD/{edge}"
+    try:
+        async with running_daemon(cfg) as daemon:
+            node = daemon.node
+            assert node is not None
+            await cap.until(lambda m: [x for x in m if x.kind == "DBIRTH" and x.device == "plc"], what="DBIRTH")
+            cap.publish(ncmd, rebirth_command(int(time.time() * 1000)), user={"host": "scada-1", "operator": "bo"})
+            cap.publish(ncmd, rebirth_command(int(time.time() * 1000)))  # soon after: joins it
+            cap.publish(ncmd, command((None, "Outbox/Dropped", UINT64, 0)))  # not a rebirth: refused
+
+            def rebirths(m: list[Any]) -> list[dict[str, Any]]:
+                return [e for e in (x.json() for x in m) if e.get("command") == "rebirth"]
+
+            await events.until(lambda m: len(rebirths(m)) == 2, what="two rebirth audit events")
+            await events.until(
+                lambda m: [x for x in m if x.json().get("decision") == "refused"], what="the refused NCMD's event"
+            )
+            await cap.until(lambda _m: node.rebirths >= 1, what="the rebirth")
+            outcomes = dict(daemon.audit.outcomes)
+            seen = rebirths(events.messages)
+    finally:
+        cap.close()
+        events.close()
+    assert [e["decision"] for e in seen] == ["done", "done"]
+    first, second = seen
+    declared = {"host": "scada-1", "operator": "bo"}
+    assert first["source"] == {"channel": "sparkplug", "topic": ncmd, "client_declared": declared}
+    assert "client_declared" not in second["source"]
+    assert first["device"] == "node"
+    assert first["args"] == {}
+    assert first["id"] != second["id"]
+    assert (outcomes["done"], outcomes["accepted"], outcomes["refused"]) == (2, 2, 1)

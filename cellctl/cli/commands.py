@@ -42,6 +42,24 @@ class NoAnswer(Exception):
     pass
 
 
+STATUS_GRACE = 2.0  # s without any retained status before sending anyway (an ACL may hide it)
+
+
+def _wait_online(online: threading.Event, status: list[dict[str, Any]], topic: str, deadline: float) -> None:
+    """Send only once the daemon says `online`: it subscribes to its command topics before
+    it says so, and a command sent before that reaches no one. A daemon that said
+    `offline` is waited for until the deadline; no status at all (never run, or hidden by
+    an ACL) is given `STATUS_GRACE` seconds, then the command goes out anyway."""
+    if online.wait(max(0.0, min(STATUS_GRACE, deadline - time.monotonic()))):
+        return
+    if not status:
+        return
+    if online.wait(max(0.0, deadline - time.monotonic())):
+        return
+    reason = status[-1].get("reason")
+    raise NoAnswer(f"the daemon is offline ({reason or 'no reason given'}) according to {topic}")
+
+
 def _ask(
     config: Path, device: str, body: dict[str, Any], *, timeout: float, username: str | None, password_file: Path | None
 ) -> dict[str, Any]:
@@ -68,21 +86,31 @@ def _ask(
     final: dict[str, Any] = {}
     done = threading.Event()
     subscribed = threading.Event()
+    online = threading.Event()
+    status: list[dict[str, Any]] = []
     problem: list[str] = []
+    status_topic = f"{root}/status"
 
     def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             problem.append(f"broker refused the connection: {reason}")
             done.set()
             return
-        # the ack topic too: a daemon on MQTT 3.1.1 never sees the response topic
-        client.subscribe([(reply_topic, 1), (f"{root}/cmd/{device}/ack", 1)])
+        # the ack topic too: a daemon on MQTT 3.1.1 never sees the response topic; the
+        # retained status says whether the daemon (and so its command subscription) is up
+        client.subscribe([(reply_topic, 1), (f"{root}/cmd/{device}/ack", 1), (status_topic, 1)])
 
     def on_message(client: Any, userdata: Any, msg: Any) -> None:
         corr = getattr(msg.properties, "CorrelationData", None) if msg.properties else None
         try:
             answer = orjson.loads(msg.payload)
         except orjson.JSONDecodeError:
+            return
+        if msg.topic == status_topic:
+            if isinstance(answer, dict):
+                status.append(answer)
+                if answer.get("status") == "online":
+                    online.set()
             return
         if not isinstance(answer, dict) or answer.get("state") in (None, "accepted"):
             return
@@ -109,6 +137,7 @@ def _ask(
     try:
         if not subscribed.wait(max(0.1, deadline - time.monotonic())) or problem:
             raise NoAnswer(problem[0] if problem else "no subscription to the response topic")
+        _wait_online(online, status, status_topic, deadline)
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = reply_topic
         props.CorrelationData = token.encode()

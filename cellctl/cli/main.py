@@ -100,8 +100,6 @@ def import_structlog_without_rich() -> None:
 def run(ctx: click.Context, config: Path) -> None:
     """Run the daemon for the cell described by CONFIG until SIGINT/SIGTERM."""
     import_structlog_without_rich()
-    import asyncio
-
     from cellctl import lifecycle
     from cellctl.errors import ConfigError
 
@@ -115,7 +113,9 @@ def run(ctx: click.Context, config: Path) -> None:
         async def main() -> None:
             await Daemon(compiled).run()
 
-        asyncio.run(main())
+        from cellctl import eventloop
+
+        eventloop.run(main())
     except ConfigError as exc:
         _fail_config(exc.problems)
     except click.ClickException:

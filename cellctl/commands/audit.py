@@ -1,8 +1,8 @@
 """The audit trail: every command that reaches a final state (done, failed, refused) is
 one log line and one event handed to the sinks (the UNS `<root>/events` topic through
 the durable outbox; the Sparkplug node's `Commands/*` metrics), and counted by outcome
-and reason. Refusals of one reason are logged once per burst (a flood stays readable)
-but every one is counted and every one is an event."""
+and reason. Refusals of one reason (and rebirth requests) are logged once per burst (a
+flood stays readable) but every one is counted and every one is an event."""
 
 from __future__ import annotations
 
@@ -73,6 +73,8 @@ class Audit:
             self.burst.warning(f"refused:{result.reason}", "command_refused", **fields)
         elif result.state == "failed":
             log.warning("command_failed", **fields)
+        elif cmd.kind == "rebirth":
+            self.burst.info("done:rebirth", "command_done", **fields)  # a flood of them stays one line
         else:
             log.info("command_done", **fields)
         for sink in self.sinks:

@@ -27,6 +27,12 @@ class BurstLog:
         self._quiet: Counter[str] = Counter()
 
     def warning(self, key: str, event: str, **fields: Any) -> None:
+        self._log(log.warning, key, event, fields)
+
+    def info(self, key: str, event: str, **fields: Any) -> None:
+        self._log(log.info, key, event, fields)
+
+    def _log(self, emit: Callable[..., Any], key: str, event: str, fields: dict[str, Any]) -> None:
         now = self.clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
@@ -34,4 +40,4 @@ class BurstLog:
             return
         self._last[key] = now
         quiet = self._quiet.pop(key, 0)
-        log.warning(event, **fields, **({"not_logged_since": quiet} if quiet else {}))
+        emit(event, **fields, **({"not_logged_since": quiet} if quiet else {}))

@@ -4,7 +4,7 @@ dataclasses: the wire forms live in the sources (uns.py, sparkplug.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -13,8 +13,12 @@ if TYPE_CHECKING:
 
 CommandKind = Literal["write", "call", "job_start", "job_pause", "job_resume", "job_cancel"]
 COMMAND_KINDS: tuple[CommandKind, ...] = ("write", "call", "job_start", "job_pause", "job_resume", "job_cancel")
+# What the audit records: the routed kinds, and a Sparkplug NCMD rebirth (a session matter
+# of the edge node, never routed to a device, but a command someone sent all the same).
+AuditKind = CommandKind | Literal["rebirth"]
 State = Literal["accepted", "done", "failed", "refused"]
-Channel = Literal["uns", "sparkplug", "cli"]
+# folder: the local job folder (cellctl/commands/folder.py)
+Channel = Literal["uns", "sparkplug", "cli", "folder"]
 
 # Why a command was refused (nothing reached the machine) ...
 RefusalReason = Literal[
@@ -74,7 +78,7 @@ class Command:
 
     request_id: str
     device_id: str
-    kind: CommandKind
+    kind: AuditKind
     args: Mapping[str, Any]
     source: Source
     received_ms: int
@@ -97,7 +101,7 @@ class CommandResult:
 
     request_id: str
     device_id: str
-    kind: CommandKind
+    kind: AuditKind
     state: State
     received_ms: int
     reason: RefusalReason | FailureReason | None = None
@@ -118,7 +122,7 @@ class CommandResult:
         out: CommandResultJson = {
             "id": self.request_id,
             "device": self.device_id,
-            "command": self.kind,
+            "command": self.kind,  # type: ignore[typeddict-item]  # a rebirth has no answer on the wire
             "state": self.state,
             "ts_received": self.received_ms,
         }
@@ -143,3 +147,8 @@ class CommandResult:
     def again(self) -> CommandResult:
         """This result as the answer to a repeated request id."""
         return replace(self, duplicate=True)
+
+
+def client_declared(user_properties: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """MQTT 5 user properties as the audit keeps them: bounded in count and length."""
+    return {k[:64]: v[:256] for k, v in user_properties[:32]}

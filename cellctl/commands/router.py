@@ -17,6 +17,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -73,6 +74,7 @@ class CommandRouter:
         runners: Callable[[str], DeviceRunner | None],
         audit: Audit,
         *,
+        folders: Mapping[str, Path] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config: CommandsConfig = compiled.config.commands
@@ -82,6 +84,9 @@ class CommandRouter:
         self.audit = audit
         store = self.config.job_store
         self.job_store = None if store is None else store if store.is_absolute() else compiled.path.parent / store
+        # device -> its job folder's running/ (cellctl/commands/folder.py): the files the
+        # folder's job_start commands name, and the consent for that source
+        self.folders: dict[str, Path] = dict(folders or {})
         self.limiter = RateLimiter(clock)
         self.memory = RequestMemory(self.config.idempotency_window, clock=clock)
         n = self.config.max_queued_per_device
@@ -138,6 +143,8 @@ class CommandRouter:
     def _policy(self, cmd: Command) -> DevicePolicy:
         if cmd.device_id not in self.devices:
             raise Refusal("unknown_device", f"no device {cmd.device_id!r} in this cell")
+        if cmd.source.channel == "folder":
+            return self._folder_policy(cmd)
         if self.config.enabled:
             policy = self.config.devices.get(cmd.device_id)
             if policy is None:
@@ -146,6 +153,24 @@ class CommandRouter:
         if cmd.source.channel == "sparkplug" and self.sparkplug_writes and cmd.kind == "write":
             return self._legacy[cmd.device_id]
         raise Refusal("disabled", "commands are disabled (commands.enabled)")
+
+    def _folder_policy(self, cmd: Command) -> DevicePolicy:
+        """The job folder's own consent: its configuration allows `job_start` from it,
+        whatever `commands.enabled` says; the device's declared policy, when it has one,
+        adds its interlocks and rate limits (the device's and job_start's)."""
+        if cmd.device_id not in self.folders:
+            raise Refusal("not_allowed", f"device {cmd.device_id!r} has no job folder")
+        if cmd.kind != "job_start":
+            raise Refusal("not_allowed", f"the job folder only starts jobs, not {cmd.kind!r}")
+        declared = self.config.devices.get(cmd.device_id) or DevicePolicy()
+        start = declared.commands.get("job_start") or CommandPolicy()
+        return declared.model_copy(update={"commands": {**declared.commands, "job_start": start}})
+
+    def _declared(self, cmd: Command) -> DevicePolicy | None:
+        """The device's policy as the config declares it, if it applies to this source."""
+        if cmd.source.channel == "folder":
+            return self._folder_policy(cmd)
+        return self.config.devices.get(cmd.device_id) if self.config.enabled else None
 
     def _check(self, cmd: Command) -> None:
         if cmd.expires_ms is not None and cmd.expires_ms < now_ms():
@@ -185,7 +210,15 @@ class CommandRouter:
 
     def _check_job(self, cmd: Command, dev: CompiledDevice) -> None:
         name, program = cmd.args.get("name"), cmd.args.get("program")
-        if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or len(name) > 128:
+        if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or len(name) > 255:
+            raise Refusal("invalid", f"job name must be a plain file name, got {name!r}")
+        if cmd.source.channel == "folder":
+            if program is not None or dev.profile.jobs is not None:
+                raise Refusal("not_supported", f"device {cmd.device_id!r} runs no programs from a folder")
+            if not (self.folders[cmd.device_id] / name).is_file():
+                raise Refusal("unknown_job", f"no job {name!r} in the job folder")
+            return
+        if len(name) > 128:
             raise Refusal("invalid", f"job name must be a plain file name, got {name!r}")
         if program is not None:
             if not isinstance(program, (str, bytes)):
@@ -253,7 +286,7 @@ class CommandRouter:
             self._finish(cmd, result, reply)
 
     def _conditions(self, cmd: Command) -> list[Condition]:
-        policy = self.config.devices.get(cmd.device_id) if self.config.enabled else None
+        policy = self._declared(cmd)
         if policy is None:
             return []
         out = list(policy.interlocks)
@@ -316,7 +349,9 @@ class CommandRouter:
             raise Refusal("not_supported", f"driver {dev.config.driver!r} cannot run jobs")
         if cmd.kind == "job_start":
             name, program = str(cmd.args["name"]), cmd.args.get("program")
-            if program is None:
+            if cmd.source.channel == "folder":
+                content = await asyncio.to_thread((self.folders[cmd.device_id] / name).read_bytes)
+            elif program is None:
                 assert self.job_store is not None
                 content = await asyncio.to_thread((self.job_store / name).read_bytes)
             else:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cellctl.commands.model import COMMAND_KINDS, Command, CommandKind, CommandResult, Source
+from cellctl.commands.model import COMMAND_KINDS, Command, CommandKind, CommandResult, Source, client_declared
 from cellctl.commands.policy import Refusal
 from cellctl.commands.router import CommandRouter
 
@@ -64,10 +64,6 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {e['msg'].lower()}"
 
 
-def _client(user_properties: Sequence[tuple[str, str]]) -> dict[str, str]:
-    return {k[:64]: v[:256] for k, v in user_properties[:32]}
-
-
 class UnsCommands:
     """Turns command messages into router commands and results into answers."""
 
@@ -107,7 +103,7 @@ class UnsCommands:
         rt = response_topic
         if rt and not rt.startswith(self.root + "/") and rt != self.root and not any(c in rt for c in "+#"):
             answer_to, correlation = rt, correlation_data
-        source = Source("uns", topic, _client(user_properties))
+        source = Source("uns", topic, client_declared(user_properties))
 
         def reply(result: CommandResult) -> None:
             if not self.publish(answer_to, orjson.dumps(result.as_dict()), correlation):

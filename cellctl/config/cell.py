@@ -395,6 +395,9 @@ class DeviceConfig(_Frozen):
     points: dict[str, PointOverride] = {}
     disabled_points: list[str] = []
     energy: EnergyFrom | None = None  # energy per job from a meter in the cell
+    # The lot of each job material in use on this device (MTConnect RawMaterial lot), by
+    # the material's name in the profile's `job.materials`; a profile's `lot_point` comes first.
+    lots: dict[Annotated[str, Field(pattern=ID_PATTERN)], Annotated[str, Field(min_length=1, max_length=64)]] = {}
 
     @model_validator(mode="after")
     def _reserved(self) -> DeviceConfig:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cellctl.config.profile import ID_PATTERN
 from cellctl.durations import PositiveDuration
@@ -102,6 +102,25 @@ class DevicePolicy(_Frozen):
     interlocks: list[Condition] = []  # checked before every command to the device
 
 
+JOB_SUFFIXES = (".gcode", ".gco", ".g", ".nc", ".ngc", ".tap", ".cnc")
+
+
+class JobFolder(_Frozen):
+    """A local folder whose files become `job_start` commands for one device (see
+    docs/commands.md and docs/decisions/0014-job-folder-as-a-command-source.md)."""
+
+    path: Path  # relative to the config file; created with its subfolders at start
+    suffixes: list[str] = list(JOB_SUFFIXES)  # files with other names are left alone
+
+    @field_validator("suffixes")
+    @classmethod
+    def _suffixes(cls, value: list[str]) -> list[str]:
+        for s in value:
+            if not s.startswith(".") or len(s) < 2 or "/" in s:
+                raise ValueError(f"a job suffix starts with a dot, like '.gcode', got {s!r}")
+        return [s.lower() for s in value]
+
+
 class CommandsConfig(_Frozen):
     """`commands:` — off unless enabled; then only what `devices` lists."""
 
@@ -119,3 +138,6 @@ class CommandsConfig(_Frozen):
     readback_timeout: PositiveDuration = 3.0
     # Accepted commands waiting per device; more are refused (`busy`).
     max_queued_per_device: Annotated[int, Field(ge=1, le=1000)] = 16
+    # Local job folders by device: a file dropped there is a job_start command from the
+    # folder. Configuring one is the consent for that source, whatever `enabled` says.
+    job_folders: dict[Annotated[str, Field(pattern=ID_PATTERN)], JobFolder] = {}

@@ -62,6 +62,13 @@ def command_problems(path: Path, cfg: CommandsConfig, devices: Sequence[Compiled
                 declared = sorted([*dev.profile.commands, *JOB_COMMANDS])
                 problems.append(f"{cw}: profile {dev.profile.name!r} declares no command {name!r} (known: {declared})")
             _conditions(cw, cp.interlocks, set(points), problems)
+    for device_id in cfg.job_folders:
+        where = f"{base}.job_folders.{device_id}"
+        dev = by_id.get(device_id)
+        if dev is None:
+            problems.append(f"{where}: no enabled device {device_id!r} in this cell")
+        elif getattr(dev.context.options, "job_dir", None) is not None:
+            problems.append(f"{where}: device {device_id!r} also has options.job_dir (deprecated): keep one of them")
     return problems
 
 

@@ -240,6 +240,20 @@ def _check_energy(compiled: dict[int, CompiledDevice], path: Path, problems: lis
             )
 
 
+def _check_lots(compiled: dict[int, CompiledDevice], path: Path, problems: list[str]) -> None:
+    """A device's `lots:` name materials its profile's job declares."""
+    for i, d in compiled.items():
+        job = d.profile.job
+        declared = job.materials if job is not None else {}
+        for name in d.config.lots:
+            if name not in declared:
+                known = ", ".join(sorted(declared)) or "none"
+                problems.append(
+                    f"{path}: devices[{i}].lots.{name}: profile {d.profile.name!r} declares no job material "
+                    f"{name!r} (its materials: {known})"
+                )
+
+
 def load_cell(path: Path) -> CompiledCell:
     """Load and compile a cell config; raise ConfigError listing every problem found.
 
@@ -269,6 +283,7 @@ def load_cell(path: Path) -> CompiledCell:
         ):
             compiled[i] = device
     _check_energy(compiled, path, problems)
+    _check_lots(compiled, path, problems)
     if problems:
         raise ConfigError(list(dict.fromkeys(problems)))  # a shared profile's problems once
     try:

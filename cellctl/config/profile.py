@@ -139,23 +139,42 @@ class Counters(_Frozen):
     modulus: Annotated[int, Field(ge=2)] | None = None
 
 
-class MaterialDef(_Frozen):
-    """A material the job uses, from a point (docs/jobs.md): a device `counter` that only
-    counts up (wrap/reset-safe deltas, like parts; `modulus` as in `counters`), or a
-    `job_total` the device itself resets at each job start (the gcode driver's
-    `job.filament_mm`). With `diameter_mm` a length becomes a volume (filament), and with
-    `density_g_cm3` a mass; `diameter_point` / `density_point` name points that give them
-    per job (the gcode driver's `job.filament_diameter` from the slicer's comments), used
-    when readable and positive, else the constants."""
+MaterialForm = Literal["bar", "block", "casting", "filament", "gas", "gel", "liquid", "powder", "sheet"]
 
-    point: str
+
+class MaterialDef(_Frozen):
+    """A material the job uses (docs/jobs.md), of one of three kinds: a device `counter`
+    that only counts up (wrap/reset-safe deltas, like parts; `modulus` as in `counters`),
+    a `job_total` the device itself resets at each job start (the gcode driver's
+    `job.filament_mm`), or `per_part`: stock consumed per part produced (good + scrap),
+    `per_part` units each, or the figure of `per_part_point` for the job (a CNC's bar or
+    blank per part) when it is readable and positive. With `diameter_mm` a length becomes a
+    volume (filament), and with `density_g_cm3` a mass; `diameter_point` / `density_point`
+    name points that give them per job, used when readable and positive, else the
+    constants. `form` and the lot (`lot_point`, or the device config's `lots`) follow
+    MTConnect RawMaterial."""
+
+    point: str | None = None
     unit: Annotated[str, Field(min_length=1, max_length=16)]
-    kind: Literal["counter", "job_total"] = "counter"
+    kind: Literal["counter", "job_total", "per_part"] = "counter"
     modulus: Annotated[int, Field(ge=2)] | None = None
+    per_part: Annotated[float, Field(gt=0)] | None = None
+    per_part_point: str | None = None
     diameter_mm: Annotated[float, Field(gt=0)] | None = None
     density_g_cm3: Annotated[float, Field(gt=0)] | None = None
     diameter_point: str | None = None
     density_point: str | None = None
+    form: MaterialForm | None = None
+    lot_point: str | None = None  # a point carrying the lot id of the material in use
+    description: Annotated[str, Field(max_length=256)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_part_kind(cls, data: Any) -> Any:
+        """`per_part` (or `per_part_point`) alone says the kind."""
+        if isinstance(data, dict) and "kind" not in data and ("per_part" in data or "per_part_point" in data):
+            return {**data, "kind": "per_part"}
+        return data
 
     @model_validator(mode="after")
     def _derived(self) -> MaterialDef:
@@ -166,6 +185,16 @@ class MaterialDef(_Frozen):
             raise ValueError("a density needs 'diameter_mm' or 'diameter_point' (mass comes from the volume)")
         if self.modulus is not None and self.kind != "counter":
             raise ValueError("'modulus' is for kind 'counter'")
+        if self.kind == "per_part":
+            if self.point is not None:
+                raise ValueError("kind 'per_part' counts parts: give 'per_part' or 'per_part_point', not 'point'")
+            if self.per_part is None and self.per_part_point is None:
+                raise ValueError("kind 'per_part' needs 'per_part' (units per part) or 'per_part_point'")
+        else:
+            if self.per_part is not None or self.per_part_point is not None:
+                raise ValueError(f"'per_part' is for kind 'per_part', not {self.kind!r}")
+            if self.point is None:
+                raise ValueError(f"kind {self.kind!r} needs 'point'")
         return self
 
 
@@ -271,6 +300,7 @@ class Profile(_Frozen):
 
 
 _PROGRAM_REFS = ("name", "line", "progress", "eta", "state")
+_MATERIAL_REFS = ("point", "per_part_point", "diameter_point", "density_point", "lot_point")
 
 
 def _point_ids(points: list[Any]) -> tuple[dict[str, int], list[tuple[str, str]]]:
@@ -305,7 +335,7 @@ def _refs(data: dict[str, Any]) -> list[tuple[str, Any]]:
         if isinstance(materials, dict):
             for n, m in materials.items():
                 if isinstance(m, dict):
-                    refs += [(f"job.materials.{n}.{k}", m.get(k)) for k in ("point", "diameter_point", "density_point")]
+                    refs += [(f"job.materials.{n}.{k}", m.get(k)) for k in _MATERIAL_REFS]
     return refs
 
 

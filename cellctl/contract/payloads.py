@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, NotRequired
 from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-from cellctl.commands.model import Channel, CommandKind, FailureReason, RefusalReason, State
+from cellctl.commands.model import AuditKind, Channel, CommandKind, FailureReason, RefusalReason, State
 from cellctl.model import Execution, ItemState, OperationMode, Quality
 
 _DOCS = ConfigDict(use_attribute_docstrings=True)
@@ -326,7 +326,7 @@ class CommandEventJson(TypedDict):
     id: str
     source: CommandSourceJson
     device: str
-    command: CommandKind
+    command: AuditKind
     args: dict[str, Any]
     """The request's arguments; an inline program as `"<N bytes>"`."""
     decision: State
@@ -348,6 +348,10 @@ class MaterialJson(TypedDict):
     """From a length and the profile's diameter_mm (filament)."""
     mass_g: float | None
     """From the volume and the profile's density_g_cm3."""
+    lot: NotRequired[str]
+    """The material's lot in use (MTConnect RawMaterial lot): from the profile's lot_point or the device config's lots."""
+    form: NotRequired[str]
+    """The profile's material form (MTConnect RawMaterial Form: bar, block, sheet, filament, ...)."""
 
 
 @with_config(_DOCS)

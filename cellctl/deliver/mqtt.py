@@ -193,6 +193,8 @@ class MqttSession:
         )
         self._password = self._read_password()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None  # the loop's thread id: paho calls back on both
+        self._flush_due = False
         self._was_connected = False
         self._up = False  # session_up was sent for the current client
         self.backoff = Backoff(backbone.reconnect_min, backbone.reconnect_max)
@@ -352,7 +354,25 @@ class MqttSession:
         self._lost.set()
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            # A publish on the loop (the hot path): write it out at the end of this loop
+            # turn, together with whatever else is published in it; a writer is added only
+            # if the socket cannot take it all. No self-pipe wake-up, no epoll changes.
+            if not self._flush_due:
+                self._flush_due = True
+                assert self._loop is not None
+                self._loop.call_soon(self._flush, client)
+            return
         self._in_loop(self._add_writer, client, sock.fileno())
+
+    def _flush(self, client: paho.Client) -> None:
+        self._flush_due = False
+        if client is not self.client:
+            return
+        self._write()
+        sock = client.socket()
+        if client.want_write() and sock is not None:
+            self._add_writer(client, sock.fileno())  # the socket is full: the loop waits for room
 
     def _add_writer(self, client: paho.Client, fd: int) -> None:
         assert self._loop is not None
@@ -364,6 +384,9 @@ class MqttSession:
             self._loop.add_writer(fd, self._write)
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() == self._loop_thread:
+            self._remove_writer(client)
+            return
         self._in_loop(self._remove_writer, client)
 
     def _remove_writer(self, client: paho.Client) -> None:
@@ -554,6 +577,7 @@ class MqttSession:
             raise RuntimeError(f"MQTT session {self.name!r} is already running (not reentrant)")
         self._closing = False
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._task = asyncio.create_task(self._run(), name=f"mqtt-session:{self.name}")
         return self
 

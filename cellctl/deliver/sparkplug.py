@@ -33,7 +33,7 @@ from pathlib import Path
 import structlog
 
 from cellctl.commands.audit import Audit
-from cellctl.commands.model import Command, Source
+from cellctl.commands.model import Command, CommandResult, Source, client_declared
 from cellctl.commands.policy import Refusal
 from cellctl.commands.router import CommandRouter
 from cellctl.commands.sparkplug import PointWrite, SparkplugCommands
@@ -149,6 +149,7 @@ class SparkplugNode(Delivery):
         self.commands: CommandRouter | None = None
         self.audit: Audit | None = None
         self._dcmds = 0
+        self._ncmds = 0
         self._birthed: dict[str, bool] = {}  # as published in this session
         self._epoch = 0  # +1 whenever births are scheduled; older device births/deaths are moot
         self._node_values: dict[str, int] = dict.fromkeys(NODE_METRICS, 0)
@@ -195,7 +196,7 @@ class SparkplugNode(Delivery):
             self._node_values[name] = self.audit.outcomes[outcome]
         self._maybe_ndata()
 
-    def _submit_writes(self, topic: str, writes: Sequence[PointWrite]) -> None:
+    def _submit_writes(self, topic: str, writes: Sequence[PointWrite], props: Inbound = NO_PROPERTIES) -> None:
         if self.commands is None:
             return
         self._dcmds += 1
@@ -206,7 +207,7 @@ class SparkplugNode(Delivery):
                     w.device_id,
                     "write",
                     {"point": w.point_id, "value": w.value},
-                    Source("sparkplug", topic),
+                    Source("sparkplug", topic, client_declared(props.user_properties)),
                     now_ms(),
                 )
             )
@@ -302,18 +303,43 @@ class SparkplugNode(Delivery):
         bd = self.bd
         self.go_live(fresh=fresh, before=lambda: self._publish_births(bd, ts, node, devices))
 
-    def _request_rebirth(self) -> None:
+    def _request_rebirth(self) -> bool:
         """NCMD rebirth, debounced: a request made before the last rebirth's births went out
         is answered by them; one made soon after them waits for REBIRTH_MIN_INTERVAL, and
-        every request meanwhile joins it. A burst of requests gives one or two rebirths."""
+        every request meanwhile joins it. A burst of requests gives one or two rebirths.
+        True when this request joined one already under way."""
         if self._rebirth_pending or self._rebirth_later is not None:
             self.rebirths_coalesced += 1
-            return
+            return True
         wait = self._rebirth_at + REBIRTH_MIN_INTERVAL - time.monotonic()
         if wait > 0:
             self._rebirth_later = asyncio.get_running_loop().call_later(wait, self._rebirth_now)
-            return
+            return False
         self._rebirth_now()
+        return False
+
+    def _audit_rebirth(self, topic: str, props: Inbound, *, joined: bool) -> None:
+        """A rebirth request is a command like any other: one audit event (done), with
+        the sender's MQTT 5 user properties as client-declared identity. It never goes
+        through the router: it addresses the edge node's session, not a device."""
+        if self.audit is None:
+            return
+        self._ncmds += 1
+        ts = now_ms()
+        cmd = Command(
+            f"ncmd-{self._ncmds}", "node", "rebirth", {},
+            Source("sparkplug", topic, client_declared(props.user_properties)), ts,
+        )
+        if not self.live:
+            message = "not connected: the next session births everything anyway"
+        elif joined:
+            message = "joined the rebirth under way"
+        else:
+            message = None
+        self.audit.accepted()
+        self.audit.final(
+            cmd, CommandResult(cmd.request_id, "node", "rebirth", "done", ts, message=message, accepted_ms=ts, finished_ms=now_ms())
+        )
 
     def _rebirth_now(self) -> None:
         self._rebirth_later = None
@@ -453,13 +479,14 @@ class SparkplugNode(Delivery):
         if retain and parsed.message_type in (MessageType.NCMD, MessageType.DCMD):
             self.router.refuse_retained(topic)
         elif parsed.message_type == MessageType.NCMD:
-            if self.router.node_command(payload) and self.live:
-                self._request_rebirth()
+            if self.router.node_command(payload):
+                joined = self._request_rebirth() if self.live else False
+                self._audit_rebirth(topic, props, joined=joined)
         elif parsed.message_type == MessageType.DCMD and parsed.device_id is not None:
             birthed = self.live and self._birthed.get(parsed.device_id, False)
             writes = self.router.device_command(parsed.device_id, payload, birthed=birthed)
             if writes:
-                self._submit_writes(topic, writes)
+                self._submit_writes(topic, writes, props)
         self._node_values["Commands/Refused"] = self._refused_total()
         self._maybe_ndata()
 

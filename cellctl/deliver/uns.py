@@ -48,10 +48,12 @@ class UnsDelivery(Delivery):
 
     def on_session_up(self) -> None:
         try:
-            online: StatusJson = {"status": "online"}
-            self.session.publish(self.status_topic, orjson.dumps(online), 1, True)
+            # Subscribe first: the broker handles one connection's packets in order, so a
+            # client that sees "online" knows the command topics are already subscribed.
             if self.commands is not None:
                 self.session.subscribe([(command_filter(self.root), 1)])
+            online: StatusJson = {"status": "online"}
+            self.session.publish(self.status_topic, orjson.dumps(online), 1, True)
         except PublishRefused:
             return  # gone again already; session_down follows
         self.go_live(fresh=True)

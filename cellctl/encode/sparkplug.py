@@ -6,7 +6,7 @@ Metric names: each point by its id; the normalised machine state as `Machine/...
 `counters/good|bad`, and `program/name|line|progress|eta` when the profile maps a job);
 for a profile with `job:`, the job record as `Job/...` (docs/jobs.md: `id`, `order_id`,
 `program`, `state`, `event`, `start_ts`, `end_ts`, `reason`, `produced`, `good`, `scrap`,
-`running_s`, `cycle_time_s`, `materials/<name>/amount|volume_cm3|mass_g`, `energy_kwh`)
+`running_s`, `cycle_time_s`, `materials/<name>/amount|volume_cm3|mass_g|lot`, `energy_kwh`)
 and the current window's OEE as `OEE/...` (`availability`, `performance`, `quality`,
 `oee`, `produced`, `good`, `seconds/<item state>`), and with a shift calendar the current
 shift's as `OEE/shift/...` (the same, plus `name` and `start_ts`). Aliases come from the node's
@@ -129,6 +129,8 @@ def _job_fields(dev: CompiledDevice) -> list[tuple[str, DataType]]:
             out.append((f"materials/{name}/volume_cm3", DataType.Double))
         if m.density_g_cm3 is not None:
             out.append((f"materials/{name}/mass_g", DataType.Double))
+        if m.lot_point is not None or name in dev.config.lots:
+            out.append((f"materials/{name}/lot", DataType.String))
     if dev.config.energy is not None:
         out.append(("energy_kwh", DataType.Double))
     return out
@@ -199,6 +201,7 @@ def _job_values(record: JobRecord | None, event: str | None) -> dict[str, Any]:
         out[f"materials/{m.name}/amount"] = d["amount"]
         out[f"materials/{m.name}/volume_cm3"] = d["volume_cm3"]
         out[f"materials/{m.name}/mass_g"] = d["mass_g"]
+        out[f"materials/{m.name}/lot"] = m.lot
     return out
 
 

@@ -80,7 +80,7 @@ class DeviceRunner:
             from cellctl.jobs.device import DeviceJobs  # only for profiles with jobs (start-up time)
 
             store = job_dir / f"{self.id}.json" if job_dir else None
-            self.jobs = DeviceJobs(device.profile, self.table, store=store, shifts=shifts)
+            self.jobs = DeviceJobs(device.profile, self.table, store=store, shifts=shifts, lots=device.config.lots)
         self.available = False
         self.known = False  # a first reading or failure happened
         self.degraded: str | None = None  # why the device is online but useless

@@ -6,7 +6,7 @@ state changed."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,10 @@ from cellctl.statefile import atomic_write
 log = structlog.get_logger("cellctl.jobs")
 
 
-SAVE_INTERVAL_MS = 5000  # the job file is written on every job event and at most this often otherwise
+# The job file is written at every job event and every change of the part counts (so a
+# kill -9 loses no counted part: a job closed as interrupted keeps them all), and at most
+# this often for other changes (running time, material amounts).
+SAVE_INTERVAL_MS = 5000
 
 
 class DeviceJobs:
@@ -36,12 +39,15 @@ class DeviceJobs:
         store: Path | None = None,
         shifts: ShiftCalendar | None = None,
         clock: Callable[[], float] = time.time,
+        lots: Mapping[str, str] | None = None,
     ) -> None:
         job = profile.job
         assert job is not None
         self.table = table
         self.store = store
+        self.lots = dict(lots or {})  # the device config's lot per material (a lot point comes first)
         self._saved_at = 0
+        self._saved_counts: tuple[int, int] | None = None
         self._restore: dict[str, Any] | None = self._load()
         # The cell's energy meter reading (kWh), when the device config relates one (`energy:`).
         self.energy_source: Callable[[], float | None] | None = None
@@ -60,7 +66,8 @@ class DeviceJobs:
             "program": program,
             "good": counters.good if counters else None,
             "bad": counters.bad if counters else None,
-            **{f"material:{n}": m.point for n, m in job.materials.items()},
+            **{f"material:{n}": m.point or m.per_part_point for n, m in job.materials.items()},
+            **{f"lot:{n}": m.lot_point for n, m in job.materials.items()},
             **{f"diameter:{n}": m.diameter_point for n, m in job.materials.items()},
             **{f"density:{n}": m.density_point for n, m in job.materials.items()},
         }
@@ -94,9 +101,14 @@ class DeviceJobs:
         return data if isinstance(data, dict) and data.get("job") else None
 
     def _save(self, now_ms: int, force: bool) -> None:
-        if self.store is None or (not force and now_ms - self._saved_at < SAVE_INTERVAL_MS):
+        record = self.tracker.current
+        counts = (record.good, record.scrap) if record is not None else None
+        if self.store is None or (
+            not force and counts == self._saved_counts and now_ms - self._saved_at < SAVE_INTERVAL_MS
+        ):
             return
         self._saved_at = now_ms
+        self._saved_counts = counts
         state = self.tracker.dump()
         if state is None:
             return
@@ -137,7 +149,14 @@ class DeviceJobs:
                 n: (self._amount(f"diameter:{n}"), self._amount(f"density:{n}")) for n in self.tracker.materials
             },
             energy_kwh=self.energy_source() if self.energy_source is not None else None,
+            lots={n: self._lot(n) for n in self.tracker.materials},
         )
+
+    def _lot(self, name: str) -> str | None:
+        v = self._value(f"lot:{name}")
+        if v not in (None, ""):
+            return str(v)
+        return self.lots.get(name)
 
     @property
     def record(self) -> JobRecord | None:

@@ -50,7 +50,9 @@ class JobTracker:
     _running_since: float | None = None
     materials: Mapping[str, MaterialDef] = field(default_factory=dict)
     _mat: dict[str, MaterialCount] = field(default_factory=dict)  # kind counter: advance since the start
-    _mat_total: dict[str, float] = field(default_factory=dict)  # kind job_total: the device's figure
+    _mat_total: dict[str, float] = field(default_factory=dict)  # kinds job_total, per_part: the amount
+    _pp_last: dict[str, int] = field(default_factory=dict)  # kind per_part: parts produced when last counted
+    _lot: dict[str, str] = field(default_factory=dict)  # the lot of each material in use (kept across jobs)
     _mat_in: Mapping[str, float | None] = field(default_factory=dict)  # this observation's raw values
     # per-job diameter and density (the job's own figures, e.g. from the slicer), by material
     _mat_params: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
@@ -64,6 +66,7 @@ class JobTracker:
     def _reset_materials(self) -> None:
         self._mat = {n: MaterialCount(d.modulus) for n, d in self.materials.items() if d.kind == "counter"}
         self._mat_total = {}
+        self._pp_last = {}
         self._energy = MaterialCount()
 
     def observe(
@@ -81,9 +84,13 @@ class JobTracker:
         materials: Mapping[str, float | None] | None = None,
         energy_kwh: float | None = None,
         material_params: Mapping[str, tuple[float | None, float | None]] | None = None,
+        lots: Mapping[str, str | None] | None = None,
     ) -> list[JobEvent]:
         events: list[JobEvent] = []
         self._mat_in = materials or {}
+        for name, lot in (lots or {}).items():
+            if lot:  # an unreadable or empty lot keeps the last one known
+                self._lot[name] = lot
         if material_params:
             self._mat_params = material_params
         self._energy_in = energy_kwh
@@ -97,7 +104,9 @@ class JobTracker:
                 self._end(now_ms, JobState.COMPLETED if completed else JobState.ABORTED, "next job")
             )
             cur = None
-        if job is not None and (cur is None or (cur.job_id != job)):
+        if job is not None and (cur is None or (cur.job_id != job)) and not (completed or stopped):
+            # (a job first seen when it has already ended, e.g. the last one of an OPC UA
+            # machine at cellctl's start, is not one cellctl saw: no record of 0 parts)
             self.current = JobRecord(
                 job_id=job,
                 order_id=None if order_id in (None, "") else str(order_id),
@@ -167,7 +176,7 @@ class JobTracker:
             cycle_time_s=j["cycle_time_s"],
             energy_kwh=j.get("energy_kwh"),
             materials=tuple(
-                MaterialUse(n, m["amount"], m["unit"], m["volume_cm3"], m["mass_g"])
+                MaterialUse(n, m["amount"], m["unit"], m["volume_cm3"], m["mass_g"], m.get("lot"), m.get("form"))
                 for n, m in (j.get("materials") or {}).items()
             ),
         )
@@ -181,8 +190,13 @@ class JobTracker:
         if saved.get("energy"):
             self._energy.last, self._energy.total = saved["energy"]
         for m in record.materials:
-            if name_kind(self.materials, m.name) == "job_total":
+            kind = name_kind(self.materials, m.name)
+            if kind in ("job_total", "per_part"):
                 self._mat_total[m.name] = m.amount
+            if kind == "per_part":
+                self._pp_last[m.name] = record.produced
+            if m.lot is not None:
+                self._lot.setdefault(m.name, m.lot)
         if record.state in ENDED:
             return []
         same = job_id not in (None, "", 0) and str(job_id) == record.job_id
@@ -198,10 +212,10 @@ class JobTracker:
             if self._energy_in is not None:
                 energy = self._energy.update(self._energy_in)
             self.current = replace(
-                self.current, good=g, scrap=b, produced=g + b, materials=self._used(), energy_kwh=energy
+                self.current, good=g, scrap=b, produced=g + b, materials=self._used(g + b), energy_kwh=energy
             )
 
-    def _used(self) -> tuple[MaterialUse, ...]:
+    def _used(self, produced: int) -> tuple[MaterialUse, ...]:
         """Material used so far, one entry per declared material (0 until it is read)."""
         out: list[MaterialUse] = []
         for name, d in self.materials.items():
@@ -209,12 +223,21 @@ class JobTracker:
             if d.kind == "counter":
                 count = self._mat[name]
                 amount = count.update(raw) if raw is not None else count.total
+            elif d.kind == "per_part":
+                # each part made since the last count takes the job's current figure per part
+                # (parts made while the figure is unknown wait for it: none is left out)
+                per_part = raw if raw is not None and raw > 0 else d.per_part
+                amount = self._mat_total.get(name, 0.0)
+                if per_part is not None:
+                    amount += (produced - self._pp_last.get(name, 0)) * per_part
+                    self._pp_last[name] = produced
+                    self._mat_total[name] = amount
             else:
                 if raw is not None:
                     self._mat_total[name] = raw
                 amount = self._mat_total.get(name, 0.0)
             diameter, density = self._mat_params.get(name, (None, None))
-            out.append(_derive(name, amount, d, diameter, density))
+            out.append(_derive(name, amount, d, diameter, density, lot=self._lot.get(name)))
         return tuple(out)
 
     def _clock(self, machine: MachineState, now_ms: int) -> None:
@@ -255,7 +278,13 @@ def name_kind(materials: Mapping[str, MaterialDef], name: str) -> str | None:
 
 
 def _derive(
-    name: str, amount: float, d: MaterialDef, job_diameter: float | None = None, job_density: float | None = None
+    name: str,
+    amount: float,
+    d: MaterialDef,
+    job_diameter: float | None = None,
+    job_density: float | None = None,
+    *,
+    lot: str | None = None,
 ) -> MaterialUse:
     """Volume from a length and the filament diameter, mass from the volume and density;
     the job's own figures (when positive) before the profile's."""
@@ -267,4 +296,4 @@ def _derive(
         volume = math.pi * (diameter / 2) ** 2 * length_mm / 1000.0  # mm3 -> cm3
         if density is not None:
             mass = volume * density
-    return MaterialUse(name, amount, d.unit, volume, mass)
+    return MaterialUse(name, amount, d.unit, volume, mass, lot, d.form)

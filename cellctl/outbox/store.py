@@ -19,8 +19,10 @@ Bounds and the drop policy (every drop counted by reason and reported, never sil
                 2. the oldest non-retained messages ("max_bytes");
                 3. the oldest retained messages ("max_bytes").
 
-Thread safety: one connection behind a lock, so any thread may call; `OutboxWriter`
-(writer.py) keeps all of it on one dedicated thread so the event loop never waits.
+Thread safety: one connection behind a lock, so any thread may call; checkpoints
+(`sync`) use a second connection so that they never hold up a commit. `OutboxWriter`
+(writer.py) commits from the event loop with `nowait` (never waiting for a lock) unless
+every commit syncs (fsync=always), and runs everything else on its thread.
 """
 
 from __future__ import annotations
@@ -71,6 +73,10 @@ class OutboxError(Exception):
 
 class OutboxLocked(OutboxError):
     """Another process (or connection) holds the outbox."""
+
+
+class OutboxBusy(OutboxLocked):
+    """A `nowait` commit found the write lock taken: nothing was written; try again."""
 
 
 class OutboxCorrupt(OutboxError):
@@ -139,6 +145,11 @@ class OutboxStats:
     file_bytes: int = 0
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorname", "")
+    return code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in str(exc)
+
+
 def _size(r: Record) -> int:
     return len(r.payload) + len(r.topic) + len(r.stream) + ROW_OVERHEAD
 
@@ -178,11 +189,20 @@ class Outbox:
         self.acked_total = 0
         self.dropped: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._next_id = 1
+        self._head_ms: int | None = None  # created_ms of the oldest message, as last read
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._busy_now_ms = self._busy_timeout_ms
         self._last_sync = time.monotonic()
+        # checkpoints run on a connection of their own, so a commit never waits for one
+        # (a checkpoint syncs the disk; the commits may run on the event loop)
+        self._sync_lock = threading.Lock()
+        self._sync_db: sqlite3.Connection | None = None
         self._lockfd = self._take_process_lock()
         try:
             self._db = self._open(busy_timeout_s)
             self._count, self._bytes = self._totals()
+            self._next_id = self._last_assigned() + 1
         except sqlite3.DatabaseError as exc:
             os.close(self._lockfd)
             raise self._wrap(exc) from None
@@ -215,6 +235,9 @@ class Outbox:
                 raise OutboxError(self.path, f"cannot switch to WAL mode (got {mode!r})")
             db.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.fsync]}")
             db.execute("PRAGMA journal_size_limit=67108864")  # truncate a grown WAL after checkpoints
+            # no automatic checkpoint inside a commit: `sync()` checkpoints, on the writer's
+            # thread, at most every sync_interval_s (and whenever the WAL has grown a lot)
+            db.execute("PRAGMA wal_autocheckpoint=0")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version not in (0, _SCHEMA_VERSION):
                 raise OutboxError(self.path, f"schema version {version} is newer than this cellctl knows")
@@ -246,11 +269,20 @@ class Outbox:
         return OutboxError(self.path, text)
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, nowait: bool = False) -> Iterator[sqlite3.Connection]:
         with self._lock:
             db = self._db
             try:
-                db.execute("BEGIN IMMEDIATE")
+                wait_ms = 0 if nowait else self._busy_timeout_ms
+                if wait_ms != self._busy_now_ms:  # only when switching: one pragma
+                    db.execute(f"PRAGMA busy_timeout={wait_ms}")
+                    self._busy_now_ms = wait_ms
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if nowait and _is_busy(exc):
+                        raise OutboxBusy(self.path, "the write lock is taken; not waiting") from None
+                    raise
                 try:
                     yield db
                     db.execute("COMMIT")
@@ -264,8 +296,16 @@ class Outbox:
 
     def _recount(self) -> None:
         """After a rolled-back transaction the running totals are wrong: read them again."""
+        self._head_ms = None
         with contextlib.suppress(sqlite3.Error):
             self._count, self._bytes = self._totals()
+
+    def _last_assigned(self) -> int:
+        """The highest id ever handed out (AUTOINCREMENT's counter), so ids keep growing
+        after the table was emptied or the file reopened."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+        top = self._db.execute("SELECT MAX(id) FROM messages").fetchone()[0]
+        return max(int(row[0]) if row is not None else 0, int(top) if top is not None else 0)
 
     def _totals(self) -> tuple[int, int]:
         count, size = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages").fetchone()
@@ -281,41 +321,49 @@ class Outbox:
         """Forget acknowledged messages; unknown ids (already acked or dropped) are ignored."""
         return self.commit((), ids).acked
 
-    def commit(self, records: Sequence[Record], ack_ids: Iterable[int]) -> AppendResult:
+    def commit(
+        self, records: Sequence[Record], ack_ids: Iterable[int], *, nowait: bool = False, sync: bool = True
+    ) -> AppendResult:
         """Append `records` and remove `ack_ids` in one transaction (the writer's cycle),
-        then enforce the age and size bounds. Returns the new ids and what was dropped."""
+        then enforce the age and size bounds. Returns the new ids and what was dropped.
+
+        `nowait`: raise `OutboxBusy` at once instead of waiting up to the busy timeout
+        when another connection holds the write lock (for a caller on the event loop).
+        `sync=False` leaves the periodic checkpoint (`sync_due`/`sync`) to the caller, so
+        that a commit never includes one (it syncs the disk)."""
         now_ms = int(self.clock() * 1000)
         acks = sorted(set(ack_ids))
         drops: list[DropEvent] = []
-        with self._transaction() as db:
-            first = last = 0
+        with self._transaction(nowait=nowait) as db:
+            first = self._next_id
+            last = first + len(records) - 1
             if records:
+                # explicit ids (this connection is the only writer): no read-back of the
+                # counter per commit; AUTOINCREMENT still records the highest one
                 rows = [
-                    (r.stream, r.topic, r.payload, r.qos, int(r.retain), r.fmt, now_ms, _size(r))
-                    for r in records
+                    (i, r.stream, r.topic, r.payload, r.qos, int(r.retain), r.fmt, now_ms, _size(r))
+                    for i, r in enumerate(records, first)
                 ]
                 db.executemany(
-                    "INSERT INTO messages (stream, topic, payload, qos, retain, fmt, created_ms, size)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO messages (id, stream, topic, payload, qos, retain, fmt, created_ms, size)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-                last = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()[0]
-                first = last - len(records) + 1
                 self._count += len(records)
-                self._bytes += sum(row[7] for row in rows)
+                self._bytes += sum(row[8] for row in rows)
             acked = self._delete(db, acks) if acks else (0, 0)
             drops.extend(self._enforce(db, now_ms))
             self.appended_total += len(records)
             self.acked_total += acked[0]
             for d in drops:
                 self.dropped[d.reason] += d.count
-        self._maybe_sync()
+        self._next_id = last + 1  # committed (a failed transaction raised above)
+        if sync:
+            self._maybe_sync()
         if self.on_drop is not None:
             for d in drops:
                 self.on_drop(d)
-        return AppendResult(
-            ids=range(first, last + 1) if records else range(0), acked=acked[0], drops=tuple(drops)
-        )
+        return AppendResult(ids=range(first, last + 1) if records else range(0), acked=acked[0], drops=tuple(drops))
 
     def _delete(self, db: sqlite3.Connection, ids: Sequence[int]) -> tuple[int, int]:
         """Delete acknowledged messages by id; returns (rows, bytes)."""
@@ -334,7 +382,12 @@ class Outbox:
     def _enforce(self, db: sqlite3.Connection, now_ms: int) -> list[DropEvent]:
         drops: list[DropEvent] = []
         cutoff = now_ms - self.max_age_ms
-        head = db.execute("SELECT created_ms FROM messages ORDER BY id LIMIT 1").fetchone()
+        head = None
+        if self._head_ms is None or self._head_ms < cutoff:
+            # the oldest enqueue time only grows (acks and drops remove from the head end or
+            # the middle), so a read is needed only when the last one read had expired
+            head = db.execute("SELECT created_ms FROM messages ORDER BY id LIMIT 1").fetchone()
+            self._head_ms = head[0] if head is not None else now_ms
         if head is not None and head[0] < cutoff:
             # enqueue times grow with id (one writer, one clock); a clock stepped back can
             # only delay an expiry, never expire something young
@@ -409,20 +462,31 @@ class Outbox:
         with self._lock:
             self.dropped[reason] += count
 
+    def sync_due(self) -> bool:
+        """Whether a checkpoint is due: every `sync_interval_s` (fsync=batch: what a power
+        cut can lose; the other policies: what keeps the WAL file small)."""
+        return time.monotonic() - self._last_sync >= self.sync_interval_s
+
     def _maybe_sync(self) -> None:
-        if self.fsync != "batch":
-            return
-        now = time.monotonic()
-        if now - self._last_sync >= self.sync_interval_s:
+        if self.sync_due():
             self.sync()
 
     def sync(self) -> None:
-        """Make everything committed so far survive a power cut (fsync=batch): a passive
-        checkpoint syncs the WAL first. Cheap when nothing changed."""
-        with self._lock:
+        """Checkpoint: make everything committed so far survive a power cut (fsync=batch;
+        a passive checkpoint syncs the WAL first) and let the WAL start over. On its own
+        connection, so it never blocks a commit. Cheap when nothing changed."""
+        with self._sync_lock:
             self._last_sync = time.monotonic()
             try:
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                if self._sync_db is None:
+                    self._sync_db = sqlite3.connect(
+                        self.path,
+                        timeout=self._busy_timeout_ms / 1000,
+                        isolation_level=None,
+                        check_same_thread=False,
+                    )
+                    self._sync_db.execute(f"PRAGMA synchronous={_SYNCHRONOUS[self.fsync]}")
+                self._sync_db.execute("PRAGMA wal_checkpoint(PASSIVE)")
             except sqlite3.Error as exc:
                 raise self._wrap(exc) from None
 
@@ -496,9 +560,12 @@ class Outbox:
             if self._lockfd < 0:
                 return
             try:
-                if self.fsync != "off":
-                    with contextlib.suppress(sqlite3.Error):
-                        self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                with self._sync_lock:
+                    if self._sync_db is not None:
+                        self._sync_db.close()
+                        self._sync_db = None
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                 self._db.close()
             finally:
                 os.close(self._lockfd)

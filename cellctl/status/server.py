@@ -1,5 +1,5 @@
 """The status page server: aiohttp on the daemon's own event loop (see
-docs/decisions/0010-status-page-server.md), read-only, GET only.
+docs/decisions/0011-status-page-server.md), read-only, GET only.
 
     GET /             the page (static HTML; every value is put in by page.js as text)
     GET /page.js      the script, /page.css the style: no build step, no CDN

@@ -119,6 +119,29 @@ class CommandClient:
         result: dict[str, Any] = self.wait(found, timeout, f"a final answer to {request_id!r}")
         return result
 
+    def probe(self, device: str, timeout: float = 30.0) -> dict[str, Any]:
+        """Send a command that is always refused (a write to a point no profile has, so
+        nothing reaches a machine) until one is answered:
+        the daemon's command subscription may not be in place yet when the device is
+        already online, and a command sent before it is not delivered to the daemon at all.
+        Returns the answer; the probes' ids start with `probe`."""
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, 1000):
+            request_id = f"probe-{attempt}"
+            self.send(device, {"id": request_id, "command": "write", "args": {"point": "__probe__", "value": 0}})
+            try:
+                return self.final(request_id, timeout=min(1.0 * attempt, max(0.1, deadline - time.monotonic())))
+            except AssertionError:
+                if time.monotonic() >= deadline:
+                    raise
+        raise AssertionError("unreachable: probe attempts exhausted")
+
+    async def async_probe(self, device: str, timeout: float = 30.0) -> dict[str, Any]:
+        """`probe` for async tests (in a thread, so the daemon's loop goes on)."""
+        import asyncio
+
+        return await asyncio.to_thread(self.probe, device, timeout)
+
     async def async_wait(self, predicate: Callable[[list[Answer]], Any], timeout: float = 10.0) -> Any:
         """`wait` for async tests (in a thread, so the daemon's loop goes on)."""
         import asyncio

@@ -42,6 +42,8 @@ class Collector:
         client_id: str | None = None,
         clean_session: bool = True,
         tls: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.messages: list[Message] = []
         self._cond = threading.Condition()
@@ -52,6 +54,8 @@ class Collector:
             clean_session=clean_session,
         )
         self.client.max_queued_messages_set(0)
+        if username is not None:  # a broker with `users` (cellctl.localbroker.Mosquitto)
+            self.client.username_pw_set(username, password)
         if tls is not None:  # a broker with TLS (cellctl.localbroker.BrokerTls)
             self.client.tls_set_context(tls)
         self.client.reconnect_delay_set(0.05, 0.2)  # type: ignore[arg-type]  # paho takes float seconds
@@ -118,4 +122,3 @@ class Collector:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
-

@@ -81,8 +81,15 @@ class Capture:
         with self._lock:
             return list(self.messages)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
-        self.client.publish(topic, payload, qos, retain).wait_for_publish(5)
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, *, user: dict[str, str] | None = None
+    ) -> None:
+        """Publish as a host would; `user`: MQTT 5 user properties (a declared identity)."""
+        props = None
+        if user:
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.UserProperty = list(user.items())
+        self.client.publish(topic, payload, qos, retain, properties=props).wait_for_publish(5)
 
     async def until(
         self, predicate: Callable[[list[SpMessage]], Any], timeout: float = 15.0, what: str = ""

@@ -59,6 +59,44 @@ def test_the_machine_model_is_deterministic_and_jobs_start_only_from_idle() -> N
     assert m.state == "Running"  # not autonomous: stays until told
 
 
+def test_jobs_follow_the_machine_with_their_own_quantities() -> None:
+    """OPC 40001-3 / 10031-4 job semantics: the machine starts jobs by itself, each with its
+    own produced / good / scrap quantities; an ended job stays until the next one; a hold
+    interrupts it, an alarm aborts it; StartJob runs the caller's job."""
+    m = Machine(tick=2.0, seed=11)
+    seen: list[tuple[str, str]] = []
+    good0 = bad0 = 0
+    progress: list[float] = []
+    for _ in range(400):
+        m.advance()
+        if m.job:
+            progress.append(m.progress)
+        if m.job and (not seen or seen[-1] != (m.job, m.job_state)):
+            if m.job_state == "Running" and (not seen or seen[-1][0] != m.job):
+                good0, bad0 = m.good, m.bad  # a new job: the machine's counters at its start
+            seen.append((m.job, m.job_state))
+        if m.job_state == "Ended":
+            break
+    assert m.job.startswith("JOB-")
+    assert m.order.startswith("PO-")
+    assert m.program
+    assert [st for _j, st in seen] == ["Running", "Interrupted", "Running", "Ended"]
+    assert m.state == "Idle"
+    assert m.values["Job/JobId"] == m.job, "an ended job stays the current one"
+    assert progress == sorted(progress), "a held job resumes where it stood"
+    assert progress[-1] == 100.0
+    assert (m.job_good, m.job_scrap) == (m.good - good0, m.bad - bad0)
+    assert m.values["Job/ProducedQuantity"] == m.job_good + m.job_scrap > 0
+    m.start_job("J-9")
+    assert (m.job, m.order, m.job_state, m.job_good, m.job_scrap) == ("J-9", "", "Running", 0, 0)
+    m.force_state("Alarm", alarm=17)
+    assert m.job_state == "Aborted"
+    m.force_state("Idle")
+    m.force_state("Running")  # after an aborted job, Running is a new job
+    assert m.job != "J-9"
+    assert m.job_state == "Running"
+
+
 @in_module_loop
 async def test_nodes_hold_the_machines_values_with_their_data_types(
     opcua_sim: SimOpcUaServer, client: Client

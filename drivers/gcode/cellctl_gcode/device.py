@@ -1,5 +1,6 @@
 """One open G-code machine: the serial link, the dialect session, the published fields,
-and the background work (status, watchdog, job progress, job folder), all owned here.
+and the background work (status, watchdog, job progress), all owned here. The job
+folder is the core's (cellctl/commands/folder.py): it uses `JobControl` and `JobWatcher`.
 
 The daemon uses it as a `Subscriber` (status pushes become partial Readings) and a
 `Writer` (control points); the CLI (`cellctl gcode send|console`) drives the same
@@ -26,12 +27,13 @@ from cellctl_gcode.marlin_session import MarlinSession
 from cellctl_gcode.program import Program
 from cellctl_gcode.serialport import SerialLink
 from cellctl_gcode.session import Command, FieldCache, Reply, Session
-from cellctl_gcode.spool import JobSpool, start_named
+from cellctl_gcode.spool import start_named
 from cellctl_gcode.timing import Ticker
 
 log = structlog.get_logger("cellctl.gcode")
 
 CLOSE_TIMEOUT = 2.0
+FINISHED_KEPT = 16  # summaries of ended jobs kept for `job_wait`
 
 
 def model(value: Any, cls: type[Any]) -> Any:
@@ -88,6 +90,7 @@ class GcodeDevice:
         self._supervisor: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._job_event = asyncio.Event()
+        self._finished: dict[str, dict[str, Any]] = {}  # the last jobs' summaries, by name
         self.fields.update(
             {
                 "job.state": JobState.IDLE.value, "job.id": "", "job.name": "", "job.lines_total": 0, "job.lines_sent": 0,
@@ -222,9 +225,6 @@ class GcodeDevice:
             tg.create_task(self._guard("status", session.status_loop), name=f"gcode-status:{self.ctx.device_id}")
             tg.create_task(self._guard("watchdog", session.watchdog_loop), name=f"gcode-watchdog:{self.ctx.device_id}")
             tg.create_task(self._guard("progress", self._progress_loop), name=f"gcode-progress:{self.ctx.device_id}")
-            if self.options.job_dir is not None:
-                spool = JobSpool(self, self.options.job_dir, self.options.job_suffixes)
-                tg.create_task(self._guard("job_dir", spool.run), name=f"gcode-spool:{self.ctx.device_id}")
 
     async def _guard(self, name: str, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """A background task's error boundary: a bug becomes a lost device, not a crash."""
@@ -292,6 +292,11 @@ class GcodeDevice:
         job = self._need_session().job
         if job is not None:
             self.fields.update(job.fields())
+            if not job.active:
+                self._finished.pop(job.name, None)
+                self._finished[job.name] = job.summary()
+                while len(self._finished) > FINISHED_KEPT:
+                    del self._finished[next(iter(self._finished))]
         self._job_event.set()
         self._schedule_flush()
 
@@ -365,6 +370,22 @@ class GcodeDevice:
         RuntimeError (JobRejected) if the machine is not ready; nothing sent then."""
         program = Program.from_lines(content.decode("latin-1").splitlines(), dialect=self.dialect, name=name)
         self.start_job(Job(program, name=name))
+
+    # JobWatcher (cellctl.driver): what the core's job folder needs.
+
+    def job_not_ready(self) -> str | None:
+        return self.not_ready()
+
+    async def job_wait(self, name: str) -> dict[str, Any]:
+        """The summary of job `name` once it ends (a lost link fails it)."""
+        job = self._need_session().job if self.session is not None else None
+        if job is None or job.name != name:
+            finished = self._finished.get(name)
+            if finished is None:
+                raise LookupError(f"no job {name!r}")
+            return finished
+        await asyncio.shield(job.done)
+        return job.summary()
 
     async def job_pause(self) -> None:
         self.pause()

@@ -98,7 +98,7 @@ _LIST: list[FieldInfo] = [
     _f("control.pause", "bool", BOTH, "write true: pause the job (GRBL feed hold; Marlin stops streaming)", True),
     _f("control.resume", "bool", BOTH, "write true: resume a paused job", True),
     _f("control.cancel", "bool", BOTH, "write true: cancel the job", True),
-    _f("control.start", "string", BOTH, "write a file name inside options.job_dir: start that job", True),
+    _f("control.start", "string", BOTH, "write a file name inside options.job_dir (deprecated): start that job", True),
 ]
 
 FIELDS: Final[dict[str, FieldInfo]] = {f.name: f for f in _LIST}

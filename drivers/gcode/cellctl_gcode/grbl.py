@@ -117,6 +117,17 @@ def line_kind(line: bytes) -> LineKind:
     return LineKind.STREAM
 
 
+_PROGRAM_END = re.compile(rb"M0*(2|30)(?![\d.])", re.I)
+
+
+def program_end(line: bytes) -> str | None:
+    """`M2` or `M30` when a compacted line ends the program (RS274/NGC program end), else
+    None. GRBL runs it only once the planner is empty, so its `ok` comes when the program's
+    motion is over."""
+    m = _PROGRAM_END.search(line)
+    return f"M{m.group(1).decode()}" if m else None
+
+
 def dwell_seconds(line: bytes) -> float:
     """Seconds a G4 line keeps the machine busy without acknowledging (0 if not a dwell)."""
     text = line.decode("ascii", "replace").upper()

@@ -21,6 +21,7 @@ A job halts at the first `error:N` (and holds, resets or just stops streaming, a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from typing import Any
@@ -76,6 +77,11 @@ class GrblSession(Session):
         self.critical = False
         self.homing = False
         self.expect_reset = False
+        # After a reset banner: the `$G` whose `[GC:...]` report marks where the answers to
+        # lines written before the reset end (see _on_banner); None when in step.
+        self.resync: Command | None = None
+        self._resync_report = False
+        self.stale_answers = 0
         self.last_ack_at = time.monotonic()
         self.wco: tuple[float, ...] | None = None
 
@@ -87,6 +93,8 @@ class GrblSession(Session):
     # -- input ----------------------------------------------------------------------------
 
     def on_line(self, text: str) -> None:
+        if self.resync is not None and self._stale(text):
+            return
         if text == "ok":
             self._ack(0)
             return
@@ -118,6 +126,19 @@ class GrblSession(Session):
             if isinstance(tag, Command):
                 tag.add_line(text)
 
+    def _stale(self, text: str) -> bool:
+        """While resynchronising: True for the answer to a line written before the reset."""
+        resync = self.resync
+        if text.startswith("[GC:") and self.in_flight and self.in_flight[0][1] is resync:
+            self._resync_report = True
+            return False
+        if (text == "ok" or text.startswith("error:")) and not self._resync_report:
+            self.stale_answers += 1
+            if self.stale_answers <= 3 or self.stale_answers % 100 == 0:
+                self.log.info("grbl_stale_answer", answer=text, count=self.stale_answers)
+            return True
+        return False
+
     def _ack(self, code: int) -> None:
         if not self.in_flight:
             self.stray_acks += 1
@@ -126,6 +147,8 @@ class GrblSession(Session):
             return
         size, tag, job = self.in_flight.popleft()
         self.in_flight_bytes -= size
+        if tag is self.resync:
+            self.resync = None  # in step again: every stale line has been answered
         self.last_ack_at = time.monotonic()
         if self.sync_in_flight and not self.in_flight:
             self.sync_in_flight = False
@@ -136,7 +159,9 @@ class GrblSession(Session):
                 self._job_line_failed(job, tag, code)
             elif job.acked >= job.total and job.next >= job.total and job.active and not job.cancel_requested:
                 job.finish(JobState.COMPLETED)
-                self.log.info("job_completed", job=job.name, lines=job.total, elapsed=round(job.elapsed, 3))
+                # with M2/M30 as the last line, this ok came once the program's motion ended
+                end = {"program_end": job.program.end_word} if job.program.end_word else {}
+                self.log.info("job_completed", job=job.name, lines=job.total, elapsed=round(job.elapsed, 3), **end)
                 self.job_changed()
         elif isinstance(tag, Command):
             if code:
@@ -267,6 +292,21 @@ class GrblSession(Session):
                 )
         self.expect_reset = False
         self.log.info("grbl_reset", banner=text, lines_lost=lost)
+        # Lines written before the reset may still be on their way (the pty, the USB
+        # adapter) and are answered by the new firmware with an ok or error each, which
+        # would be taken for the answers to what is sent next. GRBL's answers carry no
+        # line number, so a `$G` (allowed in any state) goes first, alone: every ok or
+        # error before its `[GC:...]` report answers a stale line and is dropped.
+        if self.resync is not None:
+            with contextlib.suppress(ValueError):
+                self.commands.remove(self.resync)
+            self.resync.abort("the machine reset again")
+        self.resync = Command(b"$G", sync=True, quiet=True)
+        self._resync_report = False
+        self.commands.appendleft(self.resync)
+        # the state before the reset (Run) no longer holds: ask now, so the report (a
+        # real-time answer) is in before the answer to $G and what follows it
+        self.ask_status(force=True)
         self._banner_event.set()
         self._pump()
 

@@ -151,4 +151,6 @@ class Job:
             "filament_mm": self.filament_mm,
             "started": self.started_wall,
             "elapsed": round(self.elapsed, 3),
+            **({"program_end": self.program.end_word} if self.program.end_word else {}),
+            **({"lines_after_end": self.program.lines_after_end} if self.program.lines_after_end else {}),
         }

@@ -241,7 +241,12 @@ class MarlinSession(Session):
         if marker is not None:
             self.stale_requests += 1
             self.marker_hold_until = time.monotonic() + QUIET
-            if marker in self.sent:
+            if marker.n is not None and n > marker.n:
+                # The firmware holds the marker's number (an earlier copy got in; its ok
+                # was lost or taken for a resend's own): resending it would be refused
+                # for ever. The marker is done; this request is an echo of a copy.
+                self._marker_held(marker)
+            elif marker in self.sent:
                 self._resend_marker("echo after it")  # that echo's flush may have taken it
             else:
                 self._pump()
@@ -293,6 +298,17 @@ class MarlinSession(Session):
                 )
                 return
         self._drop_finished_job_lines()
+        self._pump()
+
+    def _marker_held(self, marker: _Entry) -> None:
+        self.log.info("marlin_marker_held", line=marker.n)
+        with contextlib.suppress(ValueError):
+            self.sent.remove(marker)
+        with contextlib.suppress(ValueError):
+            self.outbox.remove(marker)
+        self.marker = None
+        self.history.append(marker)
+        self.last_progress = time.monotonic()
         self._pump()
 
     def _resend_marker(self, why: str) -> None:
@@ -386,8 +402,7 @@ class MarlinSession(Session):
         self.sent.clear()
         self.outbox.clear()
         self.history.clear()
-        self.next_n = 1
-        self.marker = None
+        self._resync_after_start()
         self.expect_resend_ok = False
         self.probe_sent_at = None
         self.killed = self.stopped = False
@@ -407,6 +422,20 @@ class MarlinSession(Session):
         self._update_state()
         if self.starts > 0 and self.firmware.name:
             self._configure_reports()  # auto-reports are off after a reset
+        self._pump()
+
+    def _resync_after_start(self) -> None:
+        """Lines already on the wire when the firmware restarted still reach it, each
+        answered `Error:Line Number ... Last Line: 0` + `Resend: 1` (and a flush of its
+        input). A line N1 of ours could be accepted between two of them, and the next
+        echo taken for a request to send it again. So the first numbered line after a
+        `start` is a marker (M105 N1, nothing behind it until its ok): every resend
+        request before that ok is an echo of a stale line, as after any resend request."""
+        self.marker = _Entry(b"M105", n=1, sync=True, barrier=True)
+        self.marker.data = marlin.frame(1, self.marker.cmd)
+        self.marker_hold_until = time.monotonic() + QUIET
+        self.outbox.appendleft(self.marker)
+        self.next_n = 2
 
     def _on_action(self, action: str) -> None:
         self.dev.fields.set("message", f"//action:{action}")
@@ -554,6 +583,7 @@ class MarlinSession(Session):
             self.sent.clear()
             self.outbox.clear()
             self.next_n = 1
+            self.marker = None
             self.outbox.append(_Entry(b"M110 N0", numbered=False, sync=True))
             cmd_probe = self.submit("M115")
             if await self._await(cmd_probe, min(1.5, max(0.1, deadline - loop.time()))):

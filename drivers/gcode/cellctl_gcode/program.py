@@ -59,6 +59,10 @@ class Program:
     # as PrusaSlicer, SuperSlicer and OrcaSlicer write them): None when the file does not say.
     filament_diameter_mm: float | None = None
     filament_density_g_cm3: float | None = None
+    # GRBL: the M2/M30 that ends the program (its last line), and how many lines followed
+    # it in the file: never sent (RS274/NGC: nothing after the program end runs).
+    end_word: str | None = None
+    lines_after_end: int = 0
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -91,6 +95,8 @@ class Program:
         sources = array("I")
         flags = bytearray()
         slicer: dict[str, float] = {}
+        end_word: str | None = None
+        after_end = 0
         for number, raw in enumerate(lines, start=1):
             text = raw.rstrip("\r\n")
             if ";" in text and "filament_d" in text:
@@ -106,6 +112,9 @@ class Program:
                 )
             if not line or line == "%":
                 continue
+            if end_word is not None:
+                after_end += 1
+                continue
             if not line.isascii():
                 raise ProgramError(f"job {name!r}: line {number} contains non-ASCII characters: {line[:40]!r}")
             if len(line) > limit:
@@ -115,6 +124,7 @@ class Program:
                 kind = grbl.line_kind(encoded)
                 waits = grbl.dwell_seconds(encoded) > 0 if b"4" in encoded else False
                 flags.append(int(kind) | (FLAG_WAITS if waits else 0))
+                end_word = grbl.program_end(encoded)
             else:
                 if b"*" in encoded:
                     raise ProgramError(
@@ -126,7 +136,7 @@ class Program:
             sources.append(number)
         return cls(
             name, dialect, bytes(data), offsets, sources, bytes(flags),
-            slicer.get("filament_diameter"), slicer.get("filament_density"),
+            slicer.get("filament_diameter"), slicer.get("filament_density"), end_word, after_end,
         )  # fmt: skip
 
     @classmethod

@@ -271,6 +271,11 @@ class Session(abc.ABC):
         self.job = job
         self._mark_progress()
         self.log.info("job_started", job=job.name, lines=job.total, bytes=job.program.bytes_total, **self._job_log())
+        if job.program.lines_after_end:
+            self.log.warning(
+                "job_lines_after_program_end", job=job.name, program_end=job.program.end_word,
+                not_sent=job.program.lines_after_end,
+            )
         self._state_changed()
         self.job_changed()
         if job.total == 0:

@@ -323,3 +323,21 @@ async def test_homing_is_silent_but_not_a_lost_machine(grbl_factory: Any) -> Non
         reply = await dev.command("$H", timeout=10)
         assert reply.ok
         assert not dev.closed.is_set()
+
+
+async def test_m30_completes_the_job_once_its_motion_is_over_and_nothing_after_it_is_sent(grbl_factory: Any) -> None:
+    """Issue 11 §2: GRBL has no job, but a program cellctl streams ends with M2/M30, which
+    GRBL runs only once the planner is empty: its ok is the program's real end."""
+    sim: GrblSim = await grbl_factory(speedup=20.0)
+    lines = ["G21G90", "G1X100Y100F3000", "G1X150Y100F600", "M30", "G0X10", "G0X20"]
+    prog = program(lines, name="end.nc")
+    assert (prog.end_word, prog.lines_after_end, len(prog)) == ("M30", 2, 4)
+    async with open_device(ctx(sim.path)) as dev:
+        job = await dev.run_job(prog)
+        at_end = sim.current_position()
+    assert job.state == JobState.COMPLETED, job.error
+    assert at_end[:2] == pytest.approx((150.0, 100.0)), "completed only once the last move was over"
+    assert sim.executed[-1] == "M30"
+    assert "G0X10" not in sim.executed
+    assert job.summary()["program_end"] == "M30"
+    assert job.summary()["lines_after_end"] == 2

@@ -194,3 +194,67 @@ def test_a_session_takes_any_line_and_publishes_only_bounded_values(dialect: str
     lines = [t for t in lines if t]
     for reading in asyncio.run(_feed(dialect, lines)):
         assert all(_bounded(v) for v in reading.values)
+
+
+@pytest.mark.parametrize(
+    ("line", "end"),
+    [(b"M30", "M30"), (b"M2", "M2"), (b"M02", "M2"), (b"m30", "M30"), (b"G0X1M30", "M30"), (b"M030", "M30"),
+     (b"M3S1000", None), (b"M20", None), (b"M300", None), (b"M2.5", None), (b"G1X2", None), (b"G30", None)],
+)
+def test_program_end_is_m2_or_m30_as_a_word(line: bytes, end: str | None) -> None:
+    assert grbl.program_end(line) == end
+
+
+def test_a_grbl_program_ends_at_its_first_m2_or_m30() -> None:
+    from cellctl_gcode.program import Program
+
+    program = Program.from_lines(["G21 G90", "G0 X1", "M30 ; end", "", "G0 X9", "(tail)", "M2"], dialect="grbl", name="p")
+    assert program.lines() == ["G21G90", "G0X1", "M30"]
+    assert (program.end_word, program.lines_after_end) == ("M30", 2)  # G0X9 and M2: not sent
+    marlin_prog = Program.from_lines(["G1 X1", "M30 old.gco", "G1 X2"], dialect="marlin", name="p")
+    assert len(marlin_prog) == 3, "Marlin's M30 deletes an SD file: not a program end"
+    assert marlin_prog.end_word is None
+
+
+class _Wire:
+    """A link that keeps what the session writes (no port, no firmware)."""
+
+    is_open = True
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+
+    write_realtime = write_urgent = write
+
+    def close(self, reason: str = "") -> None:
+        self.is_open = False
+
+
+async def test_marlin_after_start_numbered_lines_wait_for_a_marker_the_firmware_may_already_hold() -> None:
+    """Lines written before a reset reach the new firmware after its `start`, each answered
+    `Resend: 1`. The first numbered line is a marker; a later request for line 2 says the
+    firmware holds the marker (its ok got lost): it is never sent again, the queue goes on."""
+    from cellctl.testing.waiting import async_wait_until
+
+    dev = GcodeDevice(ctx("/dev/null", points("state")))
+    wire = _Wire()
+    dev.link = wire  # type: ignore[assignment]
+    session = MarlinSession(dev)
+    dev.session = session
+    session.on_line("start")
+    cmd = session.submit("G28")
+    for _ in range(2):  # two stale lines answered by the new firmware
+        session.on_line("Error:Line Number is not Last Line Number+1, Last Line: 0")
+        session.on_line("Resend: 1")
+    await async_wait_until(lambda: any(b"N1 M105*" in w for w in wire.out), timeout=5, what="the marker")
+    assert not any(b"G28" in w for w in wire.out), "nothing numbered goes with the marker"
+    session.on_line("Error:Line Number is not Last Line Number+1, Last Line: 1")  # a stale line after it
+    session.on_line("Resend: 2")
+    session.on_line("ok")  # that request's own ok (ok_after_resend)
+    await async_wait_until(lambda: any(b"N2 G28*" in w for w in wire.out), timeout=5, what="G28 as line 2")
+    assert sum(b"N1 M105*" in w for w in wire.out) == 1, "the held marker is not sent again"
+    session.on_line("ok")
+    assert (await asyncio.wait_for(cmd.future, 5)).ok

@@ -170,7 +170,7 @@ def test_plan_summary_names_the_subscription_and_polled_groups() -> None:
 
     lines = plugin.plan_summary(device_ctx("opc.tcp://192.0.2.1:4840"))
     assert lines[0] == "session opc.tcp://192.0.2.1:4840 (no security)"
-    assert lines[1].startswith("subscription every 0.05 s: 13 monitored item(s)")
+    assert lines[1].startswith("subscription every 0.05 s: 19 monitored item(s)")  # the profile's 20 points, 1 polled
     assert lines[2] == "read every 60 s: 1 node(s)"
 
 

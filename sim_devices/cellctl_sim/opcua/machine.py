@@ -2,6 +2,12 @@
 Machinery-like item state and operation mode (OPC 40001-1), part counters,
 temperatures, a spindle, jobs and a process setpoint.
 
+Jobs follow OPC 40001-3 / OPC 10031-4 (ISA-95 job control): a job has an id, an order
+number and a program, a state (Running, Interrupted, Ended, Aborted) and its own
+produced / good / scrap quantities. The machine starts jobs by itself (autonomous mode,
+as a machine working through its job list) or when StartJob is called; an ended job
+stays the current one, with its state and quantities, until the next job starts.
+
 Runs on simulated time (tick count x tick interval), so a seeded machine stepped by
 hand is deterministic. The server (server.py) renders `values` into nodes.
 """
@@ -53,6 +59,9 @@ _DWELL: Final[dict[str, tuple[float, float]]] = {
     "Setup": (8, 20),
     "Maintenance": (10, 20),
 }
+PROGRAMS: Final = ("O1001", "O1002", "O2040", "O3300")  # part programs in the machine's memory
+# OPC 10031-4 job order states the machine uses ("" before its first job)
+JOB_RUNNING, JOB_INTERRUPTED, JOB_ENDED, JOB_ABORTED = "Running", "Interrupted", "Ended", "Aborted"
 ALARMS: Final[dict[int, str]] = {17: "spindle overload", 23: "coolant level low", 99: "emergency stop"}
 SETPOINT_RANGE: Final = (0.0, 1000.0)
 OVERRIDE_RANGE: Final = (0, 200)
@@ -69,6 +78,12 @@ POINTS: Final[dict[str, str]] = {
     "Spindle/Speed": "Double",
     "Spindle/Override": "UInt16",
     "Job/JobId": "String",
+    "Job/OrderNumber": "String",
+    "Job/Program": "String",
+    "Job/State": "String",
+    "Job/ProducedQuantity": "UInt32",
+    "Job/GoodQuantity": "UInt32",
+    "Job/ScrapQuantity": "UInt32",
     "Job/Progress": "Double",
     "Alarm/Code": "UInt16",
     "Alarm/Active": "Boolean",
@@ -101,6 +116,13 @@ class Machine:
         self.speed = 0.0
         self.override = 100
         self.job = ""
+        self.order = ""
+        self.program = PROGRAMS[0]
+        self.job_state = ""
+        self.job_good = 0
+        self.job_scrap = 0
+        self._next_job: str | None = None  # StartJob's id for the next Running
+        self._jobs_started = 0
         self.progress = 0.0
         self._job_length = 30.0
         self._job_started = 0.0
@@ -113,14 +135,33 @@ class Machine:
     # -- commands -------------------------------------------------------------------------
 
     def start_job(self, job_id: str) -> None:
-        """StartJob(jobId): only from Idle; the job runs a while, making parts."""
+        """StartJob(jobId): only from Idle; the job runs the loaded program a while, making
+        parts (no order number: the caller did not give one)."""
         if self.state != "Idle":
             raise JobRefused(f"machine is {self.state}, StartJob needs Idle")
         if not job_id:
             raise ValueError("jobId is empty")
-        self.job = job_id
+        self._next_job = job_id
         self._enter("Running")
         self._publish()
+
+    @property
+    def job_active(self) -> bool:
+        return self.job_state in (JOB_RUNNING, JOB_INTERRUPTED)
+
+    def _new_job(self) -> None:
+        """A job starts: StartJob's id, or the next one of the machine's own job list
+        (with its order number and a program from the machine's memory)."""
+        self._jobs_started += 1
+        if self._next_job is not None:
+            self.job, self.order, self._next_job = self._next_job, "", None
+        else:
+            self.job = f"JOB-{self.rng.randrange(1000, 9999)}"
+            self.order = f"PO-{4700 + self._jobs_started}"
+            self.program = self.rng.choice(PROGRAMS)
+        self.job_state = JOB_RUNNING
+        self.job_good = self.job_scrap = 0
+        self.progress = 0.0
 
     def force_state(self, state: str, *, alarm: int | None = None) -> None:
         """Put the machine into `state` now (tests and demos)."""
@@ -142,6 +183,8 @@ class Machine:
     # -- time -------------------------------------------------------------------------------
 
     def _enter(self, state: str, *, alarm: int | None = None) -> None:
+        if self.job_active:  # how the running job fares
+            self.job_state = {"Running": JOB_RUNNING, "Held": JOB_INTERRUPTED, "Idle": JOB_ENDED}.get(state, JOB_ABORTED)
         self.state = state
         lo, hi = _DWELL[state]
         self._until = self.t + self.rng.uniform(lo, hi)
@@ -149,10 +192,14 @@ class Machine:
         if state == "Alarm":
             self.alarm = alarm or self.rng.choice(tuple(ALARMS))
         if state == "Running":
-            if not self.job:
-                self.job = f"JOB-{self.rng.randrange(1000, 9999)}"
-            self._job_started = self.t
-            self._job_length = self._until - self.t
+            if not self.job_active:
+                self._new_job()
+                self._job_started = self.t
+                self._job_length = self._until - self.t
+            else:  # resumed after a hold: the job's remaining work, from where it stood
+                elapsed = self.progress / 100.0 * self._job_length
+                self._job_started = self.t - elapsed
+                self._until = self.t + max(self.tick, self._job_length - elapsed)
             self._next_part = self.t + self._cycle_time()
         else:
             self._next_part = math.inf
@@ -164,7 +211,6 @@ class Machine:
         if self.state == "Running":  # job done
             self.progress = 100.0
             self._enter("Idle")
-            self.job = ""
         elif self.state == "Idle":
             r = self.rng.random()
             self._enter("Setup" if r < 0.08 else "Off" if r < 0.12 else "Running")
@@ -182,8 +228,10 @@ class Machine:
         while self.state == "Running" and self.t >= self._next_part:
             if self.rng.random() < 0.04:
                 self.bad += 1
+                self.job_scrap += 1
             else:
                 self.good += 1
+                self.job_good += 1
             self._next_part += self._cycle_time()
             if self.autonomous:
                 r = self.rng.random()
@@ -213,6 +261,12 @@ class Machine:
         v["Spindle/Speed"] = round(self.speed, 1)
         v["Spindle/Override"] = self.override
         v["Job/JobId"] = self.job
+        v["Job/OrderNumber"] = self.order
+        v["Job/Program"] = self.program
+        v["Job/State"] = self.job_state
+        v["Job/ProducedQuantity"] = self.job_good + self.job_scrap
+        v["Job/GoodQuantity"] = self.job_good
+        v["Job/ScrapQuantity"] = self.job_scrap
         v["Job/Progress"] = round(self.progress, 2)
         v["Alarm/Code"] = self.alarm
         v["Alarm/Active"] = self.alarm != 0

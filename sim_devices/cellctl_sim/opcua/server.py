@@ -7,7 +7,8 @@ Address space (namespace ``urn:cellctl:sim:opcua-machine``, string NodeIds)::
       Counters/GoodParts, BadParts
       Temperatures/Spindle, Coolant         (EURange properties)
       Spindle/Speed, Override (writable UInt16, 0..200 %)
-      Job/JobId, Progress
+      Job/JobId, OrderNumber, Program, State, ProducedQuantity,
+          GoodQuantity, ScrapQuantity, Progress   (the current or last job)
       Alarm/Code, Active
       Process/Setpoint                      (writable Double, 0..1000 or `setpoint_range`,
                                             else BadOutOfRange)
