@@ -5,6 +5,7 @@ Heavy imports happen inside commands so `cellctl --version` and start-up stay fa
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -94,11 +95,28 @@ def import_structlog_without_rich() -> None:
         del sys.modules["rich"]
 
 
+def limit_malloc_arenas() -> None:
+    """glibc gives every thread that mallocs an arena of its own and keeps what it
+    touched: measured in per_point mode at 97,000 values/s, one arena instead of one per
+    thread took 3-5 MB off the daemon's RSS (to under the 64 MB of issue 15), with no
+    CPU change at steady (36-38 % of a core either way). Python's own allocator serves
+    the small objects, so the shared arena is rarely contended. Left alone when
+    MALLOC_ARENA_MAX is set, and where the C library is not glibc."""
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL("libc.so.6").mallopt(-8, 1)  # M_ARENA_MAX = -8 (malloc.h)
+
+
 @cli.command()
 @config_arg
 @click.pass_context
 def run(ctx: click.Context, config: Path) -> None:
     """Run the daemon for the cell described by CONFIG until SIGINT/SIGTERM."""
+    limit_malloc_arenas()  # before any thread starts
     import_structlog_without_rich()
     from cellctl import lifecycle
     from cellctl.errors import ConfigError
