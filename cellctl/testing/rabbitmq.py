@@ -135,7 +135,10 @@ class RabbitCluster:
             if _accepts_mqtt(node.mqtt_port):
                 return
             time.sleep(0.2)
-        raise BrokerError(f"rabbitmq node {node.name}: no MQTT session accepted within {timeout} s")
+        raise BrokerError(
+            f"rabbitmq node {node.name}: no MQTT session accepted within {timeout} s; its log ends:\n"
+            + self.log_tail(node)
+        )
 
     def stop_node(self, node: Node, timeout: float = 30.0) -> None:
         """SIGTERM to the node's process group (a clean Erlang stop), bounded; then SIGKILL."""
@@ -196,7 +199,7 @@ def _accepts_mqtt(port: int) -> bool:
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"cellctl-probe-{secrets.token_hex(4)}")
     try:
         client.connect("127.0.0.1", port, 10)
-        for _ in range(20):  # bounded: CONNACK within about 2 s
+        for _ in range(100):  # bounded: CONNACK within about 10 s (a loaded node is slow to answer)
             client.loop(timeout=0.1)
             if client.is_connected():
                 return True
