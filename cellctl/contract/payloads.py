@@ -353,7 +353,8 @@ class MaterialJson(TypedDict):
     mass_g: float | None
     """From the volume and the profile's density_g_cm3."""
     lot: NotRequired[str]
-    """The material's lot in use (MTConnect RawMaterial lot): from the profile's lot_point or the device config's lots."""
+    """The material's lot in use (MTConnect RawMaterial lot): from the profile's lot_point, the
+    job's `job_start` lots or the device config's lots, the first that gives one."""
     form: NotRequired[str]
     """The profile's material form (MTConnect RawMaterial Form: bar, block, sheet, filament, ...)."""
 
