@@ -209,3 +209,19 @@ def test_a_jobs_own_lot_survives_a_restart_and_stays_with_that_job() -> None:
     assert again.current.produced == 4
     observe(again, 4, "J2", 4)  # the next job: the config's lot again, the machine's bar still H-1
     assert lots(again) == {"bar": "H-1", "coolant": "C-88", "insert": None}
+
+
+@pytest.mark.parametrize("job_lots", ["absent", ["coolant", "C-job"]])
+def test_a_job_file_without_usable_job_lots_resumes_with_the_config_lots(job_lots: Any) -> None:
+    t = JobTracker(materials=MATERIALS, default_lots={"coolant": "C-88"})
+    observe(t, 0, "J1", 0)
+    saved = t.dump()
+    assert saved is not None
+    if job_lots == "absent":
+        del saved["job_lots"]  # a file written before lots per job
+    else:
+        saved["job_lots"] = job_lots
+    again = JobTracker(materials=MATERIALS, default_lots={"coolant": "C-88"})
+    assert [e.event for e in again.resume(saved, job_id="J1", now_ms=1000)] == ["resumed"]
+    observe(again, 2, "J1", 1)
+    assert lots(again) == {"bar": None, "coolant": "C-88", "insert": None}

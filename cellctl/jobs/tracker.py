@@ -218,10 +218,14 @@ class JobTracker:
                 self._mat_total[m.name] = m.amount
             if kind == "per_part":
                 self._pp_last[m.name] = record.produced
-        self._job_lots = {str(n): str(v) for n, v in (saved.get("job_lots") or {}).items()}
+        job_lots = saved.get("job_lots")  # absent in files written before lots per job
+        self._job_lots = {str(n): str(v) for n, v in job_lots.items()} if isinstance(job_lots, dict) else {}
         for m in record.materials:
-            if m.lot is not None and m.lot not in (self._job_lots.get(m.name), self.default_lots.get(m.name)):
-                self._lot.setdefault(m.name, m.lot)  # the device's, as last read
+            d = self.materials.get(m.name)
+            if m.lot is not None and d is not None and d.lot_point is not None and m.lot not in (
+                self._job_lots.get(m.name), self.default_lots.get(m.name)
+            ):
+                self._lot.setdefault(m.name, m.lot)  # the machine's, as last read
         if record.state in ENDED:
             return []
         same = job_id not in (None, "", 0) and str(job_id) == record.job_id
