@@ -1,8 +1,9 @@
 """A material lot given per job in `job_start` (how an MES says "this job runs on lot
 L-4711"): over MQTT and from `cellctl job start --lot`, on the Marlin simulator; the lot
 reaches the job's `job_started` and `job_completed` events and its retained record, never
-the next job; a bad lot is refused `invalid` and audited with nothing run; the lot
-survives a restart with the rest of the job file; a profile's lot point comes first."""
+the next job; a bad lot is refused `invalid` and audited with nothing run; on the OPC UA
+simulator (StartJob) the lot survives a daemon restart mid-job with the rest of the job
+file; a profile's lot point comes first."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
 from cellctl_sim.marlin import MarlinSim
+from cellctl_sim.opcua import SimOpcUaServer
 from click.testing import CliRunner, Result
 
 from cellctl.cli.main import cli
 from cellctl.config.profile import MaterialDef
 from cellctl.contract.payloads import CommandEventJson
+from cellctl.daemon import Daemon
 from cellctl.jobs.tracker import JobTracker
 from cellctl.localbroker import Mosquitto
 from cellctl.model import Execution, ItemState, MachineState, OperationMode
@@ -225,3 +229,88 @@ def test_a_job_file_without_usable_job_lots_resumes_with_the_config_lots(job_lot
     assert [e.event for e in again.resume(saved, job_id="J1", now_ms=1000)] == ["resumed"]
     observe(again, 2, "J1", 1)
     assert lots(again) == {"bar": None, "coolant": "C-88", "insert": None}
+
+
+SIM_PROFILE = Path(__file__).parent.parent / "sim_devices" / "cellctl_sim" / "profiles" / "sim-opcua-machine.yaml"
+SYNCED = {
+    "state": "State/CurrentState",
+    "good_parts": "Counters/GoodParts",
+    "bad_parts": "Counters/BadParts",
+    "job_id": "Job/JobId",
+    "job_state": "Job/State",
+}
+
+
+async def tick(sim: SimOpcUaServer, daemon: Daemon) -> None:
+    """One machine tick, then wait until the daemon has read what it changed."""
+    await sim.step(1)
+    runner = daemon.cell.runner("mill")
+    assert runner is not None
+    want = {point: sim.machine.values[node] for point, node in SYNCED.items()}
+    await async_wait_until(
+        lambda: all(runner.point_value(p) == (v, True) for p, v in want.items()), timeout=20, what=f"the daemon at {want}"
+    )
+
+
+async def test_an_opcua_job_started_with_a_lot_keeps_it_across_a_daemon_restart(
+    broker: Mosquitto, unique: str, tmp_path: Path
+) -> None:
+    """StartJob through the profile's method (OPC 40001-3 job id = the command's name); the
+    daemon stops mid-job and starts again: the job resumes and completes with its lot."""
+    profile = yaml.safe_load(SIM_PROFILE.read_text(encoding="utf-8"))
+    profile["name"] = "opcua-with-stock"
+    profile["job"]["materials"] = {"bar": {"per_part": 0.5, "unit": "kg", "form": "bar"}}
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "opcua-with-stock.yaml").write_text(yaml.safe_dump(profile), encoding="utf-8")
+    policy = {"enabled": True, "devices": {"mill": {"commands": {"job_start": {}}}}}
+    c = Collector(broker.port, f"{root_topic(unique)}/mill/#")
+    client = CommandClient(broker.port, root_topic(unique))
+
+    def events() -> list[dict[str, Any]]:
+        return [m.json() for m in c.on("/mill/events") if m.json()["event"].startswith("job_")]
+
+    try:
+        async with SimOpcUaServer(tick=2.0, seed=11, auto_tick=False, autonomous=False) as sim:
+            device = {
+                "id": "mill",
+                "driver": "opcua",
+                "profile": "opcua-with-stock",
+                "connection": {"endpoint": sim.url},
+                "options": {"publishing_interval": 0.05, "keepalive": 0.5},
+                "timeout": 2.0,
+            }
+            config = write_config(
+                tmp_path, broker.port, [device], cell=unique, commands=policy, profile_dirs=[str(profiles)]
+            )
+            async with running_daemon(config) as daemon:
+                await async_wait_until(lambda: daemon.cell.runner("mill").available, timeout=30, what="mill online")
+                await client.async_probe("mill")
+                args = {"name": "J-LOT", "lots": {"bar": "H-4711"}}
+                client.send("mill", {"id": "s-1", "command": "job_start", "args": args})
+                answer = await client.async_final("s-1", timeout=20)
+                await tick(sim, daemon)
+                await c.until(lambda _m: [e for e in events() if e["event"] == "job_started"], timeout=30,
+                              what="started")
+            assert sim.machine.job_state == "Running", "the daemon stopped mid-job"
+            async with running_daemon(config) as daemon:
+                await c.until(lambda _m: [e for e in events() if e["event"] == "job_resumed"], timeout=30,
+                              what="resumed after the restart")
+                for _ in range(2):  # parts made after the restart
+                    await tick(sim, daemon)
+                sim.machine.force_state("Idle")  # the job ends (Ended): the test machine moves when told
+                await sim.step(0)  # publish it
+                await c.until(lambda _m: [e for e in events() if e["event"] == "job_completed"], timeout=30,
+                              what="completed")
+    finally:
+        client.close()
+        c.close()
+    assert answer["state"] == "done"
+    seen = events()
+    assert [e["event"] for e in seen] == ["job_started", "job_resumed", "job_completed"]
+    assert {e["job"]["job_id"] for e in seen} == {"J-LOT"}
+    assert [e["job"]["materials"]["bar"]["lot"] for e in seen] == ["H-4711"] * 3
+    done = seen[-1]["job"]
+    assert done["produced"] > 0
+    assert done["materials"]["bar"]["amount"] == 0.5 * done["produced"]
+    assert c.on("/mill/job")[-1].json()["materials"]["bar"]["lot"] == "H-4711"
