@@ -414,12 +414,8 @@ def check_lots(device_id: str, dev: CompiledDevice, lots: Any) -> None:
     for material, lot in lots.items():
         if material not in known:
             declared = ", ".join(sorted(known)) or "none"
-            raise Refusal(
-                "invalid",
-                f"args.lots.{material}: device {device_id!r} has no job material {material!r} (declared: {declared})"[
-                    :300
-                ],
-            )
+            message = f"args.lots.{material}: device {device_id!r} has no job material {material!r}"
+            raise Refusal("invalid", f"{message} (declared: {declared})"[:300])
         if not isinstance(lot, str) or not 1 <= len(lot) <= MAX_LOT_CHARS or not lot.isprintable():
             raise Refusal(
                 "invalid", f"args.lots.{material}: a lot id is 1-{MAX_LOT_CHARS} printable characters, got {lot!r}"[:300]
