@@ -179,7 +179,7 @@ async def test_a_jobs_stock_and_lots_reach_its_record_and_events(
     assert started[1]["materials"]["bar"]["lot"] == "H-2291", "the bar in the machine is still that lot"
 
 
-def test_sparkplug_has_a_lot_metric_for_materials_with_a_lot_source(tmp_path: Path) -> None:
+def test_sparkplug_has_a_lot_metric_for_every_job_material(tmp_path: Path) -> None:
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "cnc-with-stock.yaml").write_text(yaml.safe_dump(PROFILE), encoding="utf-8")
@@ -187,5 +187,6 @@ def test_sparkplug_has_a_lot_metric_for_materials_with_a_lot_source(tmp_path: Pa
     config = write_config(tmp_path, 1883, [device], cell="c", profile_dirs=[str(profiles)])
     model = device_model(load_cell(config).devices[0], AliasBook(tmp_path / "aliases.json"))
     lots = {d.name: d.datatype for d in model.table if d.name.endswith("/lot")}
-    assert lots == {"Job/materials/bar/lot": DataType.String}, "coolant has no lot point nor a configured lot"
+    # coolant has no lot point nor a configured lot, but a job_start may name one
+    assert lots == {"Job/materials/bar/lot": DataType.String, "Job/materials/coolant/lot": DataType.String}
     assert model.table.by_name["Job/materials/coolant/amount"].datatype == DataType.Double

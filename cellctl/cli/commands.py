@@ -228,6 +228,19 @@ def call(
     _run(config, device, body, as_json=as_json, timeout=timeout, username=username, password_file=password_file)
 
 
+def parse_lots(given: tuple[str, ...]) -> dict[str, str]:
+    """`--lot MATERIAL=LOT` options as the `lots` argument (the daemon checks the names and ids)."""
+    out: dict[str, str] = {}
+    for a in given:
+        material, sep, lot = a.partition("=")
+        if not sep or not material or not lot:
+            raise click.BadParameter(f"{a!r} is not MATERIAL=LOT", param_hint="--lot")
+        if material in out and out[material] != lot:
+            raise click.BadParameter(f"two lots for {material!r}", param_hint="--lot")
+        out[material] = lot
+    return out
+
+
 @click.group()
 def job() -> None:
     """Start, pause, resume or cancel a job on the running daemon."""
@@ -240,6 +253,10 @@ def job() -> None:
     "--file", "program", type=click.Path(path_type=Path, dir_okay=False, exists=True), default=None,
     help="Send this program inline (else NAME is taken from the cell's job store).",
 )
+@click.option(
+    "--lot", "lots", multiple=True, metavar="MATERIAL=LOT",
+    help="The job runs on lot LOT of the profile's job material MATERIAL (repeatable).",
+)
 @config_opt
 @dry_opt
 @json_opt
@@ -248,13 +265,15 @@ def job() -> None:
 @pw_opt
 def job_start(
     *,
-    device: str, name: str, program: Path | None, config: Path, validate_only: bool, as_json: bool,
-    timeout: float, username: str | None, password_file: Path | None,
+    device: str, name: str, program: Path | None, lots: tuple[str, ...], config: Path, validate_only: bool,
+    as_json: bool, timeout: float, username: str | None, password_file: Path | None,
 ) -> None:
     """Start job NAME on DEVICE."""
     args: dict[str, Any] = {"name": name}
     if program is not None:
         args["program"] = program.read_text(encoding="latin-1")
+    if lots:
+        args["lots"] = parse_lots(lots)
     _run(config, device, _body("job_start", args, validate_only), as_json=as_json, timeout=timeout,
          username=username, password_file=password_file)
 

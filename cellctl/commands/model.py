@@ -73,7 +73,8 @@ class Source:
 @dataclass(frozen=True, slots=True)
 class Command:
     """One request to one device. `args` by kind: write {point, value}; call {method,
-    args: {name: value}}; job_start {name, program?} (program: inline bytes); the job
+    args: {name: value}}; job_start {name, program?, lots?} (program: inline bytes; lots: {material: lot id});
+    the job
     control kinds take none."""
 
     request_id: str

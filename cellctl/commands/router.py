@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from cellctl.engine.runner import DeviceRunner
 log = structlog.get_logger("cellctl.commands")
 
 Reply = Callable[[CommandResult], None]
+MAX_LOT_CHARS = 64  # a lot id in `job_start` args, as in the device config's `lots`
 
 
 def now_ms() -> int:
@@ -212,6 +214,8 @@ class CommandRouter:
         name, program = cmd.args.get("name"), cmd.args.get("program")
         if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or len(name) > 255:
             raise Refusal("invalid", f"job name must be a plain file name, got {name!r}")
+        if "lots" in cmd.args:
+            check_lots(cmd.device_id, dev, cmd.args["lots"])
         if cmd.source.channel == "folder":
             if program is not None or dev.profile.jobs is not None:
                 raise Refusal("not_supported", f"device {cmd.device_id!r} runs no programs from a folder")
@@ -342,7 +346,8 @@ class CommandRouter:
                 assert dev.profile.jobs is not None
                 name, named = dev.profile.jobs.start, {dev.profile.jobs.name_arg: cmd.args["name"]}
             method = dev.profile.commands[name]
-            outputs = await conn.call(dict(method.address), call_args(cmd.device_id, name, method, named))
+            with _job_lots(cmd, runner):
+                outputs = await conn.call(dict(method.address), call_args(cmd.device_id, name, method, named))
             result = {n: _plain(v) for n, v in zip(method.results, outputs, strict=False)}
             return _with(accepted, state="done", finished_ms=now_ms(), result=result)
         if not isinstance(conn, JobControl):
@@ -356,7 +361,8 @@ class CommandRouter:
                 content = await asyncio.to_thread((self.job_store / name).read_bytes)
             else:
                 content = program.encode() if isinstance(program, str) else program
-            await conn.job_start(name, content)
+            with _job_lots(cmd, runner):
+                await conn.job_start(name, content)
         elif cmd.kind == "job_pause":
             await conn.job_pause()
         elif cmd.kind == "job_resume":
@@ -397,6 +403,39 @@ class CommandRouter:
             f"device {cmd.device_id!r}: point {point_id!r}: wrote {value!r}, the device reports {read!r}",
             readback=read,
         )
+
+
+def check_lots(device_id: str, dev: CompiledDevice, lots: Any) -> None:
+    """A `job_start`'s `lots`: {material: lot id}, materials the device's profile declares
+    for its jobs, lot ids of 1-64 printable characters (as the device config's `lots`)."""
+    if not isinstance(lots, Mapping):
+        raise Refusal("invalid", f"args.lots: expected an object {{material: lot}}, got {lots!r}"[:300])
+    known = dev.profile.job.materials if dev.profile.job is not None else {}
+    for material, lot in lots.items():
+        if material not in known:
+            declared = ", ".join(sorted(known)) or "none"
+            message = f"args.lots.{material}: device {device_id!r} has no job material {material!r}"
+            raise Refusal("invalid", f"{message} (declared: {declared})"[:300])
+        if not isinstance(lot, str) or not 1 <= len(lot) <= MAX_LOT_CHARS or not lot.isprintable():
+            raise Refusal(
+                "invalid", f"args.lots.{material}: a lot id is 1-{MAX_LOT_CHARS} printable characters, got {lot!r}"[:300]
+            )
+
+
+@contextmanager
+def _job_lots(cmd: Command, runner: DeviceRunner) -> Iterator[None]:
+    """The job a `job_start` starts takes the command's lots (its record and events carry
+    them); a start that fails leaves them to no job."""
+    lots, jobs, name = cmd.args.get("lots"), runner.jobs, str(cmd.args["name"])
+    if not lots or jobs is None:
+        yield
+        return
+    jobs.expect_lots(name, lots)
+    try:
+        yield
+    except BaseException:
+        jobs.forget_lots(name)
+        raise
 
 
 def _with(r: CommandResult, **changes: Any) -> CommandResult:

@@ -33,7 +33,7 @@ REQUEST_ID = r"^[\x21-\x7e]{1,128}$"  # printable ASCII, no spaces
 ARGS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "write": (frozenset({"point", "value"}), frozenset()),
     "call": (frozenset({"method"}), frozenset({"args"})),
-    "job_start": (frozenset({"name"}), frozenset({"program"})),
+    "job_start": (frozenset({"name"}), frozenset({"program", "lots"})),
     "job_pause": (frozenset(), frozenset()),
     "job_resume": (frozenset(), frozenset()),
     "job_cancel": (frozenset(), frozenset()),

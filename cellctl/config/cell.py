@@ -396,7 +396,8 @@ class DeviceConfig(_Frozen):
     disabled_points: list[str] = []
     energy: EnergyFrom | None = None  # energy per job from a meter in the cell
     # The lot of each job material in use on this device (MTConnect RawMaterial lot), by
-    # the material's name in the profile's `job.materials`; a profile's `lot_point` comes first.
+    # the material's name in the profile's `job.materials`; a profile's `lot_point` comes
+    # first, then the lots a job's `job_start` names (docs/jobs.md).
     lots: dict[Annotated[str, Field(pattern=ID_PATTERN)], Annotated[str, Field(min_length=1, max_length=64)]] = {}
 
     @model_validator(mode="after")

@@ -151,8 +151,8 @@ class MaterialDef(_Frozen):
     blank per part) when it is readable and positive. With `diameter_mm` a length becomes a
     volume (filament), and with `density_g_cm3` a mass; `diameter_point` / `density_point`
     name points that give them per job, used when readable and positive, else the
-    constants. `form` and the lot (`lot_point`, or the device config's `lots`) follow
-    MTConnect RawMaterial."""
+    constants. `form` and the lot (`lot_point`, else a `job_start`'s `lots`, else the
+    device config's `lots`) follow MTConnect RawMaterial."""
 
     point: str | None = None
     unit: Annotated[str, Field(min_length=1, max_length=16)]

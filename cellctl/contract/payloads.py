@@ -199,6 +199,7 @@ CommandReasonJson = RefusalReason | FailureReason
 RequestId = Annotated[str, Field(pattern=r"^[\x21-\x7e]{1,128}$")]
 """1-128 printable ASCII characters, no spaces."""
 EpochMs = Annotated[int, Field(ge=0)]
+LotId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f-\x9f]+$")]
 
 
 @with_config(_REQUEST)
@@ -223,6 +224,9 @@ class JobStartArgsJson(TypedDict):
 
     name: str
     program: NotRequired[str]
+    lots: NotRequired[dict[str, LotId]]
+    """The lot of each job material the job runs on (MTConnect RawMaterial lot), by the
+    material's name in the profile's `job.materials`; a profile's `lot_point` comes first."""
 
 
 @with_config(_REQUEST)
@@ -349,7 +353,8 @@ class MaterialJson(TypedDict):
     mass_g: float | None
     """From the volume and the profile's density_g_cm3."""
     lot: NotRequired[str]
-    """The material's lot in use (MTConnect RawMaterial lot): from the profile's lot_point or the device config's lots."""
+    """The material's lot in use (MTConnect RawMaterial lot): from the profile's lot_point, the
+    job's `job_start` lots or the device config's lots, the first that gives one."""
     form: NotRequired[str]
     """The profile's material form (MTConnect RawMaterial Form: bar, block, sheet, filament, ...)."""
 

@@ -129,8 +129,9 @@ def _job_fields(dev: CompiledDevice) -> list[tuple[str, DataType]]:
             out.append((f"materials/{name}/volume_cm3", DataType.Double))
         if m.density_g_cm3 is not None:
             out.append((f"materials/{name}/mass_g", DataType.Double))
-        if m.lot_point is not None or name in dev.config.lots:
-            out.append((f"materials/{name}/lot", DataType.String))
+        # every material: besides a lot point and the config's `lots`, any job's start
+        # command may name its lot (null while none is known)
+        out.append((f"materials/{name}/lot", DataType.String))
     if dev.config.energy is not None:
         out.append(("energy_kwh", DataType.Double))
     return out

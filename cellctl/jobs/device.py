@@ -53,7 +53,7 @@ class DeviceJobs:
         self.energy_source: Callable[[], float | None] | None = None
         counters = profile.counters
         modulus = counters.modulus if counters is not None else None
-        self.tracker = JobTracker(modulus=modulus, materials=job.materials)
+        self.tracker = JobTracker(modulus=modulus, materials=job.materials, default_lots=self.lots)
         self.clock = clock  # wall clock, epoch seconds (injectable for tests)
         self.window = OeeWindow(ideal_cycle_s=job.ideal_cycle_time, modulus=modulus)
         self.shift_window = (
@@ -153,10 +153,16 @@ class DeviceJobs:
         )
 
     def _lot(self, name: str) -> str | None:
+        """The lot the device's lot point gives (the tracker falls back to the job's and the config's)."""
         v = self._value(f"lot:{name}")
-        if v not in (None, ""):
-            return str(v)
-        return self.lots.get(name)
+        return None if v in (None, "") else str(v)
+
+    def expect_lots(self, name: str, lots: Mapping[str, str]) -> None:
+        """A `job_start` for job `name` carries these lots: the job takes them when it starts."""
+        self.tracker.expect_lots(name, lots)
+
+    def forget_lots(self, name: str) -> None:
+        self.tracker.forget_lots(name)
 
     @property
     def record(self) -> JobRecord | None:

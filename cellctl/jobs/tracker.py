@@ -52,7 +52,14 @@ class JobTracker:
     _mat: dict[str, MaterialCount] = field(default_factory=dict)  # kind counter: advance since the start
     _mat_total: dict[str, float] = field(default_factory=dict)  # kinds job_total, per_part: the amount
     _pp_last: dict[str, int] = field(default_factory=dict)  # kind per_part: parts produced when last counted
-    _lot: dict[str, str] = field(default_factory=dict)  # the lot of each material in use (kept across jobs)
+    # A material's lot comes from (first that has one): the device (a lot point; its last
+    # readable value, kept across jobs), the job's start command, the device config.
+    default_lots: Mapping[str, str] = field(default_factory=dict)  # the device config's `lots`
+    _lot: dict[str, str] = field(default_factory=dict)  # the device's lot of each material in use
+    # Lots given with the command that starts a job (`job_start` args), for the job whose id or
+    # program is the command's name: taken when it starts, then the current job's own.
+    _next_lots: tuple[str, dict[str, str]] | None = None
+    _job_lots: dict[str, str] = field(default_factory=dict)
     _mat_in: Mapping[str, float | None] = field(default_factory=dict)  # this observation's raw values
     # per-job diameter and density (the job's own figures, e.g. from the slicer), by material
     _mat_params: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
@@ -62,6 +69,18 @@ class JobTracker:
     def __post_init__(self) -> None:
         self._good.modulus = self._bad.modulus = self.modulus
         self._reset_materials()
+
+    def expect_lots(self, name: str, lots: Mapping[str, str]) -> None:
+        """The next job named `name` (its id or program) runs on these lots (a command's)."""
+        self._next_lots = (name, dict(lots)) if lots else None
+
+    def forget_lots(self, name: str) -> None:
+        """The command that would start job `name` failed: its lots apply to no job."""
+        if self._next_lots is not None and self._next_lots[0] == name:
+            self._next_lots = None
+
+    def _lot_of(self, name: str) -> str | None:
+        return self._lot.get(name) or self._job_lots.get(name) or self.default_lots.get(name)
 
     def _reset_materials(self) -> None:
         self._mat = {n: MaterialCount(d.modulus) for n, d in self.materials.items() if d.kind == "counter"}
@@ -116,6 +135,9 @@ class JobTracker:
             )
             self._good = RunningCount(self.modulus)
             self._bad = RunningCount(self.modulus)
+            self._job_lots = {}
+            if self._next_lots is not None and self._next_lots[0] in (job, self.current.program):
+                self._job_lots, self._next_lots = self._next_lots[1], None
             self._reset_materials()
             self._running_since = None
             self._count(good, bad, now_ms)
@@ -154,6 +176,7 @@ class JobTracker:
             "running": self._running_since is not None,
             "materials": {n: [c.last, c.total] for n, c in self._mat.items()},
             "energy": [self._energy.last, self._energy.total],
+            "job_lots": dict(self._job_lots),
         }
 
     def resume(self, saved: dict[str, Any], *, job_id: Any, now_ms: int) -> list[JobEvent]:
@@ -195,8 +218,14 @@ class JobTracker:
                 self._mat_total[m.name] = m.amount
             if kind == "per_part":
                 self._pp_last[m.name] = record.produced
-            if m.lot is not None:
-                self._lot.setdefault(m.name, m.lot)
+        job_lots = saved.get("job_lots")  # absent in files written before lots per job
+        self._job_lots = {str(n): str(v) for n, v in job_lots.items()} if isinstance(job_lots, dict) else {}
+        for m in record.materials:
+            d = self.materials.get(m.name)
+            if m.lot is not None and d is not None and d.lot_point is not None and m.lot not in (
+                self._job_lots.get(m.name), self.default_lots.get(m.name)
+            ):
+                self._lot.setdefault(m.name, m.lot)  # the machine's, as last read
         if record.state in ENDED:
             return []
         same = job_id not in (None, "", 0) and str(job_id) == record.job_id
@@ -237,7 +266,7 @@ class JobTracker:
                     self._mat_total[name] = raw
                 amount = self._mat_total.get(name, 0.0)
             diameter, density = self._mat_params.get(name, (None, None))
-            out.append(_derive(name, amount, d, diameter, density, lot=self._lot.get(name)))
+            out.append(_derive(name, amount, d, diameter, density, lot=self._lot_of(name)))
         return tuple(out)
 
     def _clock(self, machine: MachineState, now_ms: int) -> None:
