@@ -14,17 +14,10 @@ from cellctl_sim.modbus.server import SimModbusServer
 
 from cellctl.localbroker import Mosquitto
 from cellctl.testing import Collector, modbus_device, root_topic, running_daemon, write_config
+from cellctl.testing.registers import text_registers as text
+from cellctl.testing.registers import words32
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def words32(n: int) -> list[int]:
-    return [(n >> 16) & 0xFFFF, n & 0xFFFF]
-
-
-def text(s: str, length: int = 8) -> list[int]:
-    raw = s.encode().ljust(2 * length, b"\0")
-    return [raw[i] << 8 | raw[i + 1] for i in range(0, 2 * length, 2)]
 
 
 @pytest.fixture

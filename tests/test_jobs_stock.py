@@ -23,6 +23,8 @@ from cellctl.model import Execution, ItemState, MachineState, OperationMode
 from cellctl.sparkplug.codec import DataType
 from cellctl.sparkplug.state import AliasBook
 from cellctl.testing import Collector, modbus_device, root_topic, running_daemon, write_config
+from cellctl.testing.registers import text_registers as text
+from cellctl.testing.registers import words32
 
 RUN = MachineState(ItemState.EXECUTING, OperationMode.PROCESSING, Execution.ACTIVE)
 STOCK = {
@@ -122,15 +124,6 @@ PROFILE = {
         },
     },
 }
-
-
-def words32(n: int) -> list[int]:
-    return [(n >> 16) & 0xFFFF, n & 0xFFFF]
-
-
-def text(s: str, length: int = 8) -> list[int]:
-    raw = s.encode().ljust(2 * length, b"\0")
-    return [raw[i] << 8 | raw[i + 1] for i in range(0, 2 * length, 2)]
 
 
 @pytest.fixture
