@@ -58,6 +58,8 @@ UNCONFIGURED = [
     ("cellctl.contract.asyncapi", "never at run time"),
     ("asyncua", "an OPC UA device"),
     ("rich", "never by the daemon (structlog would import it for console tracebacks)"),
+    ("cellctl.cli.commands", "never by `cellctl run` (`cellctl write | call | job` only)"),
+    ("getpass", "never by `cellctl run` (the command CLI's default requester)"),
 ]
 
 
