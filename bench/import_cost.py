@@ -92,13 +92,12 @@ async def _run(workdir: Path, top: int) -> None:
                 workdir, broker.port, [modbus_device("m1", "sim-energy-meter", port, 1)], cell="importcost"
             )
             rows_file = workdir / "imports.tsv"
-            log = workdir / "daemon.log"  # the daemon's JSON lines (stdout)
-            importtime = workdir / "importtime.txt"  # -X importtime (stderr)
+            log = workdir / "stderr.txt"  # -X importtime's lines and the daemon's log
             env = {**os.environ, "IMPORT_COST_OUT": str(rows_file)}
             cmd = [sys.executable, "-X", "importtime", "-c", _PROBE, "run", str(config)]
-            with log.open("wb") as out, importtime.open("wb") as err:
+            with log.open("wb") as err:
                 proc = await asyncio.create_subprocess_exec(
-                    *cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+                    *cmd, env=env, stdout=err, stderr=err, stdin=subprocess.DEVNULL
                 )
             try:
                 deadline = time.monotonic() + 60
@@ -110,7 +109,7 @@ async def _run(workdir: Path, top: int) -> None:
             finally:
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(proc.wait(), 30)
-            report(rows_file, importtime.read_text(), top)
+            report(rows_file, log.read_text(), top)
 
 
 def main() -> None:
