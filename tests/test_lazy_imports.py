@@ -6,6 +6,7 @@ be there; with them configured, they must (so the guard can fail)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -58,7 +59,29 @@ UNCONFIGURED = [
     ("cellctl.contract.asyncapi", "never at run time"),
     ("asyncua", "an OPC UA device"),
     ("rich", "never by the daemon (structlog would import it for console tracebacks)"),
+    ("cellctl.cli.commands", "never by `cellctl run` (`cellctl write | call | job` only)"),
+    ("getpass", "never by `cellctl run` (the command CLI's default requester)"),
+    ("cellctl.cli.poll", "never by `cellctl run` (`cellctl poll`)"),
+    ("cellctl.cli.watch", "never by `cellctl run` (`cellctl watch`)"),
+    ("cellctl.cli.demo", "never by `cellctl run` (`cellctl demo`)"),
+    ("cellctl.cli.output", "never by `cellctl run` (tables for the CLI, rich)"),
+    ("cellctl.contract.schema", "never at run time (`cellctl schema`)"),
+    ("cellctl.contract.registry", "never at run time (`cellctl schema`, `asyncapi`)"),
+    ("cellctl_opcua", "an OPC UA device"),
+    ("cellctl_gcode.plugin", "a G-code device"),
+    ("cellctl_gcode.cli", "never by `cellctl run` (`cellctl gcode`, `ports`)"),
+    ("cellctl_modbus.cli", "never by `cellctl run` (`cellctl read modbus`, `scan modbus`)"),
+    ("cellctl_modbus.commission", "never by `cellctl run` (commissioning)"),
+    ("cryptography", "an OPC UA device with security"),
+    ("pymodbus.server", "never by the daemon (the simulators)"),
+    ("cellctl.localbroker", "never by the daemon (tests, demo, benchmarks)"),
 ]
+
+
+@pytest.mark.parametrize("module", [m for m, _ in UNCONFIGURED])
+def test_guarded_names_are_real_modules(module: str) -> None:
+    """A misspelt or renamed module would make its guard pass vacuously."""
+    assert importlib.util.find_spec(module) is not None, module
 
 
 @pytest.fixture
@@ -90,6 +113,7 @@ async def test_minimal_cell_imports_nothing_it_does_not_use(
     modules = _modules(_config(tmp_path, broker, meter, unique))
     assert "cellctl.daemon" in modules  # it did run
     assert "cellctl_modbus" in modules
+    assert "cellctl_modbus.plugin" in modules  # the names below are real modules of the same kind
     loaded = [f"{m} ({why})" for m, why in UNCONFIGURED if m in modules]
     assert loaded == [], f"imported although not configured: {loaded}"
 

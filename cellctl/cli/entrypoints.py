@@ -11,7 +11,8 @@ pyserial). Listing a group's help imports the targets only when the group allows
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from collections.abc import Mapping, Sequence
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -39,22 +40,38 @@ def _dist(ep: EntryPoint) -> str:
 
 class EntryPointGroup(click.Group):
     """A group with built-in commands plus those installed distributions contribute.
-    A built-in command wins over a contributed one of the same name."""
+    A built-in command wins over a contributed one of the same name. `lazy_commands`
+    (name -> "module:attribute") are built-ins imported only when they run or their help
+    is shown, so `cellctl run` does not import the modules of other commands."""
 
     def __init__(
-        self, *args: Any, entry_point_group: str, load_for_listing: bool = True, **kwargs: Any
+        self,
+        *args: Any,
+        entry_point_group: str,
+        load_for_listing: bool = True,
+        lazy_commands: Mapping[str, str] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.entry_point_group = entry_point_group
         self.load_for_listing = load_for_listing
+        self.lazy_commands = dict(lazy_commands or {})
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *contributed(self.entry_point_group)})
+        return sorted(
+            {*super().list_commands(ctx), *self.lazy_commands, *contributed(self.entry_point_group)}
+        )
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         builtin = super().get_command(ctx, cmd_name)
         if builtin is not None:
             return builtin
+        target = self.lazy_commands.get(cmd_name)
+        if target is not None:
+            module, _, attribute = target.partition(":")
+            command: click.Command = getattr(importlib.import_module(module), attribute)
+            self.add_command(command, cmd_name)  # imported once; from now on a plain built-in
+            return command
         ep = contributed(self.entry_point_group).get(cmd_name)
         return None if ep is None else self._load(cmd_name, ep)
 

@@ -55,6 +55,8 @@ def _load(config: Path) -> Any:
 @click.group(
     cls=RootGroup,
     entry_point_group=COMMANDS,
+    # `cellctl write | call | job`: their module is imported only when one of them runs
+    lazy_commands={name: f"cellctl.cli.commands:{name}" for name in ("write", "call", "job")},
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.version_option(__version__, prog_name="cellctl")
@@ -460,17 +462,6 @@ def demo(ctx: click.Context, broker: str, duration: float | None, no_table: bool
     run_demo(
         broker=broker, duration=duration, table=not no_table, log_level=ctx.obj.get("log_level") or "info"
     )
-
-
-def _add_command_cli() -> None:
-    """`cellctl write | call | job` (cellctl/cli/commands.py): imports only click and orjson."""
-    from cellctl.cli.commands import call, job, write
-
-    for command in (write, call, job):
-        cli.add_command(command)
-
-
-_add_command_cli()
 
 
 def main() -> None:
