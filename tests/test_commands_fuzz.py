@@ -223,6 +223,18 @@ def test_hostile_commands_reach_nothing_but_the_valid_writes_and_all_are_audited
     assert len(spb_events) >= sent["sparkplug"], "every DCMD audited"
     written = [struct.unpack(">f", struct.pack(">HH", *w[2]))[0] for w in writes if w[0] is Table.HOLDING and w[1] == 18]
     assert len(writes) == len(written), f"only setpoint writes reached the machine: {writes}"
-    assert written == [e["args"]["value"] for e in done], "every write that reached the machine was a valid allowed one"
+    # A write that reached the machine was accepted: `done`, or `failed` when the device
+    # did not confirm it (a read-back that timed out on a loaded machine) - never refused.
+    executed = [
+        e["args"]["value"] for e in events if e["decision"] in ("done", "failed") and not e.get("duplicate")
+    ]
+    assert is_subsequence(written, executed), "every write that reached the machine was a valid allowed one"
+    assert is_subsequence([e["args"]["value"] for e in done], written), "every done write reached the machine"
     assert all(0 <= v <= 500 and (v * 2).is_integer() for v in written)
     assert set(good) <= set(written)
+
+
+def is_subsequence(part: list[Any], whole: list[Any]) -> bool:
+    """`part`'s items appear in `whole` in the same order (not necessarily adjacent)."""
+    rest = iter(whole)
+    return all(any(x == y for y in rest) for x in part)
