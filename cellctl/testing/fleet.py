@@ -9,6 +9,7 @@ by its PID."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -77,6 +78,15 @@ class Fleet:
         return self.cluster.nodes[-1].mqtt_port if self.cluster is not None else self.site.port
 
     def start(self) -> None:
+        """Start the brokers and the cells; on failure whatever started is stopped again."""
+        try:
+            self._start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.stop()
+            raise
+
+    def _start(self) -> None:
         if self.topology == "cluster":
             self.cluster = RabbitCluster(3)
             self.cluster.start()

@@ -105,10 +105,16 @@ class RabbitCluster:
         return [n.address for n in self.nodes]
 
     def start(self, timeout: float = 120.0) -> None:
-        for node in self.nodes:
-            self.start_node(node, wait=False)
-        for node in self.nodes:
-            self._wait(node, timeout)
+        """Start every node and wait until each accepts MQTT; on failure every node started
+        is stopped again (a node left running would outlive the test run)."""
+        try:
+            for node in self.nodes:
+                self.start_node(node, wait=False)
+            for node in self.nodes:
+                self._wait(node, timeout)
+        except BaseException:
+            self.close()
+            raise
 
     def start_node(self, node: Node, *, wait: bool = True, timeout: float = 120.0) -> None:
         if node.proc is not None and node.proc.poll() is None:
