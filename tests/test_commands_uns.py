@@ -279,7 +279,7 @@ async def test_commands_are_refused_unless_enabled(
     client = CommandClient(broker.port, root_topic(unique))
     try:
         async with running_daemon(config(tmp_path, broker, port, unique, commands={})) as daemon:
-            await async_wait_until(lambda: daemon.cell.runner("plc").available, what="the plc online")
+            await ready(client, daemon)  # commands off: the probe is refused too, once subscribed
             client.send("plc", write("off-1", "setpoint", 10.0))
             result = await client.async_final("off-1")
     finally:

@@ -72,6 +72,7 @@ async def test_a_job_the_machine_starts_itself_and_one_started_over_mqtt_are_rec
         try:
             async with running_daemon(config) as daemon:
                 await async_wait_until(lambda: daemon.cell.runner("mill").available, timeout=30, what="mill online")
+                await client.async_probe("mill")  # before the machine's own job: its events stay in order
                 for _ in range(MAX_TICKS):  # idle until the machine starts a job by itself
                     if sim.machine.job_state == "Running":
                         break

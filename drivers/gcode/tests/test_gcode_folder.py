@@ -62,6 +62,7 @@ async def test_a_dropped_file_is_a_routed_audited_job_and_is_filed(
                 await async_wait_until(
                     (job_dir / "done" / "good.nc.result.json").exists, timeout=30, what="good job done"
                 )
+                await client.async_probe("mill")  # the command subscription is in place
                 client.send("mill", {"id": "mes-1", "command": "job_start", "args": {"name": "x.nc", "program": "G0X1\n"}})
                 mqtt = await client.async_final("mes-1")
                 await events.until(lambda _m: len(command_events(events)) >= 3, what="three audit events")
@@ -145,6 +146,7 @@ async def test_legacy_job_dir_runs_oldest_first_and_an_mqtt_cancel_files_the_job
             async with running_daemon(config) as daemon:
                 await async_wait_until((job_dir / "running" / "b.nc").exists, timeout=30, what="b.nc runs")
                 await async_wait_until(lambda: daemon.audit.outcomes["done"] >= 1, what="b.nc started")
+                await client.async_probe("mill")
                 client.send("mill", {"id": "mes-cancel", "command": "job_cancel"})
                 cancel = await client.async_final("mes-cancel")
                 await async_wait_until((job_dir / "cancelled" / "b.nc.result.json").exists, what="b.nc cancelled")
