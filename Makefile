@@ -54,8 +54,10 @@ browser:
 demo: setup broker
 	$(VENV)/bin/cellctl demo
 
+# Two workers: most of a test is waiting on brokers, devices and daemons, so two halve the
+# wall time even on two cores; the tests that build cellctl from this checkout share one.
 test: setup broker test-tools asyncapi-parser browser
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 --dist loadgroup
 
 lint: setup
 	$(VENV)/bin/ruff check .

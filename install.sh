@@ -96,10 +96,27 @@ install_release() {
     "${pip[@]}" install "$SRC" "$SRC/drivers/modbus" "$SRC/drivers/opcua" "$SRC/drivers/gcode"
   fi
   if [ -n "$ROOT" ]; then
-    # scripts must name the interpreter where it will be, not where it was built
-    grep -lI "^#!$P/$release/" "$P/$release/bin/"* 2>/dev/null | while read -r f; do
-      sed -i "1s|^#!$ROOT|#!|" "$f"
-    done
+    # scripts must name the interpreter where it will be, not where it was built; pip writes
+    # a /bin/sh trampoline instead of a shebang when the build path is over 127 bytes long
+    "$P/$release/bin/python" - "$P/$release/bin" "$ROOT" <<'PY'
+import sys
+from pathlib import Path
+
+bindir, root = Path(sys.argv[1]), sys.argv[2].encode()
+trampoline = (b"#!/bin/sh", b"'''exec' ", b"' '''")
+for script in bindir.iterdir():
+    if script.is_symlink() or not script.is_file():
+        continue
+    lines = script.read_bytes().split(b"\n")
+    if len(lines) > 3 and lines[0] == trampoline[0] and lines[1].startswith(trampoline[1]) and lines[2] == trampoline[2]:
+        command = lines[1][len(trampoline[1]) :]  # INTERPRETER "$0" "$@", the interpreter quoted or not
+        interpreter = command.split(b'"')[1] if command.startswith(b'"') else command.split(b" ")[0]
+        lines = [b"#!" + interpreter, *lines[3:]]
+    if lines[0].startswith(b"#!" + root + b"/"):
+        mode = script.stat().st_mode
+        script.write_bytes(b"\n".join([b"#!" + lines[0][2 + len(root) :], *lines[1:]]))
+        script.chmod(mode)
+PY
   fi
   "$P/$release/bin/python" -c "import cellctl, cellctl_modbus, cellctl_opcua, cellctl_gcode" \
     || die "the new release does not import; nothing was switched"

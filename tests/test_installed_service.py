@@ -50,7 +50,8 @@ REPO = Path(__file__).resolve().parents[1]
 REQUIRED = os.environ.get("CELLCTL_REQUIRE_INSTALLED_RUN") == "1"
 CONFINE = [sys.executable, "-m", "cellctl.testing.confine"]
 MQTT_USER, MQTT_PASSWORD = "cell-1", "installed-s3cret"
-pytestmark = pytest.mark.timeout(600)
+# both build cellctl from this checkout (in-tree build/ and *.egg-info): one at a time
+pytestmark = [pytest.mark.timeout(600), pytest.mark.xdist_group("install")]
 
 # [Service] keys and what becomes of them here. Emulated ones are read from the unit and
 # applied; the others are systemd's alone (namespaces, seccomp, restart policy): the unit

@@ -155,7 +155,7 @@ async def test_a_jobs_stock_and_lots_reach_its_record_and_events(
             await c.until(lambda _m: [m for m in c.on("/cnc/events") if m.json()["event"] == "job_started"], what="started")
             unit.load("holding", 4, words32(58))  # 8 good
             unit.load("holding", 6, words32(5))  # 2 scrap
-            await c.until(lambda _m: c.on("/cnc/job")[-1].json()["produced"] == 10, what="10 parts")
+            await c.until(lambda _m: (j := c.on("/cnc/job")) and j[-1].json()["produced"] == 10, what="10 parts")
             unit.load("holding", 10, text("P-200"))  # the next job ends this one
             await c.until(lambda _m: [m for m in c.on("/cnc/events") if m.json()["event"] == "job_aborted"], what="ended")
     finally:

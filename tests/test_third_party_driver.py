@@ -1,6 +1,7 @@
 """docs/writing-a-driver.md, proven: the guide's files make a driver distribution that
 installs with pip and works with `cellctl check` and `cellctl run`, with no change to the
-core. The distribution is installed into the running environment and uninstalled after."""
+core. The distribution is installed with pip into a folder of its own that the commands
+see on PYTHONPATH: the running environment stays as it was for tests running beside it."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -39,21 +40,25 @@ def pip(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+class Installed(NamedTuple):
+    root: Path  # the distribution's sources, as the guide writes them
+    env: dict[str, str]  # an environment whose Python sees it installed
+
+
 @pytest.fixture(scope="module")
-def memdev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def memdev(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """The guide's distribution, written out and installed (not editable) for this module."""
-    root = tmp_path_factory.mktemp("guide") / DISTRIBUTION
+    base = tmp_path_factory.mktemp("guide")
+    root = base / DISTRIBUTION
     for rel, body in guide_files().items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(body, encoding="utf-8")
-    installed = pip("install", "--no-deps", "--no-build-isolation", str(root))
-    try:
-        assert installed.returncode == 0, installed.stderr
-        yield root
-    finally:
-        removed = pip("uninstall", "-y", DISTRIBUTION)
-        assert removed.returncode == 0, removed.stderr
+    site = base / "site"
+    installed = pip("install", "--no-deps", "--no-build-isolation", "--target", str(site), str(root))
+    assert installed.returncode == 0, installed.stderr
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    return Installed(root, {**os.environ, "PYTHONPATH": path})
 
 
 def test_the_guide_has_every_file_of_a_distribution() -> None:
@@ -67,43 +72,46 @@ def test_the_guide_has_every_file_of_a_distribution() -> None:
     }
 
 
-def test_check_finds_the_driver_and_its_profile(memdev: Path, tmp_path: Path) -> None:
+def test_check_finds_the_driver_and_its_profile(memdev: Installed, tmp_path: Path) -> None:
     device = {"id": "counter-1", "driver": "memdev", "profile": "memdev-counter", "connection": {"device": "b1"}}
     config = write_config(tmp_path, 1883, [device], cell="guide")
     result = subprocess.run(
-        [*CELLCTL, "check", "--json", str(config)], capture_output=True, text=True, timeout=60, check=False
+        [*CELLCTL, "check", "--json", str(config)], capture_output=True, text=True, timeout=60, check=False,
+        env=memdev.env,
     )
     assert result.returncode == 0, result.stderr
     assert "memdev-counter" in result.stdout
     assert "cellctl_memdev/profiles/memdev-counter.yaml" in result.stdout
     listed = subprocess.run(
         [*CELLCTL, "profiles", "list"], capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "COLUMNS": "300"},
+        env={**memdev.env, "COLUMNS": "300"},
     )
     assert listed.returncode == 0, listed.stderr
     row = next(line for line in listed.stdout.splitlines() if "memdev-counter" in line)
     assert DISTRIBUTION in row
 
 
-def test_a_bad_connection_is_a_config_error(memdev: Path, tmp_path: Path) -> None:
+def test_a_bad_connection_is_a_config_error(memdev: Installed, tmp_path: Path) -> None:
     device = {"id": "counter-1", "driver": "memdev", "profile": "memdev-counter", "connection": {"port": 1}}
     config = write_config(tmp_path, 1883, [device], cell="guide")
-    result = subprocess.run([*CELLCTL, "check", str(config)], capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [*CELLCTL, "check", str(config)], capture_output=True, text=True, timeout=60, check=False, env=memdev.env
+    )
     assert result.returncode == 2, result.stdout
     assert "devices[0].connection" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_the_guides_own_tests_pass_with_the_test_kit(memdev: Path) -> None:
+def test_the_guides_own_tests_pass_with_the_test_kit(memdev: Installed) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
-        cwd=memdev, capture_output=True, text=True, timeout=120, check=False,
+        cwd=memdev.root, capture_output=True, text=True, timeout=120, check=False, env=memdev.env,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 passed" in result.stdout
 
 
-def test_run_publishes_the_devices_values(memdev: Path, tmp_path: Path, broker: Mosquitto, unique: str) -> None:
+def test_run_publishes_the_devices_values(memdev: Installed, tmp_path: Path, broker: Mosquitto, unique: str) -> None:
     device = {
         "id": "counter-1",
         "driver": "memdev",
@@ -114,7 +122,7 @@ def test_run_publishes_the_devices_values(memdev: Path, tmp_path: Path, broker: 
     config = write_config(tmp_path, broker.port, [device], cell=unique)
     collector = Collector(broker.port, f"{root_topic(unique)}/#")
     process = subprocess.Popen([*CELLCTL, "--log-format", "json", "run", str(config)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=memdev.env)
     try:
         state = collector.wait_for(
             lambda ms: next(
