@@ -33,7 +33,7 @@ from __future__ import annotations
 import ssl
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
@@ -51,7 +51,9 @@ _PUBACK: Final = 0x40
 _BATCH_BYTES: Final = 64 * 1024  # one send() carries at most about this much
 _READ_CHUNK: Final = 64 * 1024
 _READ_CHUNKS: Final = 8  # chunks per loop_read call; the rest waits for the next readiness
+_TOPIC_CACHE: Final = 20_000  # encoded topic names kept (about 2 MB at most)
 _pack_h = struct.Struct("!H").pack
+_pack_bb = struct.Struct("!BB").pack
 
 # The paho internals this module uses; tests/test_mqtt_lean.py checks they exist.
 PAHO_INTERNALS: Final = (
@@ -94,6 +96,7 @@ class LeanClient(paho.Client):
         self.on_ack: Callable[[int], None] | None = None
         self._rbuf = bytearray()
         self._batch: _OutPacket | None = None  # the packet fast publishes append to
+        self._topics: dict[str, bytes] = {}  # topic -> its encoded name (bounded)
 
     def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> int:
         """Queue a QoS 1 PUBLISH and return its packet id (1..65535), or 0 when there is
@@ -101,30 +104,41 @@ class LeanClient(paho.Client):
         `on_publish`; paho keeps no record of the message."""
         if self._sock is None:
             return 0
-        tb = topic.encode("utf-8")
-        if not tb or len(tb) > 65535 or b"+" in tb or b"#" in tb:
-            raise ValueError(f"invalid topic for publishing: {topic!r}")
+        name = self._topics.get(topic)
+        if name is None:
+            name = self._topic_name(topic)
         mid = self._mid_generate()
-        head = _PUBLISH_QOS1 | 1 if retain else _PUBLISH_QOS1
-        body_len = 4 + len(tb) + len(payload)  # topic length, topic, packet id, payload
+        body_len = len(name) + 2 + len(payload)  # topic length + topic, packet id, payload
         out = self._out_packet
         batch = self._batch
         if batch is None or not out or out[-1] is not batch or batch["to_process"] >= _BATCH_BYTES:
             batch = {"command": _PUBLISH_QOS1, "mid": mid, "qos": 1, "pos": 0, "to_process": 0, "packet": bytearray(), "info": None}
             out.append(batch)
             self._batch = batch
-        packet = batch["packet"]
-        assert isinstance(packet, bytearray)
+        packet = cast(bytearray, batch["packet"])
         before = len(packet)
-        packet.append(head)
-        packet += _remaining_length(body_len)
-        packet += _pack_h(len(tb))
-        packet += tb
+        if body_len < 128:
+            packet += _pack_bb(_PUBLISH_QOS1 | retain, body_len)
+        else:
+            packet.append(_PUBLISH_QOS1 | retain)
+            packet += _remaining_length(body_len)
+        packet += name
         packet += _pack_h(mid)
         packet += payload
         batch["to_process"] += len(packet) - before
         self._call_socket_register_write()
         return mid
+
+    def _topic_name(self, topic: str) -> bytes:
+        """The topic as PUBLISH carries it (length-prefixed UTF-8), checked once and
+        kept: per_point publishes the same few thousand topics over and over."""
+        tb = topic.encode("utf-8")
+        if not tb or len(tb) > 65535 or b"+" in tb or b"#" in tb:
+            raise ValueError(f"invalid topic for publishing: {topic!r}")
+        if len(self._topics) >= _TOPIC_CACHE:
+            self._topics.clear()
+        name = self._topics[topic] = _pack_h(len(tb)) + tb
+        return name
 
     @property
     def buffered(self) -> int:
