@@ -141,28 +141,57 @@ def test_a_packet_length_over_four_bytes_is_a_protocol_error(wired: tuple[LeanCl
 
 def test_fast_publishes_are_batched_into_one_packet_write(wired: tuple[LeanClient, socket.socket, list[int]]) -> None:
     client, broker, _acks = wired
-    mids = [client.publish_fast(f"t/lean/{i}", b"x" * i, retain=i % 2 == 1) for i in range(50)]
+    published: list[int] = []
+    client.on_publish = lambda c, u, mid, rc, props: published.append(mid)
+    sizes = [*range(50), 200, 20_000]  # one- two- and three-byte remaining lengths
+    qos = [i % 3 % 2 for i in range(len(sizes))]  # QoS 1, 0, 0, 1, ...
+    mids = [
+        client.publish_fast(f"t/lean/{i}", b"x" * n, q, retain=i % 2 == 1)
+        for i, (n, q) in enumerate(zip(sizes, qos, strict=True))
+    ]
+    assert all(1 <= mid <= 65535 for mid in mids)
     assert len(client._out_packet) == 1  # one write for the lot
     assert client._out_messages == {}  # paho keeps nothing for a later connection
-    assert client.loop_write() == paho.MQTT_ERR_SUCCESS
+    for _ in range(100):
+        assert client.loop_write() == paho.MQTT_ERR_SUCCESS
+        if not client.want_write():
+            break
+    assert published == []  # no per-message on_publish, not even for QoS 0
     broker.settimeout(5)
     data = b""
-    while len(data) < sum(2 + 2 + len(f"t/lean/{i}") + 2 + i for i in range(50)):
+    expected_len = sum(
+        1 + (1 if body < 128 else 2 if body < 16384 else 3) + body
+        for body in (2 + len(f"t/lean/{i}") + 2 * q + n for i, (n, q) in enumerate(zip(sizes, qos, strict=True)))
+    )
+    while len(data) < expected_len:
         data += broker.recv(65536)
-    # parse the PUBLISH packets back: QoS 1, retain as asked, topic, packet id, payload
+    # parse the PUBLISH packets back: QoS and retain as asked, topic, packet id, payload
     pos, got = 0, []
     while pos < len(data):
-        head, length = data[pos], data[pos + 1]
-        body = data[pos + 2 : pos + 2 + length]
+        head, length, mult, i = data[pos], 0, 1, pos + 1
+        while True:
+            length += (data[i] & 0x7F) * mult
+            mult *= 128
+            i += 1
+            if not data[i - 1] & 0x80:
+                break
+        body = data[i : i + length]
         tlen = int.from_bytes(body[:2], "big")
-        got.append((head, body[2 : 2 + tlen].decode(), int.from_bytes(body[2 + tlen : 4 + tlen], "big"), body[4 + tlen :]))
-        pos += 2 + length
-    assert got == [(0x32 | (i % 2), f"t/lean/{i}", mids[i], b"x" * i) for i in range(50)]
+        q = (head >> 1) & 3
+        mid = int.from_bytes(body[2 + tlen : 4 + tlen], "big") if q else None
+        got.append((head, body[2 : 2 + tlen].decode(), mid, body[2 + tlen + 2 * q :]))
+        pos = i + length
+    assert got == [
+        (0x30 | q << 1 | (i % 2), f"t/lean/{i}", mids[i] if q else None, b"x" * n)
+        for i, (n, q) in enumerate(zip(sizes, qos, strict=True))
+    ]
 
 
+@pytest.mark.parametrize("qos", [1, 0])
 async def test_fast_published_records_are_acked_delivered_in_order_and_leave_the_outbox(
-    broker: Mosquitto, unique: str, tmp_path: Path
+    broker: Mosquitto, unique: str, tmp_path: Path, qos: int
 ) -> None:
+    """QoS 1: each PUBACK confirms its record; QoS 0: the fences' UNSUBACKs do."""
     n = 3000
     with Outbox(tmp_path / "outbox.sqlite", max_bytes=1 << 26, max_age_s=3600, fsync="off") as outbox:
         writer = OutboxWriter(outbox)
@@ -179,7 +208,7 @@ async def test_fast_published_records_are_acked_delivered_in_order_and_leave_the
                     assert isinstance(delivery.session.client, LeanClient)
                     await async_wait_until(lambda: delivery.live, what="the delivery went live")
                     for i in range(n):
-                        assert writer.put(Record("d", f"{unique}/points/p{i % 7}", b"%d" % i, 1, False))
+                        assert writer.put(Record("d", f"{unique}/points/p{i % 7}", b"%d" % i, qos, False))
                         if i % 100 == 99:
                             await asyncio.sleep(0)  # let commits and acks interleave with puts
                     await async_wait_until(
@@ -199,4 +228,4 @@ async def test_fast_published_records_are_acked_delivered_in_order_and_leave_the
         received = collector.on("")
         collector.close()
         assert [int(m.payload) for m in received[:n]] == list(range(n))
-        assert all(m.qos == 1 for m in received)
+        assert all(m.qos == qos for m in received)

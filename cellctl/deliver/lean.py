@@ -11,7 +11,7 @@ packet id.
 `LeanClient` keeps paho's protocol engine (CONNECT, keep-alive, subscriptions, inbound
 PUBLISH, TLS, disconnect) and changes three things, for MQTT 3.1.1 only:
 
-- `publish_fast()` sends a QoS 1 PUBLISH without paho's per-message bookkeeping: the
+- `publish_fast()` sends a QoS 0 or 1 PUBLISH without paho's per-message bookkeeping: the
   caller (`AckTracker`) tracks the message id, and paho never holds the message (the
   session makes a fresh client per connection and never lets paho resend anything).
   Consecutive fast publishes share one write buffer, so a loop turn's messages leave in
@@ -46,12 +46,15 @@ except ImportError:  # paho-mqtt 2.1
 if TYPE_CHECKING:
     from paho.mqtt.client import _OutPacket
 
-_PUBLISH_QOS1: Final = 0x32  # PUBLISH, QoS 1, not retained, not dup
+_PUBLISH: Final = 0x30
+# The batch packet's command for paho's _packet_write: a QoS 1 PUBLISH, so that paho
+# calls no on_publish for it (it does for a QoS 0 packet written).
+_PUBLISH_QOS1: Final = 0x32
 _PUBACK: Final = 0x40
 _BATCH_BYTES: Final = 64 * 1024  # one send() carries at most about this much
 _READ_CHUNK: Final = 64 * 1024
 _READ_CHUNKS: Final = 8  # chunks per loop_read call; the rest waits for the next readiness
-_TOPIC_CACHE: Final = 20_000  # encoded topic names kept (about 2 MB at most)
+_TOPIC_CACHE: Final = 4096  # encoded topic names kept (a few hundred KB at most)
 _pack_h = struct.Struct("!H").pack
 _pack_bb = struct.Struct("!BB").pack
 
@@ -98,17 +101,20 @@ class LeanClient(paho.Client):
         self._batch: _OutPacket | None = None  # the packet fast publishes append to
         self._topics: dict[str, bytes] = {}  # topic -> its encoded name (bounded)
 
-    def publish_fast(self, topic: str, payload: bytes, retain: bool = False) -> int:
-        """Queue a QoS 1 PUBLISH and return its packet id (1..65535), or 0 when there is
-        no socket (the connection is going away). The PUBACK reaches `on_ack`, never
-        `on_publish`; paho keeps no record of the message."""
+    def publish_fast(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> int:
+        """Queue a QoS 0 or 1 PUBLISH and return its message id (1..65535; for QoS 0 it
+        is not on the wire, as with paho), or 0 when there is no socket (the connection is
+        going away). A PUBACK reaches `on_ack`; `on_publish` is never called (paho calls
+        it for each QoS 0 message written, with a ReasonCode and Properties built for
+        it); paho keeps no record of the message."""
         if self._sock is None:
             return 0
         name = self._topics.get(topic)
         if name is None:
             name = self._topic_name(topic)
         mid = self._mid_generate()
-        body_len = len(name) + 2 + len(payload)  # topic length + topic, packet id, payload
+        body_len = len(name) + 2 * qos + len(payload)  # topic length + topic, packet id, payload
+        head = _PUBLISH | qos << 1 | retain
         out = self._out_packet
         batch = self._batch
         if batch is None or not out or out[-1] is not batch or batch["to_process"] >= _BATCH_BYTES:
@@ -118,12 +124,13 @@ class LeanClient(paho.Client):
         packet = cast(bytearray, batch["packet"])
         before = len(packet)
         if body_len < 128:
-            packet += _pack_bb(_PUBLISH_QOS1 | retain, body_len)
+            packet += _pack_bb(head, body_len)
         else:
-            packet.append(_PUBLISH_QOS1 | retain)
+            packet.append(head)
             packet += _remaining_length(body_len)
         packet += name
-        packet += _pack_h(mid)
+        if qos:
+            packet += _pack_h(mid)
         packet += payload
         batch["to_process"] += len(packet) - before
         self._call_socket_register_write()

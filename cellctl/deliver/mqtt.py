@@ -14,6 +14,10 @@ it after reconnecting while the outbox replays it too (with a Sparkplug seq of t
 session, before the new NBIRTH). A new client also carries the Will of that CONNECT,
 which for Sparkplug changes every time (bdSeq). Publishing while disconnected is refused
 (`publish` raises `PublishRefused`) instead of queued.
+
+Under MQTT 3.1.1 that client is a `LeanClient` (cellctl/deliver/lean.py, decision 0018):
+QoS 0 and 1 messages go out without paho's per-message objects, a loop turn's messages in
+one `send()`, and PUBACKs reach `SessionEvents.acked` without paho's decoding.
 """
 
 from __future__ import annotations
@@ -542,8 +546,8 @@ class MqttSession:
             self.refused += 1
             raise PublishRefused(f"{self.name}: not connected")
         client = self.client
-        if qos == 1 and isinstance(client, LeanClient):
-            mid = client.publish_fast(topic, payload, retain)
+        if qos < 2 and isinstance(client, LeanClient):  # (correlation data is MQTT 5's)
+            mid = client.publish_fast(topic, payload, qos, retain)
             if not mid:  # the connection is going away
                 self.refused += 1
                 raise PublishRefused(f"{self.name}: {paho.error_string(paho.MQTT_ERR_NO_CONN)}", rc=paho.MQTT_ERR_NO_CONN)
