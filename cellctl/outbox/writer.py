@@ -10,10 +10,10 @@ follows the load by itself. There is no timer in the path.
 Where the commit runs (decision 0015): with `fsync` batch or off, on the loop itself
 (`inline`): a WAL commit without fsync is a write() into the page cache, about 35 us of
 CPU for a scan's message, which is less than the two thread hand-offs it used to take.
-Only small commits run there (INLINE_MAX_*: a burst would hold the loop for
-milliseconds), and never one that waits for a lock (a commit that finds the write lock
-taken goes to the thread); none includes a checkpoint (checkpoints, which sync the disk,
-run on the thread every `sync_interval_s`). With `fsync: always` every commit syncs, so
+No commit there is larger than INLINE_MAX_*: a burst (per_point mode, a reload) is
+committed in such slices, one per loop turn (decision 0018). None waits for a lock (a
+commit that finds the write lock taken goes to the thread), and none includes a
+checkpoint (checkpoints, which sync the disk, run on the thread every `sync_interval_s`). With `fsync: always` every commit syncs, so
 it runs on the dedicated thread.
 
 Acks arrive from the publisher (`on_publish`); `ack()` only queues the ids, and they are
