@@ -51,6 +51,7 @@ _PUBLISH: Final = 0x30
 # calls no on_publish for it (it does for a QoS 0 packet written).
 _PUBLISH_QOS1: Final = 0x32
 _PUBACK: Final = 0x40
+_MAX_REMAINING: Final = 268_435_455  # the largest remaining length MQTT can say
 _BATCH_BYTES: Final = 64 * 1024  # one send() carries at most about this much
 _READ_CHUNK: Final = 64 * 1024
 _READ_CHUNKS: Final = 8  # chunks per loop_read call; the rest waits for the next readiness
@@ -114,6 +115,8 @@ class LeanClient(paho.Client):
             name = self._topic_name(topic)
         mid = self._mid_generate()
         body_len = len(name) + 2 * qos + len(payload)  # topic length + topic, packet id, payload
+        if body_len > _MAX_REMAINING:
+            raise ValueError(f"payload too large for MQTT: {len(payload)} bytes")
         head = _PUBLISH | qos << 1 | retain
         out = self._out_packet
         batch = self._batch
