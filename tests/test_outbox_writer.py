@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cellctl.outbox import AppendResult, DropEvent, Fsync, Outbox, OutboxError, OutboxWriter, Record
-from cellctl.outbox.writer import INLINE_MAX_RECORDS, DropLog
+from cellctl.outbox.writer import INLINE_MAX_BYTES, INLINE_MAX_RECORDS, DropLog
 from cellctl.testing import async_wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -150,7 +150,7 @@ async def test_markers_fire_at_their_place_in_the_record_stream(outbox: Outbox) 
     expected = ["M0", "0", "M0"] + [str(i) for i in range(1, 100)] + ["M99"]
     expected += [str(i) for i in range(100, 300)] + ["M299", "end"]
     assert seen == expected
-    assert writer.cycles <= 3  # batched all the same
+    assert writer.cycles <= -(-300 // INLINE_MAX_RECORDS) + 1  # batched all the same (in slices on the loop)
     assert writer.handed_id == last[-1] == outbox.last_id()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -266,23 +266,43 @@ async def test_checkpoints_of_inline_commits_run_on_the_outbox_thread(
             await task
 
 
-async def test_a_burst_is_committed_on_the_thread_not_on_the_loop(outbox: Outbox) -> None:
+async def test_a_burst_is_committed_on_the_loop_in_slices_one_per_loop_turn(outbox: Outbox) -> None:
+    """Decision 0018: no commit on the loop takes more than INLINE_MAX_RECORDS, and the
+    loop runs other work between the slices of a burst."""
+    turns = 0
+
+    def tick() -> None:
+        nonlocal turns
+        turns += 1
+        if turns < 100_000:
+            asyncio.get_running_loop().call_soon(tick)
+
+    handed: list[tuple[int, int]] = []  # (records handed over, loop turns seen so far)
     stored: list[bytes] = []
-    writer = OutboxWriter(
-        outbox, on_stored=lambda batch, ids: stored.extend(r.payload for r in batch), idle_interval_s=600
-    )
+
+    def on_stored(batch: Sequence[Record], ids: range) -> None:
+        handed.append((len(batch), turns))
+        stored.extend(r.payload for r in batch)
+
+    writer = OutboxWriter(outbox, on_stored=on_stored, idle_interval_s=600)
     task = asyncio.create_task(writer.run(), name="outbox-writer")
-    for i in range(INLINE_MAX_RECORDS * 4):  # one loop turn: one batch, too large for the loop
+    n = INLINE_MAX_RECORDS * 4 + 3
+    for i in range(n):  # one loop turn: one burst
         writer.put(rec(i))
+    asyncio.get_running_loop().call_soon(tick)
     async with asyncio.timeout(10):
         await writer.flush()
-    assert writer.inline_commits == 0
-    assert writer.cycles >= 1
-    assert stored == [rec(i).payload for i in range(INLINE_MAX_RECORDS * 4)]
-    writer.put(rec(-1))  # a single scan's message is small: on the loop
+    assert stored == [rec(i).payload for i in range(n)]
+    assert writer.inline_commits == 5
+    assert [size for size, _ in handed] == [INLINE_MAX_RECORDS] * 4 + [3]
+    seen = [t for _, t in handed]
+    assert seen == sorted(set(seen)), f"slices in one loop turn: {handed}"
+    big = Record("d", "t/big", b"x" * (INLINE_MAX_BYTES + 1), 1, False)
+    writer.put(big)  # a single record beyond the inline bound: on the thread
     async with asyncio.timeout(10):
         await writer.flush()
-    assert writer.inline_commits == 1
+    assert writer.inline_commits == 5
+    assert stored[-1] == big.payload
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -47,6 +47,11 @@ class AckTracker:
         self._pending[mid] = outbox_ids
         self._ids.update(outbox_ids)
 
+    def sent_one(self, mid: int, outbox_id: int) -> None:
+        """`sent(mid, [outbox_id])`, for the per-message hot path."""
+        self._pending[mid] = [outbox_id]
+        self._ids.add(outbox_id)
+
     def sent_unconfirmed(self, outbox_id: int) -> None:
         """Loop thread: a QoS 0 message was handed to the session; `fence()` confirms it."""
         self._unconfirmed.append(outbox_id)

@@ -29,7 +29,7 @@ import asyncio
 import functools
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import Final
+from typing import Final, cast
 
 import structlog
 
@@ -215,7 +215,7 @@ class Delivery:
                 self._behind()
                 break
             if qos:
-                tracker.sent(mid, [oid])
+                tracker.sent_one(mid, oid)
             else:
                 tracker.sent_unconfirmed(oid)
                 unconfirmed = True
@@ -224,15 +224,26 @@ class Delivery:
             self._want_fence()
 
     def _pump(self) -> None:
-        """Acks made room: what waited goes out, in order."""
+        """Acks made room: what waited goes out, in order (runs of records at once, as
+        many as the window has room for, so none of them can overflow it)."""
         waiting = self._waiting
-        while waiting and self.live and self.tracker.in_flight < self.window:
-            item = waiting.popleft()
-            if callable(item):
-                item()
+        while waiting and self.live:
+            room = self.window - self.tracker.in_flight
+            if room <= 0:
+                return
+            head = waiting[0]
+            if callable(head):
+                waiting.popleft()
+                head()
                 continue
-            self._waiting_bytes -= record_size(item[0])
-            self._send_live(iter([item]))
+            run: list[tuple[Record, int]] = []
+            size = 0
+            while waiting and len(run) < room and not callable(waiting[0]):
+                item = cast("tuple[Record, int]", waiting.popleft())
+                size += record_size(item[0])
+                run.append(item)
+            self._waiting_bytes -= size
+            self._send_live(iter(run))
 
     def _behind(self) -> None:
         if not self.session.is_connected:

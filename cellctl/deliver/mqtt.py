@@ -14,6 +14,10 @@ it after reconnecting while the outbox replays it too (with a Sparkplug seq of t
 session, before the new NBIRTH). A new client also carries the Will of that CONNECT,
 which for Sparkplug changes every time (bdSeq). Publishing while disconnected is refused
 (`publish` raises `PublishRefused`) instead of queued.
+
+Under MQTT 3.1.1 that client is a `LeanClient` (cellctl/deliver/lean.py, decision 0018):
+QoS 0 and 1 messages go out without paho's per-message objects, a loop turn's messages in
+one `send()`, and PUBACKs reach `SessionEvents.acked` without paho's decoding.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from cellctl.config.cell import Backbone, Tls
 from cellctl.credentials import secret_path
+from cellctl.deliver.lean import LeanClient
 from cellctl.engine.backoff import Backoff, worth_repeating
 from cellctl.errors import ConfigError
 
@@ -265,12 +270,24 @@ class MqttSession:
 
     def _new_client(self, will: Message | None) -> paho.Client:
         backbone = self.backbone
-        client = paho.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self.client_id,
-            protocol=self._protocol,
-            clean_session=True if self._protocol == MQTTProtocolVersion.MQTTv311 else None,
-        )
+        client: paho.Client
+        if self._protocol == MQTTProtocolVersion.MQTTv311:
+            # the lean QoS 1 publish and PUBACK path (decision 0018)
+            client = LeanClient(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=self._protocol,
+                clean_session=True,
+            )
+            # Fast acks are read by self._read, which reads only the current client.
+            client.on_ack = self.events.acked
+        else:
+            client = paho.Client(
+                callback_api_version=CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=self._protocol,
+                clean_session=None,
+            )
         # The window (MAX_INFLIGHT) and the waiting line are the delivery's
         # (cellctl/deliver/delivery.py): paho sends at once and queues nothing, which
         # also spares it a scan of every in-flight message on each PUBACK.
@@ -528,11 +545,19 @@ class MqttSession:
         if not self.connected.is_set():
             self.refused += 1
             raise PublishRefused(f"{self.name}: not connected")
+        client = self.client
+        if qos < 2 and isinstance(client, LeanClient):  # (correlation data is MQTT 5's)
+            mid = client.publish_fast(topic, payload, qos, retain)
+            if not mid:  # the connection is going away
+                self.refused += 1
+                raise PublishRefused(f"{self.name}: {paho.error_string(paho.MQTT_ERR_NO_CONN)}", rc=paho.MQTT_ERR_NO_CONN)
+            self.published += 1
+            return mid
         props = None
         if correlation_data is not None and self._protocol == MQTTProtocolVersion.MQTTv5:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.CorrelationData = correlation_data
-        info = self.client.publish(topic, payload, qos, retain, properties=props)
+        info = client.publish(topic, payload, qos, retain, properties=props)
         if info.rc != paho.MQTT_ERR_SUCCESS:  # the connection is going away
             self.refused += 1
             raise PublishRefused(f"{self.name}: {paho.error_string(info.rc)}", rc=info.rc)

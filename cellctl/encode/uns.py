@@ -50,6 +50,7 @@ JOB_EVENTS: Final[
     "failed": "job_failed",
 }
 _HISTORICAL: Final[bytes] = b'{"historical":true,'
+_POINT_HEAD: Final[bytes] = b'{"v":'
 
 
 def uns_historical(payload: bytes) -> bytes:
@@ -222,12 +223,20 @@ class UnsEncoder:
                 if q.reason:
                     body["reason"] = q.reason
                 put(Record(device_id, self.point_topic(device_id, point_id), compact(dumps(body)), qos, True))
+        # `{"v":<value>,"ts":<ts>,"q":<quality>}` exactly as orjson writes the PointJson
+        # dict, assembled from the value's JSON and a tail shared by the scan's points:
+        # no dict per value, and the joined bytes are right-sized (no `compact` copy).
+        tails: dict[Quality, bytes] = {}
+        join = b"".join
         for point_id, value in values.items():
-            point: PointJson = {"v": value, "ts": ts_ms, "q": known.get(point_id, Quality.GOOD)}
+            quality = known.get(point_id, Quality.GOOD)
+            tail = tails.get(quality)
+            if tail is None:
+                tail = tails[quality] = b',"ts":%d,"q":%b}' % (ts_ms, dumps(quality))
             topic = topics.get(point_id)
             if topic is None:
                 topic = topics[point_id] = self.point_topic(device_id, point_id)
-            put(Record(device_id, topic, compact(dumps(point)), qos, True))
+            put(Record(device_id, topic, join((_POINT_HEAD, dumps(value), tail)), qos, True))
 
     def device_state(self, snapshot: DeviceSnapshot) -> None:
         body = state_json(snapshot)

@@ -10,10 +10,10 @@ follows the load by itself. There is no timer in the path.
 Where the commit runs (decision 0015): with `fsync` batch or off, on the loop itself
 (`inline`): a WAL commit without fsync is a write() into the page cache, about 35 us of
 CPU for a scan's message, which is less than the two thread hand-offs it used to take.
-Only small commits run there (INLINE_MAX_*: a burst would hold the loop for
-milliseconds), and never one that waits for a lock (a commit that finds the write lock
-taken goes to the thread); none includes a checkpoint (checkpoints, which sync the disk,
-run on the thread every `sync_interval_s`). With `fsync: always` every commit syncs, so
+No commit there is larger than INLINE_MAX_*: a burst (per_point mode, a reload) is
+committed in such slices, one per loop turn (decision 0018). None waits for a lock (a
+commit that finds the write lock taken goes to the thread), and none includes a
+checkpoint (checkpoints, which sync the disk, run on the thread every `sync_interval_s`). With `fsync: always` every commit syncs, so
 it runs on the dedicated thread.
 
 Acks arrive from the publisher (`on_publish`); `ack()` only queues the ids, and they are
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 from collections import Counter, deque
@@ -147,6 +148,8 @@ class OutboxWriter:
         self.checkpoint_failures = 0  # in a row
         self._sync_task: asyncio.Future[None] | None = None
         self._last_start = 0.0
+        self._continuing = False  # the last cycle left work for the next one
+        self._acks_left = False  # the last cycle took only INLINE_MAX_ACKS of the acks
         self.committed_total = 0
         self.cycles = 0
         self.backlog_dropped = 0
@@ -238,7 +241,8 @@ class OutboxWriter:
                 self._wake.clear()
                 if not (idle or self._backlog or self._acks or self._refused):
                     continue
-                if self.min_interval_s > 0 and len(self._backlog) < self.max_batch:
+                continuing, self._continuing = self._continuing, False
+                if self.min_interval_s > 0 and not continuing and len(self._backlog) < self.max_batch:
                     # at most one commit per interval: under load, more records per
                     # transaction (less CPU) for at most that much latency
                     wait = self._last_start + self.min_interval_s - self._loop.time()
@@ -266,8 +270,11 @@ class OutboxWriter:
                         "outbox_commit_recovered", failed_for_s=round(time.monotonic() - failing_since, 1)
                     )
                     failing_since, delay = None, _RETRY_MIN_S
-                if self._backlog:
+                if self._backlog or self._acks_left:
+                    # more than one slice: the next one in the next loop turn, at once
+                    self._continuing = True
                     self._wake.set()
+                    await asyncio.sleep(0)
         finally:
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
@@ -303,13 +310,18 @@ class OutboxWriter:
 
     async def _cycle(self) -> None:
         self._ack_wake_pending.clear()
-        n = min(len(self._backlog), self.max_batch)
+        n = self._inline_count() if self.inline else 0
+        inline = n > 0 or (self.inline and not self._backlog)
+        if not inline:
+            n = min(len(self._backlog), self.max_batch)
         batch = [self._backlog.popleft() for _ in range(n)]
         self.backlog_bytes -= sum(map(record_size, batch))
-        acks = [self._acks.popleft() for _ in range(len(self._acks))]
+        n_acks = min(len(self._acks), INLINE_MAX_ACKS) if inline else len(self._acks)
+        acks = [self._acks.popleft() for _ in range(n_acks)]
+        self._acks_left = n_acks == INLINE_MAX_ACKS and bool(self._acks)
         refused, self._refused = self._refused, 0
         loop = asyncio.get_running_loop()
-        if self.inline and self._small(batch, acks):
+        if inline:
             try:
                 result = self.outbox.commit(batch, acks, nowait=True, sync=False)
             except OutboxBusy:
@@ -345,13 +357,21 @@ class OutboxWriter:
         self._acks.extendleft(reversed(acks))
         self._refused += refused
 
-    def _small(self, batch: list[Record], acks: list[int]) -> bool:
-        """Whether a commit is small enough for the loop: a few scans' messages. A large
-        one (a burst, per_point mode) would hold the loop for milliseconds, and the
-        thread's hand-off costs little next to it."""
-        if len(batch) > INLINE_MAX_RECORDS or len(acks) > INLINE_MAX_ACKS:
-            return False
-        return sum(len(r.payload) for r in batch) <= INLINE_MAX_BYTES
+    def _inline_count(self) -> int:
+        """How many records from the front of the backlog the next commit on the loop
+        takes: at most INLINE_MAX_RECORDS and INLINE_MAX_BYTES of payload, so no commit
+        holds the loop for more than about a millisecond. A burst (per_point mode, a
+        reload) is committed in such slices, one per loop turn (decision 0018): on the
+        thread, each row's GIL hand-back queued behind the loop (the convoy effect) and
+        per_point commits lagged the intake. 0 when the first record alone is larger
+        (it goes to the thread)."""
+        n = total = 0
+        for rec in itertools.islice(self._backlog, INLINE_MAX_RECORDS):
+            total += len(rec.payload)
+            if total > INLINE_MAX_BYTES:
+                break
+            n += 1
+        return n
 
     def _checkpoint_if_due(self, loop: asyncio.AbstractEventLoop) -> None:
         """Inline commits leave checkpoints (which sync the disk) to the thread: at most
