@@ -75,6 +75,11 @@ UNCONFIGURED = [
     ("cryptography", "an OPC UA device with security"),
     ("pymodbus.server", "never by the daemon (the simulators)"),
     ("cellctl.localbroker", "never by the daemon (tests, demo, benchmarks)"),
+    ("click", "never by `cellctl run` (the fast path in cellctl/cli/main.py; the other commands)"),
+    ("cellctl.cli.app", "never by `cellctl run` (the click application)"),
+    ("cellctl.cli.convention", "never by `cellctl run` (click's root group)"),
+    ("cellctl.cli.entrypoints", "never by `cellctl run` (contributed commands)"),
+    ("cellctl.cli.failure", "never by `cellctl run` (CommandFailed, a click exception)"),
 ]
 
 
