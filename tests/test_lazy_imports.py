@@ -67,6 +67,7 @@ UNCONFIGURED = [
     ("cellctl.cli.output", "never by `cellctl run` (tables for the CLI, rich)"),
     ("cellctl.contract.schema", "never at run time (`cellctl schema`)"),
     ("cellctl.contract.registry", "never at run time (`cellctl schema`, `asyncapi`)"),
+    ("cellctl.contract.payloads", "never at run time (its TypedDicts only annotate the encoders)"),
     ("cellctl_opcua", "an OPC UA device"),
     ("cellctl_gcode.plugin", "a G-code device"),
     ("cellctl_gcode.cli", "never by `cellctl run` (`cellctl gcode`, `ports`)"),
