@@ -1005,6 +1005,10 @@ class Phase:
     daemon_log: dict[str, int] = field(default_factory=dict)
     startup_ms: list[float] = field(default_factory=list)
     startup_median_ms: float | None = None
+    # CPU time (all threads) the subject had used when its first message arrived: on a
+    # loaded machine the wall time swings with the load, the CPU a start costs hardly does
+    startup_cpu_ms: list[float] = field(default_factory=list)
+    startup_cpu_median_ms: float | None = None
 
 
 def _spawn(cmd: list[str], logpath: Path) -> subprocess.Popen[bytes]:
@@ -1106,6 +1110,15 @@ def measure_window(
     return result
 
 
+def _cpu_ms(pid: int) -> float:
+    """CPU time used so far by all threads of `pid` (schedstat: nanoseconds on a CPU)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e6
+
+
 def measure_startup(r: Rig, subject: str, cmd: list[str], runs: int, tag: str) -> Phase:
     """Spawn -> first data message carrying values at the subscriber, `runs` times."""
     sub = r.subscriber
@@ -1128,10 +1141,14 @@ def measure_startup(r: Rig, subject: str, cmd: list[str], runs: int, tag: str) -
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"{subject}: no values within 30 s of spawning") from None
             result.startup_ms.append((first["rx_us"] - t0_us) / 1000)
+            with contextlib.suppress(OSError):  # ended meanwhile: no figure
+                result.startup_cpu_ms.append(_cpu_ms(proc.pid))
         finally:
             stop_process(proc)
         time.sleep(0.5)
     result.startup_median_ms = statistics.median(result.startup_ms)
+    if result.startup_cpu_ms:
+        result.startup_cpu_median_ms = statistics.median(result.startup_cpu_ms)
     return result
 
 
@@ -1142,8 +1159,8 @@ def median_phase(runs: list[Phase]) -> Phase:
     out = Phase(runs[0].subject)
     for f in fields(Phase):
         vals = [getattr(x, f.name) for x in runs]
-        if f.name == "startup_ms":
-            out.startup_ms = [v for x in runs for v in x.startup_ms]
+        if f.name in ("startup_ms", "startup_cpu_ms"):
+            setattr(out, f.name, [v for x in runs for v in getattr(x, f.name)])
         elif f.name == "daemon_log":
             out.daemon_log = runs[-1].daemon_log
         elif f.name != "subject":
@@ -1151,6 +1168,8 @@ def median_phase(runs: list[Phase]) -> Phase:
             setattr(out, f.name, statistics.median(nums) if nums else None)
     if out.startup_ms:
         out.startup_median_ms = statistics.median(out.startup_ms)
+    if out.startup_cpu_ms:
+        out.startup_cpu_median_ms = statistics.median(out.startup_cpu_ms)
     return out
 
 
@@ -1225,6 +1244,7 @@ def run_scenario(s: Scenario, args: argparse.Namespace) -> dict[str, Any]:
             "cpu_us_per_value": _ratio(a.cpu_us_per_value, b.cpu_us_per_value),
             "rss_peak_mb": _ratio(a.rss_peak_mb, b.rss_peak_mb),
             "startup_median_ms": _ratio(a.startup_median_ms, b.startup_median_ms),
+            "startup_cpu_median_ms": _ratio(a.startup_cpu_median_ms, b.startup_cpu_median_ms),
         }
     out["targets"] = []
     for scen, key, op, limit, text in TARGETS:
@@ -1272,7 +1292,9 @@ ROWS: list[tuple[str, str, int]] = [
     ("subscriber CPU %", "subscriber_cpu_pct", 1),
     ("machine CPU % (all cores)", "machine_cpu_pct", 0),
     ("start-up median ms", "startup_median_ms", 0),
+    ("start-up CPU median ms", "startup_cpu_median_ms", 0),
 ]
+STARTUP_ROWS = ("startup_median_ms", "startup_cpu_median_ms")
 
 
 def print_result(res: dict[str, Any]) -> None:
@@ -1287,7 +1309,7 @@ def print_result(res: dict[str, Any]) -> None:
     ratios = res.get("ratios", {})
     print(f"{'':28}{'cellctl':>14}{'baseline':>14}{'ratio':>8}")
     for label, key, digits in ROWS:
-        if startup != (key == "startup_median_ms"):
+        if startup != (key in STARTUP_ROWS):
             continue
         va = a.get(key)
         vb = b.get(key) if b else None
@@ -1298,6 +1320,11 @@ def print_result(res: dict[str, Any]) -> None:
         if b:
             print(f"; baseline {', '.join(f'{x:.0f}' for x in b['startup_ms'])}", end="")
         print()
+        if a.get("startup_cpu_ms"):
+            print(f"  CPU ms: cellctl {', '.join(f'{x:.0f}' for x in a['startup_cpu_ms'])}", end="")
+            if b and b.get("startup_cpu_ms"):
+                print(f"; baseline {', '.join(f'{x:.0f}' for x in b['startup_cpu_ms'])}", end="")
+            print()
     if a.get("daemon_log"):
         print(f"  daemon stop line: {a['daemon_log']}")
     for t in res["targets"]:

@@ -32,7 +32,6 @@ from cellctl.commands.folder import JobFolder, folder_specs
 from cellctl.commands.router import CommandRouter
 from cellctl.commands.uns import UnsCommands
 from cellctl.config.loader import CompiledCell, CompiledDevice, load_cell
-from cellctl.contract.payloads import CommandEventJson
 from cellctl.deliver.delivery import Delivery
 from cellctl.deliver.mqtt import MqttSession
 from cellctl.deliver.report import OutboxReporter
@@ -48,6 +47,7 @@ from cellctl.reload import diff_cells
 from cellctl.statefile import StateFileError
 
 if TYPE_CHECKING:
+    from cellctl.contract.payloads import CommandEventJson
     from cellctl.deliver.sparkplug import SparkplugNode
     from cellctl.observe.server import ObserveServer
     from cellctl.status.server import StatusServer

@@ -27,11 +27,12 @@ from pydantic import BaseModel
 
 from cellctl.credentials import secret_path
 from cellctl.durations import Duration, PositiveDuration
-from cellctl.exits import CommandFailed, ExitCode, implausible, json_text, print_json
+from cellctl.exits import ExitCode, implausible, json_text, print_json
 from cellctl.floats import float32_shortest
 from cellctl.model import Quality
 
 if TYPE_CHECKING:
+    from cellctl.exits import CommandFailed
     from cellctl.logs import LogLevel
 
 __all__ = [
@@ -277,3 +278,13 @@ def scoped_logging(
 
     with logs.scoped(level, json=json, stream=stream):
         yield
+
+
+def __getattr__(name: str) -> Any:
+    """`CommandFailed` (a click exception), imported when a driver's CLI names it, so
+    loading a plugin for the daemon does not import click."""
+    if name == "CommandFailed":
+        from cellctl.exits import CommandFailed
+
+        return CommandFailed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,15 +5,20 @@ plausibility check commissioning commands use to spot a wrong word order.
 Exit codes: 0 ok, 1 runtime failure (device unreachable, refused request), 2 bad input
 (options, config, profile, file), 130 interrupted (Ctrl-C). With ``--json`` an error is
 printed on stdout as ``{"error": "...", "exit_code": N}`` (see cellctl/cli/convention.py).
+
+The daemon's run path uses this module (`implausible`, `finite`) without click: click is
+imported by the functions that print, and `CommandFailed` (a click exception) is loaded
+from cellctl/cli/failure.py when first named.
 """
 
 from __future__ import annotations
 
 import math
 from enum import IntEnum
-from typing import IO, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import click
+if TYPE_CHECKING:
+    from cellctl.cli.failure import CommandFailed as CommandFailed  # noqa: PLC0414  # re-export (__getattr__)
 
 
 class ExitCode(IntEnum):
@@ -21,18 +26,6 @@ class ExitCode(IntEnum):
     FAILED = 1
     BAD_INPUT = 2
     INTERRUPTED = 130
-
-
-class CommandFailed(click.ClickException):
-    """A command cannot do what was asked: `message` (lowercase, quoting the user's
-    value) and the exit code it ends with."""
-
-    def __init__(self, message: str, code: ExitCode = ExitCode.FAILED) -> None:
-        super().__init__(message)
-        self.exit_code = int(code)  # type: ignore[misc]  # click reads it per instance
-
-    def show(self, file: IO[Any] | None = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True, file=file)
 
 
 def json_text(data: Any) -> str:
@@ -44,7 +37,18 @@ def json_text(data: Any) -> str:
 
 
 def print_json(data: Any) -> None:
+    import click
+
     click.echo(json_text(data))
+
+
+def __getattr__(name: str) -> Any:
+    """`CommandFailed`, imported (with click) when first named."""
+    if name == "CommandFailed":
+        from cellctl.cli.failure import CommandFailed
+
+        return CommandFailed
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def finite(data: Any) -> Any:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cellctl import __version__
 from cellctl.config.loader import CompiledCell, CompiledDevice
-from cellctl.contract.payloads import IdentityJson, ManifestDeviceJson, ManifestJson
+
+if TYPE_CHECKING:  # the contract's TypedDicts only annotate: not imported at run time (start-up)
+    from cellctl.contract.payloads import IdentityJson, ManifestDeviceJson, ManifestJson
 
 MANIFEST_VERSION = 1
 

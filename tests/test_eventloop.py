@@ -1,4 +1,5 @@
-"""The daemon's event loop choice: uvloop when installed, the standard loop on request."""
+"""The daemon's event loop choice: the standard loop unless CELLCTL_EVENT_LOOP asks for uvloop
+(decision 0018)."""
 
 from __future__ import annotations
 
@@ -21,9 +22,17 @@ def test_asyncio_is_used_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None
     assert eventloop.run(_loop_type()).startswith("asyncio")
 
 
-def test_uvloop_is_used_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_standard_loop_is_the_default_even_with_uvloop_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("uvloop")
     monkeypatch.delenv("CELLCTL_EVENT_LOOP", raising=False)
+    assert eventloop.loop_factory() is None
+    assert eventloop.run(_loop_type()).startswith("asyncio")
+
+
+@pytest.mark.parametrize("choice", ["uvloop", "auto", " UVLOOP "])
+def test_uvloop_is_used_when_asked_for_and_installed(monkeypatch: pytest.MonkeyPatch, choice: str) -> None:
+    pytest.importorskip("uvloop")
+    monkeypatch.setenv("CELLCTL_EVENT_LOOP", choice)
     assert eventloop.run(_loop_type()).startswith("uvloop")
 
 

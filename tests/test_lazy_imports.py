@@ -67,6 +67,7 @@ UNCONFIGURED = [
     ("cellctl.cli.output", "never by `cellctl run` (tables for the CLI, rich)"),
     ("cellctl.contract.schema", "never at run time (`cellctl schema`)"),
     ("cellctl.contract.registry", "never at run time (`cellctl schema`, `asyncapi`)"),
+    ("cellctl.contract.payloads", "never at run time (its TypedDicts only annotate the encoders)"),
     ("cellctl_opcua", "an OPC UA device"),
     ("cellctl_gcode.plugin", "a G-code device"),
     ("cellctl_gcode.cli", "never by `cellctl run` (`cellctl gcode`, `ports`)"),
@@ -75,6 +76,11 @@ UNCONFIGURED = [
     ("cryptography", "an OPC UA device with security"),
     ("pymodbus.server", "never by the daemon (the simulators)"),
     ("cellctl.localbroker", "never by the daemon (tests, demo, benchmarks)"),
+    ("click", "never by `cellctl run` (the fast path in cellctl/cli/main.py; the other commands)"),
+    ("cellctl.cli.app", "never by `cellctl run` (the click application)"),
+    ("cellctl.cli.convention", "never by `cellctl run` (click's root group)"),
+    ("cellctl.cli.entrypoints", "never by `cellctl run` (contributed commands)"),
+    ("cellctl.cli.failure", "never by `cellctl run` (CommandFailed, a click exception)"),
 ]
 
 

@@ -69,7 +69,7 @@ def _ask(
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from cellctl.cli.main import _load
+    from cellctl.cli.app import _load
     from cellctl.encode.uns import cell_root
 
     compiled = _load(config)

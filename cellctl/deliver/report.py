@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from cellctl.contract.payloads import OutboxDroppedEvent
 from cellctl.outbox import DropEvent, OutboxStats, OutboxWriter
 from cellctl.outbox.store import DropReason
 
 if TYPE_CHECKING:
+    from cellctl.contract.payloads import OutboxDroppedEvent
     from cellctl.deliver.sparkplug import SparkplugNode
     from cellctl.deliver.uns import UnsDelivery
 

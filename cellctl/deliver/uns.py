@@ -5,16 +5,19 @@ so an old `state` can never replace a newer retained one)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import orjson
 
 from cellctl.commands.uns import UnsCommands, command_filter
 from cellctl.config.cell import Backbone
-from cellctl.contract.payloads import OutboxDroppedEvent, OutboxJson, StatusJson
 from cellctl.deliver.delivery import Delivery
 from cellctl.deliver.mqtt import NO_PROPERTIES, Inbound, Message, PublishRefused
 from cellctl.encode.uns import uns_historical
 from cellctl.outbox import OutboxStats, OutboxWriter, Stored
+
+if TYPE_CHECKING:  # the contract's TypedDicts only annotate: not imported at run time (start-up)
+    from cellctl.contract.payloads import OutboxDroppedEvent, OutboxJson, StatusJson
 
 
 class UnsDelivery(Delivery):

@@ -14,25 +14,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, cast
 
 import orjson
 import structlog
 
 from cellctl.config.cell import Identity, Publish
-from cellctl.contract.payloads import (
-    CurrentJobJson,
-    DataJson,
-    DeviceRemovedEvent,
-    JobEventJson,
-    ManifestJson,
-    PointJson,
-    PointStateJson,
-    QualityJson,
-    StateJson,
-)
 from cellctl.model import DeviceSnapshot, DeviceUpdate, PointState, Quality, QualityChange
 from cellctl.outbox import Record
+
+if TYPE_CHECKING:  # the contract's TypedDicts only annotate: not imported at run time (start-up)
+    from cellctl.contract.payloads import (
+        CurrentJobJson,
+        DataJson,
+        DeviceRemovedEvent,
+        JobEventJson,
+        ManifestJson,
+        PointJson,
+        PointStateJson,
+        QualityJson,
+        StateJson,
+    )
 
 log = structlog.get_logger("cellctl.encode")
 
@@ -208,7 +210,7 @@ class UnsEncoder:
                 "job": e.record.as_dict(),
             }
             put(Record(device_id, f"{self.root}/{device_id}/events", orjson.dumps(event), qos, False, "uns"))
-        job = cast(CurrentJobJson, {"ts": update.ts_ms, **update.job.as_dict()})
+        job = cast("CurrentJobJson", {"ts": update.ts_ms, **update.job.as_dict()})
         put(Record(device_id, f"{self.root}/{device_id}/job", orjson.dumps(job), qos, True, "uns"))
 
     def _publish_points(self, update: DeviceUpdate) -> None:
