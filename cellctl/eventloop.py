@@ -3,7 +3,7 @@
 extra; `auto`: uvloop when installed). uvloop's selector, timers and callbacks are C, but
 on the daemon's hot path it saved 1.5-4 % of CPU per value, within the noise of single
 runs, and cost 2 MB of RSS in every run (issue 15's budget is 40 MB): the figures and the
-decision are in bench/README.md and docs/decisions/0018-standard-event-loop-by-default.md."""
+decision are in bench/README.md and docs/decisions/0019-standard-event-loop-by-default.md."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The daemon's event loop choice: the standard loop unless CELLCTL_EVENT_LOOP asks for uvloop
-(decision 0018)."""
+(decision 0019)."""
 
 from __future__ import annotations
 
