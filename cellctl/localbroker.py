@@ -5,11 +5,13 @@ and is stopped by its PID; it never touches a broker that may already run on 188
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +21,55 @@ class BrokerError(RuntimeError):
     pass
 
 
+def _port_slice() -> range:
+    """This process's ports: below the kernel's ephemeral range, which outgoing connections
+    and bind(0) draw from (so a broker stopped for an outage keeps its port free until it
+    starts again), and a slice of their own per pytest-xdist worker."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    slices = (low - _PORTS_FROM) // _PORTS_PER_SLICE
+    if slices < 1:
+        return range(0)
+    first = _PORTS_FROM + (index % slices) * _PORTS_PER_SLICE
+    return range(first, first + _PORTS_PER_SLICE)
+
+
+_PORTS_FROM = 10_000
+_PORTS_PER_SLICE = 1_500
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
+def _bindable(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A loopback port nothing listens on now and that this process has not handed out
+    before (see `_port_slice`); the kernel's choice when the slice is used up."""
+    with _handed_out_lock:
+        candidates = [p for p in _port_slice() if p not in _handed_out]
+        random.shuffle(candidates)
+        for port in candidates[:200]:  # bounded: a busy slice falls back to the kernel
+            if _bindable(host, port):
+                _handed_out.add(port)
+                return port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+        chosen: int = s.getsockname()[1]
+        return chosen
 
 
 def find_mosquitto() -> str | None:

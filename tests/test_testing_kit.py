@@ -6,11 +6,12 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from cellctl.testing import PtyBridge, async_wait_until, device_context, wait_until
+from cellctl.testing import PtyBridge, async_wait_until, device_context, free_port, wait_until
 
 
 def test_wait_until_returns_the_value_that_held() -> None:
@@ -84,3 +85,21 @@ def test_the_kit_needs_no_pytest_and_the_daemon_never_loads_it() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_free_ports_stay_out_of_the_ephemeral_range_and_are_never_handed_out_twice() -> None:
+    """A broker a test stops for an outage must find its port free again: no outgoing
+    connection, bind(0) or other xdist worker may take it in between."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert not [p for p in ports if low <= p <= high]
+
+    def slice_of(worker: str) -> set[int]:
+        code = "from cellctl.localbroker import free_port; print(*(free_port() for _ in range(30)))"
+        env = {**os.environ, "PYTEST_XDIST_WORKER": worker}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        return {int(p) for p in out.stdout.split()}
+
+    gw0, gw1 = slice_of("gw0"), slice_of("gw1")
+    assert max(gw0) < min(gw1) or max(gw1) < min(gw0), "each worker draws from a slice of its own"
