@@ -381,6 +381,9 @@ class EnergyFrom(_Frozen):
     point: str = "energy_import"
 
 
+PollPhase = Literal["aligned", "connect"]
+
+
 class DeviceConfig(_Frozen):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
     driver: str
@@ -389,6 +392,10 @@ class DeviceConfig(_Frozen):
     connection: dict[str, Any]
     options: dict[str, Any] = {}
     poll_interval: PositiveDuration = 1.0
+    # aligned: polls at the multiples of poll_interval on the daemon's clock, so devices
+    # with the same interval poll together and share outbox commits; connect: every
+    # poll_interval from the first poll after the device connected
+    poll_phase: PollPhase = "aligned"
     timeout: PositiveDuration = 1.0
     availability: Availability = Availability()
     # Per-device overrides of profile points; `disabled_points` are not read at all.

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cellctl.config.loader import CompiledCell, CompiledDevice
+from cellctl.engine.rounds import PollRounds
 from cellctl.engine.runner import DeviceRunner, DeviceSink
 from cellctl.model import DeviceSnapshot
 
@@ -46,6 +47,8 @@ class Cell:
         self.clock = clock
         backbone = compiled.config.backbone
         self._backoff = (backbone.reconnect_min, max(backbone.reconnect_min, DEVICE_BACKOFF_MAX))
+        # polls in flight, so the outbox writer can commit one round's scans together
+        self.rounds = PollRounds()
         self.runners = [self._runner(d) for d in compiled.devices]
         self._by_id = {r.id: r for r in self.runners}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -65,7 +68,13 @@ class Cell:
 
             shifts = ShiftCalendar.of(oee.shifts, oee.timezone)
         runner = DeviceRunner(
-            device, self.sink, backoff_min=low, backoff_max=high, job_dir=self.job_dir, shifts=shifts
+            device,
+            self.sink,
+            backoff_min=low,
+            backoff_max=high,
+            job_dir=self.job_dir,
+            shifts=shifts,
+            rounds=self.rounds,
         )
         energy = device.config.energy
         if runner.jobs is not None and energy is not None:
