@@ -158,7 +158,7 @@ class Daemon:
             self.outbox,
             on_drop=self._on_drop,
             min_interval_s=cfg.outbox.commit_interval,
-            rounds=self.cell.rounds,
+            rounds=self.cell.rounds if cfg.outbox.commit_gather == "round" else None,
         )
         client_id = cfg.backbone.client_id or default_client_id(self.compiled)
         replay_rate = cfg.outbox.replay_rate

@@ -252,6 +252,9 @@ class OutboxConfig(_Frozen):
     replay_rate: Annotated[int, Field(ge=1, le=1_000_000)] = 2000  # messages/s after reconnecting
     # at most one commit per interval: less CPU at high message rates, up to this much latency
     commit_interval: Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=1.0)] = 0.0
+    # round: a commit first waits (at most 5 ms) for the polls in flight, so the devices
+    # polled together share one transaction; turn: what arrived in one loop turn, at once
+    commit_gather: Literal["round", "turn"] = "round"
 
 
 class SparkplugConfig(_Frozen):

@@ -19,6 +19,9 @@ from cellctl.model import DeviceSnapshot
 # a TCP connect to a machine that is off costs nothing, and a plant wants it back soon.
 DEVICE_BACKOFF_MAX = 5.0
 STOP_TIMEOUT = 5.0  # one device task's cleanup when it is removed
+# The state refresher sleeps until the next retained state is due, within these bounds.
+REFRESH_MIN = 0.05
+REFRESH_MAX = 1.0
 
 
 async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
@@ -112,10 +115,20 @@ class Cell:
             if (r.state_dirty and age >= self.state_min_interval) or age >= self.full_refresh:
                 self._publish_state(r)
 
+    def _refresh_delay(self) -> float:
+        """Until the next retained state is due, between REFRESH_MIN and REFRESH_MAX s
+        (never above `state_min_interval`): a state that changes becomes due at once if its
+        last one is old, and is published at the latest that much later. A quiet cell wakes
+        about once a second for this, not four times."""
+        longest = max(REFRESH_MIN, min(REFRESH_MAX, self.state_min_interval or REFRESH_MAX))
+        due = self.clock() + longest
+        for r in self.runners:
+            due = min(due, r.state_published_at + (self.state_min_interval if r.state_dirty else self.full_refresh))
+        return max(REFRESH_MIN, due - self.clock())
+
     async def _refresher(self) -> None:
-        tick = max(0.05, min(0.25, self.state_min_interval or 0.25))
         while True:
-            await asyncio.sleep(tick)
+            await asyncio.sleep(self._refresh_delay())
             self.refresh_states()
 
     def _start(self, runner: DeviceRunner) -> None:
