@@ -140,3 +140,41 @@ async def test_aligned_devices_scans_share_one_commit_per_round(
             partial = [seen for c, seen in by_commit.items() if seen != ids]
             assert len(partial) <= 2, partial
             assert daemon.cell.rounds.waits >= ROUNDS - 1
+
+
+@pytest.mark.parametrize(("gather", "waits_for_rounds"), [("round", True), ("turn", False)])
+def test_commit_gather_decides_whether_the_writer_waits_for_rounds(
+    gather: str, waits_for_rounds: bool, tmp_path: Path
+) -> None:
+    from cellctl.config.loader import load_cell
+    from cellctl.daemon import Daemon
+
+    devices = [modbus_device("m1", "sim-bench", 1502, 1)]
+    config = write_config(tmp_path, 1883, devices, cell="c1", outbox={"fsync": "off", "commit_gather": gather})
+    daemon = Daemon(load_cell(config))  # built, not run: no network
+    try:
+        assert (daemon.writer.rounds is daemon.cell.rounds) is waits_for_rounds
+        assert daemon.writer.rounds is None or waits_for_rounds
+    finally:
+        daemon.outbox.close()
+
+
+def test_the_state_refresher_sleeps_until_a_state_is_due(tmp_path: Path) -> None:
+    """Defaults: a changed state at most every 5 s, every state at least every 60 s; the
+    refresher wakes when one is due, and at least once a second to notice changes."""
+    from cellctl.config.loader import load_cell
+    from cellctl.encode.fanout import FanOut
+    from cellctl.engine.cell import REFRESH_MAX, REFRESH_MIN, Cell
+
+    devices = [modbus_device("m1", "sim-bench", 1502, 1)]
+    config = write_config(tmp_path, 1883, devices, cell="c1", publish={"state_min_interval": 5})
+    now = [100.0]
+    cell = Cell(load_cell(config), FanOut(), clock=lambda: now[0])
+    (runner,) = cell.runners
+    assert runner.state_dirty
+    assert cell._refresh_delay() == REFRESH_MIN  # never published: due at once
+    runner.state_published_at, runner.state_dirty = 100.0, False
+    assert cell._refresh_delay() == REFRESH_MAX  # nothing due for 60 s: wake to notice changes
+    runner.state_dirty = True
+    now[0] = 104.5
+    assert cell._refresh_delay() == pytest.approx(0.5)  # the changed state is due at 105
