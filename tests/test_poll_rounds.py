@@ -1,4 +1,4 @@
-"""Aligned polling and one commit per poll round (decision 0018): the slot arithmetic, the
+"""Aligned polling and one commit per poll round (decision 0020): the slot arithmetic, the
 round counter the outbox writer waits on, and the whole path with real simulators, a real
 broker and the daemon's own writer counters."""
 

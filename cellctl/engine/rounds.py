@@ -4,7 +4,7 @@ Aligned polling (`poll_phase: aligned`, the default): a device polls at the mult
 its `poll_interval` on one clock shared by the whole process (like Telegraf's
 `round_interval`), so devices with the same interval (or intervals that divide each
 other) poll in the same moment, and their scans can share one outbox commit instead of
-one each (decision 0018).
+one each (decision 0020).
 
 `PollRounds` counts the polls in flight by generation. The outbox writer, before a
 commit, calls `settled()`: it waits (bounded) until every poll that had started by then

@@ -29,7 +29,7 @@ default) commits as soon as records arrive.
 `rounds` (the engine's `PollRounds`) lets a commit gather a poll round: before a commit
 the writer waits until every poll in flight at that moment has delivered its reading (at
 most `gather_max_s`, 5 ms), so the scans of devices polled together (aligned polling,
-decision 0018) share one transaction instead of one each. Nothing is published before
+decision 0020) share one transaction instead of one each. Nothing is published before
 its commit either way; the wait only adds that much to a record's latency.
 
 `after_put(fn)` runs `fn` once every record put before it has been handed to
