@@ -155,7 +155,10 @@ class Daemon:
         self.reporter: OutboxReporter | None = None
         self._removed: set[str] = set()  # devices removed by a reload (their retained state is cleared)
         self.writer = OutboxWriter(
-            self.outbox, on_drop=self._on_drop, min_interval_s=cfg.outbox.commit_interval
+            self.outbox,
+            on_drop=self._on_drop,
+            min_interval_s=cfg.outbox.commit_interval,
+            rounds=self.cell.rounds if cfg.outbox.commit_gather == "round" else None,
         )
         client_id = cfg.backbone.client_id or default_client_id(self.compiled)
         replay_rate = cfg.outbox.replay_rate

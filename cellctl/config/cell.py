@@ -252,6 +252,9 @@ class OutboxConfig(_Frozen):
     replay_rate: Annotated[int, Field(ge=1, le=1_000_000)] = 2000  # messages/s after reconnecting
     # at most one commit per interval: less CPU at high message rates, up to this much latency
     commit_interval: Annotated[float, BeforeValidator(parse_duration), Field(ge=0, le=1.0)] = 0.0
+    # round: a commit first waits (at most 5 ms) for the polls in flight, so the devices
+    # polled together share one transaction; turn: what arrived in one loop turn, at once
+    commit_gather: Literal["round", "turn"] = "round"
 
 
 class SparkplugConfig(_Frozen):
@@ -381,6 +384,9 @@ class EnergyFrom(_Frozen):
     point: str = "energy_import"
 
 
+PollPhase = Literal["aligned", "connect"]
+
+
 class DeviceConfig(_Frozen):
     id: Annotated[str, Field(pattern=ID_PATTERN)]
     driver: str
@@ -389,6 +395,10 @@ class DeviceConfig(_Frozen):
     connection: dict[str, Any]
     options: dict[str, Any] = {}
     poll_interval: PositiveDuration = 1.0
+    # aligned: polls at the multiples of poll_interval on the daemon's clock, so devices
+    # with the same interval poll together and share outbox commits; connect: every
+    # poll_interval from the first poll after the device connected
+    poll_phase: PollPhase = "aligned"
     timeout: PositiveDuration = 1.0
     availability: Availability = Availability()
     # Per-device overrides of profile points; `disabled_points` are not read at all.

@@ -91,6 +91,8 @@ class OutboxReporter:
             except TimeoutError:
                 pass
             self._wake.clear()
+            if not self._pending and time.monotonic() - self._last_at < self.interval:
+                continue  # nothing to announce, and the figures are not due: no thread hop
             stats = await self.writer.call(lambda ob: ob.stats())
             self._announce_drops()
             self._publish_figures(stats)

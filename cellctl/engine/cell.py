@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cellctl.config.loader import CompiledCell, CompiledDevice
+from cellctl.engine.rounds import PollRounds
 from cellctl.engine.runner import DeviceRunner, DeviceSink
 from cellctl.model import DeviceSnapshot
 
@@ -18,6 +19,9 @@ from cellctl.model import DeviceSnapshot
 # a TCP connect to a machine that is off costs nothing, and a plant wants it back soon.
 DEVICE_BACKOFF_MAX = 5.0
 STOP_TIMEOUT = 5.0  # one device task's cleanup when it is removed
+# The state refresher sleeps until the next retained state is due, within these bounds.
+REFRESH_MIN = 0.05
+REFRESH_MAX = 1.0
 
 
 async def _cancel_all(tasks: set[asyncio.Task[None]]) -> None:
@@ -46,6 +50,8 @@ class Cell:
         self.clock = clock
         backbone = compiled.config.backbone
         self._backoff = (backbone.reconnect_min, max(backbone.reconnect_min, DEVICE_BACKOFF_MAX))
+        # polls in flight, so the outbox writer can commit one round's scans together
+        self.rounds = PollRounds()
         self.runners = [self._runner(d) for d in compiled.devices]
         self._by_id = {r.id: r for r in self.runners}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -65,7 +71,13 @@ class Cell:
 
             shifts = ShiftCalendar.of(oee.shifts, oee.timezone)
         runner = DeviceRunner(
-            device, self.sink, backoff_min=low, backoff_max=high, job_dir=self.job_dir, shifts=shifts
+            device,
+            self.sink,
+            backoff_min=low,
+            backoff_max=high,
+            job_dir=self.job_dir,
+            shifts=shifts,
+            rounds=self.rounds,
         )
         energy = device.config.energy
         if runner.jobs is not None and energy is not None:
@@ -103,10 +115,20 @@ class Cell:
             if (r.state_dirty and age >= self.state_min_interval) or age >= self.full_refresh:
                 self._publish_state(r)
 
+    def _refresh_delay(self) -> float:
+        """Until the next retained state is due, between REFRESH_MIN and REFRESH_MAX s
+        (never above `state_min_interval`): a state that changes becomes due at once if its
+        last one is old, and is published at the latest that much later. A quiet cell wakes
+        about once a second for this, not four times."""
+        longest = max(REFRESH_MIN, min(REFRESH_MAX, self.state_min_interval or REFRESH_MAX))
+        due = self.clock() + longest
+        for r in self.runners:
+            due = min(due, r.state_published_at + (self.state_min_interval if r.state_dirty else self.full_refresh))
+        return max(REFRESH_MIN, due - self.clock())
+
     async def _refresher(self) -> None:
-        tick = max(0.05, min(0.25, self.state_min_interval or 0.25))
         while True:
-            await asyncio.sleep(tick)
+            await asyncio.sleep(self._refresh_delay())
             self.refresh_states()
 
     def _start(self, runner: DeviceRunner) -> None:

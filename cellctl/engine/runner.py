@@ -22,6 +22,7 @@ from cellctl.engine.backoff import Backoff, worth_repeating
 from cellctl.engine.figures import LatencyHistogram, reason_kind
 from cellctl.engine.machine import MachineMapper
 from cellctl.engine.points import BAD, GOOD, PointTable
+from cellctl.engine.rounds import PollRounds, first_slot, next_slot
 from cellctl.model import DeviceSnapshot, DeviceUpdate, JobEvent, JobRecord, MachineState
 
 if TYPE_CHECKING:
@@ -67,8 +68,10 @@ class DeviceRunner:
         backoff_max: float = 30.0,
         job_dir: Path | None = None,
         shifts: ShiftCalendar | None = None,
+        rounds: PollRounds | None = None,
     ) -> None:
         self.device = device
+        self.rounds = rounds  # polls in flight, for the outbox's group commit
         self.id = device.config.id
         self.sink = sink
         self.table = PointTable(device.points)
@@ -140,21 +143,44 @@ class DeviceRunner:
             await asyncio.sleep(self.backoff.next_delay())
 
     async def _poll_loop(self, conn: Poller) -> None:
-        next_at = time.monotonic()
+        """Poll at once, then on monotonic deadlines: the multiples of the interval on the
+        event loop's clock (`poll_phase: aligned`: devices with the same interval wake in
+        the same loop turn and their scans share a commit) or every interval from this
+        first poll on (`connect`)."""
+        loop = asyncio.get_running_loop()
+        interval = self.interval
+        aligned = self.device.config.poll_phase == "aligned"
+        rounds = self.rounds
+        slot = 0
+        next_at = loop.time()
         while True:
-            delay = next_at - time.monotonic()
+            delay = next_at - loop.time()
             if delay > 0:
+                # the deadline is next_at exactly: equal deadlines fire in one loop turn
                 await asyncio.sleep(delay)
-            started = time.monotonic()
+            started = loop.time()
+            took = time.monotonic()  # the loop's clock may count whole ms (uvloop)
+            gen = rounds.begin() if rounds is not None else 0
             try:
-                async with asyncio.timeout(self.poll_guard):
-                    reading = await conn.poll()
-            except TimeoutError:
-                raise DeviceUnavailable(f"poll did not finish within {self.poll_guard:g} s") from None
-            self.latency.observe(time.monotonic() - started)
-            self.on_reading(reading)
-            next_at += self.interval
-            now = time.monotonic()
+                try:
+                    async with asyncio.timeout(self.poll_guard):
+                        reading = await conn.poll()
+                except TimeoutError:
+                    raise DeviceUnavailable(f"poll did not finish within {self.poll_guard:g} s") from None
+                self.latency.observe(time.monotonic() - took)
+                self.on_reading(reading)
+            finally:
+                if rounds is not None:
+                    rounds.end(gen)
+            now = loop.time()
+            if aligned:
+                before = slot
+                slot = first_slot(started, interval) if slot == 0 else next_slot(slot, now, interval)
+                if before and slot > before + 1:
+                    self.overruns += 1  # overran: the missed slots are skipped, not made up
+                next_at = slot * interval
+                continue
+            next_at += interval
             if next_at < now:  # overran: skip the missed slots instead of bursting
                 self.overruns += 1
                 next_at = now

@@ -26,6 +26,12 @@ acknowledged in that last moment (at-least-once allows it).
 most that often, so at high message rates each transaction carries more records. 0 (the
 default) commits as soon as records arrive.
 
+`rounds` (the engine's `PollRounds`) lets a commit gather a poll round: before a commit
+the writer waits until every poll in flight at that moment has delivered its reading (at
+most `gather_max_s`, 5 ms), so the scans of devices polled together (aligned polling,
+decision 0020) share one transaction instead of one each. Nothing is published before
+its commit either way; the wait only adds that much to a record's latency.
+
 `after_put(fn)` runs `fn` once every record put before it has been handed to
 `on_stored`: the publisher uses it to place session events (Sparkplug births and
 deaths, going live after a reconnect) at an exact point of the record stream, although
@@ -42,7 +48,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -61,6 +67,8 @@ _RETRY_MAX_S = 5.0
 
 # What one queued record costs beyond its topic and payload (the Record, str and bytes
 # headers, the deque slot), measured with tracemalloc; used for the bounds in bytes.
+GATHER_MAX_S = 0.005  # the longest a commit waits for the polls of its round
+
 RECORD_OVERHEAD = 200
 MAX_BACKLOG_BYTES = 4 * 2**20
 
@@ -69,6 +77,14 @@ def record_size(record: Record) -> int:
     """Bytes one queued record holds, for the bounds in bytes (an estimate: payloads are
     assumed right-sized, see cellctl/encode/uns.py `compact`)."""
     return len(record.payload) + len(record.topic) + RECORD_OVERHEAD
+
+
+class Rounds(Protocol):
+    """What the writer needs of the engine's poll rounds (cellctl.engine.rounds)."""
+
+    async def settled(self, timeout: float) -> None:
+        """Return once the polls in flight now have ended, or after `timeout` s."""
+        ...
 
 
 class DropLog:
@@ -127,6 +143,8 @@ class OutboxWriter:
         ack_delay_s: float = 0.05,
         min_interval_s: float = 0.0,
         inline: bool | None = None,
+        rounds: Rounds | None = None,
+        gather_max_s: float = GATHER_MAX_S,
     ) -> None:
         self.outbox = outbox
         self.on_stored = on_stored
@@ -139,6 +157,8 @@ class OutboxWriter:
         self.idle_interval_s = idle_interval_s
         self.ack_delay_s = ack_delay_s
         self.min_interval_s = min_interval_s
+        self.rounds = rounds
+        self.gather_max_s = gather_max_s
         # Commit on the loop itself unless every commit waits for the disk (fsync=always):
         # a WAL commit without fsync is a write() into the page cache (tens of us), far less
         # than the two thread hand-offs it would take. Checkpoints, which sync, stay on the
@@ -237,6 +257,14 @@ class OutboxWriter:
             self._idle_tick()
             while True:
                 await self._wake.wait()
+                if (
+                    self.rounds is not None
+                    and not self._continuing  # the next slice of a burst goes at once
+                    and self._backlog
+                    and len(self._backlog) < self.max_batch
+                ):
+                    # one poll round, one commit: wait (bounded) for the scans still coming
+                    await self.rounds.settled(self.gather_max_s)
                 idle, self._idle_due = self._idle_due, False
                 self._wake.clear()
                 if not (idle or self._backlog or self._acks or self._refused):

@@ -1,4 +1,5 @@
-"""A Modbus TCP client with several requests in flight (``pipelining: on``).
+"""The Modbus TCP client of every TCP link, with several requests in flight when
+``pipelining: on`` (with ``off`` the link's lock keeps one at a time).
 
 pymodbus's client allows one transaction at a time per connection. On a TCP gateway
 serving several units that lets one slow unit hold every other unit's requests for
@@ -8,6 +9,10 @@ by id. This client does exactly that and nothing else: pymodbus builds the reque
 PDUs (its client mixin) and decodes the answers (its PDU decoder); framing and the
 table of outstanding requests are here, so garbage on the wire can never raise out
 of `data_received` and the receive buffer never holds more than one frame.
+
+It is also the lean path for one request at a time: a request is a frame written and a
+future awaited under the link's one timeout, where pymodbus's client adds its
+transaction manager (its own lock, a `wait_for` and retry bookkeeping per request).
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 A Modbus gateway (one TCP host:port) or an RS-485 bus (one serial port) carries several
 units, and allows one transaction at a time. So every configured device on the same
-physical connection holds a `Lease` on one shared `Link`: one pymodbus client and one
-asyncio.Lock, opened by the first user and closed by the last (reference counted, one
-registry per event loop).
+physical connection holds a `Lease` on one shared `Link`: one client (ours for TCP,
+`tcpmux`; pymodbus's for serial lines) and one asyncio.Lock, opened by the first user
+and closed by the last (reference counted, one registry per event loop).
 
 Failure policy:
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
 import structlog
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from cellctl.driver import DeviceUnavailable
@@ -212,6 +212,11 @@ class Link:
         self._last_end = float("-inf")
         self._silent: set[int] = set()
         self.pipelining = conn.transport == "tcp" and conn.pipelining == "on"
+        # TCP links use our lean client (tcpmux) with pipelining on or off: without it,
+        # the link's lock keeps one request in flight, and each request skips pymodbus's
+        # transaction manager (a wait_for, its lock and bookkeeping: about a third of the
+        # daemon's Python time at `idle`, bench/README.md); serial links use pymodbus's
+        self.own_client = conn.transport == "tcp"
         self._unit_locks: dict[int, asyncio.Lock] = {}
         self._streak: dict[int, int] = {}  # consecutive timeouts per unit
         self._probe_at: dict[int, float] = {}  # tripped units: when the next probe may go
@@ -273,7 +278,7 @@ class Link:
 
     def _make_client(self, on_connect: Callable[[bool], None], on_garbage: Callable[[str], None]) -> Any:
         c = self.conn
-        if self.pipelining:
+        if self.own_client:
             return PipelinedTcpClient(str(c.host), c.port, trace_connect=on_connect, on_garbage=on_garbage)
         common: dict[str, Any] = {
             "reconnect_delay": 0,  # 0 disables pymodbus's automatic reconnect
@@ -281,8 +286,6 @@ class Link:
             "timeout": _PYMODBUS_BACKSTOP,
             "trace_connect": on_connect,
         }
-        if c.transport == "tcp":
-            return AsyncModbusTcpClient(str(c.host), port=c.port, **common)
         return AsyncModbusSerialClient(
             str(c.serial_port),
             baudrate=c.baudrate,
@@ -306,13 +309,13 @@ class Link:
         def on_garbage(reason: str) -> None:
             if not lost.done():
                 lost.set_result(reason)
-            if not self.pipelining:
+            if not self.own_client:  # ours closes itself
                 transport = client.ctx.transport
                 if transport is not None:
                     transport.close()  # the byte stream cannot be trusted any more
 
         client = self._make_client(on_connect, on_garbage)
-        if not self.pipelining:
+        if not self.own_client:
             client.set_max_no_responses(1 << 30)  # never let pymodbus drop the link itself
             guard_receive(client.ctx, on_garbage)
         try:
@@ -392,7 +395,10 @@ class Link:
             self.drop(reason)
             raise DeviceUnavailable(reason) from None
         except (ConnectionException, OSError) as exc:
-            reason = f"connection to {self.where} failed: {exc}"
+            if lost.done():  # our TCP client fails the request when the connection goes
+                reason = f"connection to {self.where} lost: {lost.result()}"
+            else:
+                reason = f"connection to {self.where} failed: {exc}"
             self.drop(reason)
             raise DeviceUnavailable(reason) from exc
         except ModbusException as exc:  # e.g. a response that does not match the request
