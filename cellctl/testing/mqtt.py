@@ -23,6 +23,7 @@ class Message:
     retain: bool
     qos: int
     received: float  # time.time()
+    dup: bool = False  # the broker's redelivery of a message it had sent before (MQTT DUP)
 
     def json(self) -> Any:
         return orjson.loads(self.payload)
@@ -69,7 +70,7 @@ class Collector:
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
         with self._cond:
-            self.messages.append(Message(msg.topic, msg.payload, bool(msg.retain), msg.qos, time.time()))
+            self.messages.append(Message(msg.topic, msg.payload, bool(msg.retain), msg.qos, time.time(), bool(msg.dup)))
             self._cond.notify_all()
 
     def on(self, suffix: str) -> list[Message]:
