@@ -83,6 +83,7 @@ class Scenario:
     qos: int = 1
     devices_per_sim: int = 5  # devices per simulator process (one TCP port each)
     startup_runs: int = 0  # > 0: measure start-up time this many times instead of a window
+    commit_gather: str | None = None  # the daemon's outbox.commit_gather (None: its default)
     description: str = ""
 
     @property
@@ -762,6 +763,8 @@ def write_cell_config(r: Rig) -> Path:
         "publish": {"prefix": PREFIX, "mode": s.mode, "formats": FORMATS[s.fmt]},
         "devices": devices,
     }
+    if s.commit_gather is not None:
+        config["outbox"] = {"commit_gather": s.commit_gather}
     path = r.workdir / "cell.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
@@ -1357,6 +1360,7 @@ def build_scenarios(args: argparse.Namespace) -> list[Scenario]:
             "mode",
             "qos",
             "devices_per_sim",
+            "commit_gather",
         )
         if getattr(args, k) is not None
     }
@@ -1397,6 +1401,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--mode", choices=["batched", "per_point"], help="publish.mode of the daemon (and the baseline)"
     )
     ap.add_argument("--qos", type=int, choices=[0, 1], help="backbone.qos of the daemon and the baseline")
+    ap.add_argument(
+        "--commit-gather",
+        choices=["round", "turn"],
+        help="the daemon's outbox.commit_gather: one commit per poll round, or per loop turn",
+    )
     ap.add_argument(
         "--format",
         choices=list(FORMATS),
