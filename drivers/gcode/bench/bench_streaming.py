@@ -186,7 +186,7 @@ def latency_figures(quick: bool) -> None:
             daemon = Daemon(load_cell(path))
             task = asyncio.get_running_loop().create_task(daemon.run(install_signal_handlers=False), name="daemon")
             await asyncio.wait_for(daemon.started.wait(), 10)
-            job_dir.mkdir()
+            job_dir.mkdir(exist_ok=True)  # the daemon makes its job folder at start
             (tmp / "move.nc").write_text("G1X250F600\nG1X20\n")  # 23 s of steady motion at 10 mm/s
             os.replace(tmp / "move.nc", job_dir / "move.nc")
             await asyncio.sleep(seconds)  # the measurement window itself
