@@ -187,17 +187,23 @@ class SubStats:
             self.other += 1
             return
         stamp = values.get("stamp_us")
-        if stamp is not None:
-            if self.last_stamp.get(topic) == stamp:
-                self.stale += 1
-                return
-            self.last_stamp[topic] = stamp
-            if len(self.latencies) < MAX_LATENCY_SAMPLES:
-                self.latencies.append(rx_us - stamp)
+        if stamp is not None and not self._take_stamp(topic, stamp, rx_us):
+            return
         self.msgs += 1
         self.values += len(values)
         if self.first_rx_us is None:
             self.first_rx_us = rx_us
+
+    def _take_stamp(self, topic: bytes, stamp: int, rx_us: int) -> bool:
+        """A scan's stamp: False (counted stale) when it repeats the topic's last one,
+        else its latency is recorded (up to MAX_LATENCY_SAMPLES)."""
+        if self.last_stamp.get(topic) == stamp:
+            self.stale += 1
+            return False
+        self.last_stamp[topic] = stamp
+        if len(self.latencies) < MAX_LATENCY_SAMPLES:
+            self.latencies.append(rx_us - stamp)
+        return True
 
     def _on_sparkplug(self, topic: bytes, payload: bytes | bytearray, rx_us: int) -> None:
         """DDATA carries metrics by alias: the DBIRTH (sent after the subscriber is up)
@@ -224,13 +230,8 @@ class SubStats:
         alias = self.stamp_alias.get(device)
         for m in msg.metrics:
             if alias is not None and m.alias == alias:
-                stamp = m.long_value or m.int_value
-                if self.last_stamp.get(topic) == stamp:
-                    self.stale += 1
+                if not self._take_stamp(topic, m.long_value or m.int_value, rx_us):
                     return
-                self.last_stamp[topic] = stamp
-                if len(self.latencies) < MAX_LATENCY_SAMPLES:
-                    self.latencies.append(rx_us - stamp)
                 break
         self.msgs += 1
         self.values += n
